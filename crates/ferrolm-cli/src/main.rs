@@ -1,0 +1,184 @@
+//! The `ferrolm` command line: argument parsing and dispatch to one module per command.
+//! Every failure ends as one line on stderr and exit code 1.
+
+mod bench;
+mod chat;
+mod commands;
+mod perplexity;
+
+use clap::{Args, Parser, Subcommand};
+use ferrolm_engine::catalog::DEFAULT_MODEL;
+
+#[derive(Parser)]
+#[command(name = "ferrolm", version, about = "Run, study and serve transformer language models on CPU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Options every model-using command shares.
+#[derive(Args, Clone)]
+pub struct ModelOpts {
+    /// Model: a .gguf path or a catalog name (see `ferrolm pull --list`).
+    #[arg(short = 'm', long = "model", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Context size in tokens (default: the model's training context, capped at 8192).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sampling options for `generate` and `chat`.
+#[derive(Args, Clone)]
+pub struct SampleOpts {
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 128)]
+    pub n: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub typical_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub tfs: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// `ID=BIAS` (repeatable); `ID=-inf` bans a token.
+    #[arg(long = "logit-bias")]
+    pub logit_bias: Vec<String>,
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Token ids of TEXT.
+    Tokenize {
+        #[command(flatten)]
+        m: ModelOpts,
+        /// Parse special-token strings such as <|im_start|> in TEXT.
+        #[arg(long)]
+        special: bool,
+        text: String,
+    },
+    /// Next-token logits for TEXT or --ids.
+    Logits {
+        #[command(flatten)]
+        m: ModelOpts,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Comma-separated token ids instead of TEXT.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        /// Logits of every position over the full vocabulary.
+        #[arg(long)]
+        all: bool,
+        text: Option<String>,
+    },
+    /// Generate a continuation of TEXT (or --ids), streaming it to stdout.
+    Generate {
+        #[command(flatten)]
+        m: ModelOpts,
+        #[command(flatten)]
+        s: SampleOpts,
+        /// Wrap TEXT as a user turn through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        text: Option<String>,
+    },
+    /// Interactive chat (/reset, /exit; Ctrl-C stops the current answer).
+    Chat {
+        #[command(flatten)]
+        m: ModelOpts,
+        #[command(flatten)]
+        s: SampleOpts,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Perplexity of a text file over windows of --ctx tokens.
+    Perplexity {
+        #[command(flatten)]
+        m: ModelOpts,
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Prefill and decode speed.
+    Bench {
+        #[command(flatten)]
+        m: ModelOpts,
+        /// Prompt tokens, prefilled in one batch.
+        #[arg(short = 'p', default_value_t = 512)]
+        p: usize,
+        /// Greedy decode steps.
+        #[arg(short = 'n', default_value_t = 128)]
+        n: usize,
+        /// Repetitions (the median is reported).
+        #[arg(short = 'r', long, default_value_t = 3)]
+        repeats: usize,
+    },
+    /// Architecture, sizes, tensor types, context and template of a model.
+    Info {
+        #[command(flatten)]
+        m: ModelOpts,
+    },
+    /// Fetch a catalog model into the cache (or list the catalog).
+    Pull {
+        name: Option<String>,
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Tokenize { m, special, text } => commands::tokenize(&m, special, &text),
+        Cmd::Logits { m, top, ids, all, text } => commands::logits(&m, top, ids, all, text),
+        Cmd::Generate { m, s, chat, ids, text } => commands::generate(&m, &s, chat, ids, text),
+        Cmd::Chat { m, s, system } => chat::run(&m, &s, system),
+        Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
+        Cmd::Bench { m, p, n, repeats } => bench::run(&m, p, n, repeats),
+        Cmd::Info { m } => commands::info(&m),
+        Cmd::Pull { name, list } => commands::pull(name, list),
+    }
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error{loc}: {msg} (this is a bug in ferrolm; please report it with the command you ran)");
+    }));
+    if let Err(e) = run() {
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // Context first, then the root cause, on one line.
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,162 @@
+//! Generation: prompt prefill, then one token at a time through the sampler chain, with stop
+//! conditions (max tokens, end-of-generation ids, stop strings, cancellation) and streaming of
+//! UTF-8-complete text.
+
+use crate::load::LoadedModel;
+use anyhow::Result;
+use ferrolm_model::{KvCache, Logits};
+use ferrolm_sample::{SamplingParams, StopMatcher, StopState};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// An end-of-generation token or a stop string.
+    Stop,
+    Cancelled,
+}
+
+pub struct GenerateOutput {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Accumulates token bytes and hands out text only when it is complete UTF-8.
+#[derive(Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let s = s.to_string();
+                self.pending.clear();
+                s
+            }
+            Err(e) if e.error_len().is_none() => {
+                // An incomplete sequence at the end: emit the valid prefix, keep the rest.
+                let valid = e.valid_up_to();
+                let s = String::from_utf8_lossy(&self.pending[..valid]).to_string();
+                self.pending.drain(..valid);
+                s
+            }
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.pending).to_string();
+                self.pending.clear();
+                s
+            }
+        }
+    }
+    pub fn flush(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).to_string();
+        self.pending.clear();
+        s
+    }
+}
+
+/// Generates from `req.prompt` appended to whatever `kv` already holds.
+/// `on_text` receives each streamable piece; `cancel` stops generation between tokens.
+pub fn generate(
+    lm: &LoadedModel,
+    kv: &mut KvCache,
+    req: &GenerateRequest,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<GenerateOutput> {
+    if req.prompt.is_empty() {
+        anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
+    }
+    let needed = kv.next_pos + req.prompt.len();
+    if needed > kv.n_ctx {
+        anyhow::bail!(
+            "the prompt has {} tokens but the context holds {} (with {} already used); use a larger --ctx (the model was trained on {}) or a shorter prompt",
+            req.prompt.len(),
+            kv.n_ctx,
+            kv.next_pos,
+            lm.model.config.context_length
+        );
+    }
+    let mut chain = req.sampling.build_chain();
+    for &t in &req.prompt {
+        chain.accept(t);
+    }
+    let eog = lm.tokenizer.end_of_generation_ids();
+    let mut stops = StopMatcher::new(req.stop.clone());
+    let mut utf8 = Utf8Stream::default();
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut logits = lm.model.forward(&req.prompt, kv, Logits::Last)?;
+    let mut finish = FinishReason::Length;
+    while ids.len() < req.max_tokens {
+        if cancel.load(Ordering::Relaxed) {
+            finish = FinishReason::Cancelled;
+            break;
+        }
+        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let tok = chain.sample(&row);
+        ids.push(tok);
+        if !req.ignore_eos && eog.contains(&tok) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        let piece = utf8.push(&lm.tokenizer.token_bytes(tok, false));
+        match stops.push(&piece) {
+            StopState::Continue { emit } => {
+                on_text(&emit);
+                text.push_str(&emit);
+            }
+            StopState::Stop { emit } => {
+                on_text(&emit);
+                text.push_str(&emit);
+                finish = FinishReason::Stop;
+                break;
+            }
+        }
+        if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
+            break;
+        }
+        logits = lm.model.forward(&[tok], kv, Logits::Last)?;
+    }
+    if finish != FinishReason::Stop {
+        let mut rest = stops.push(&utf8.flush());
+        let tail = match &mut rest {
+            StopState::Continue { emit } | StopState::Stop { emit } => std::mem::take(emit),
+        };
+        let tail = tail + &stops.flush();
+        on_text(&tail);
+        text.push_str(&tail);
+    }
+    Ok(GenerateOutput { ids, text, finish, prompt_tokens: req.prompt.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn utf8_stream_holds_partial_sequences() {
+        let mut s = Utf8Stream::default();
+        let e = "é🙂".as_bytes();
+        assert_eq!(s.push(&e[..1]), "");
+        assert_eq!(s.push(&e[1..3]), "é");
+        assert_eq!(s.push(&e[3..]), "🙂");
+        assert_eq!(s.push(b"ab"), "ab");
+        assert_eq!(s.push(&[0xF0]), "");
+        assert_eq!(s.flush(), "\u{FFFD}");
+    }
+}

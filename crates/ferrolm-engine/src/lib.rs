@@ -1,0 +1,9 @@
+//! ferrolm-engine: loading a model with its tokenizer and template, the model catalog, and
+//! generation sessions with stop conditions and streaming.
+
+pub mod catalog;
+pub mod generate;
+pub mod load;
+
+pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
+pub use load::{load, vocab_spec, LoadedModel};

@@ -1,0 +1,19 @@
+//! ferrolm-model: model specs (enums), architecture tables (data only), the one transformer
+//! block, KV memory and the Linear extension point.
+//!
+//! Dimension legend (see ARCHITECTURE.md): `T` tokens in a call, `S` cached positions,
+//! `C` model width, `H` query heads, `Hkv` KV heads, `D` head size, `V` vocabulary.
+
+pub mod arch;
+pub mod block;
+pub mod kv;
+pub mod layers;
+pub mod linear;
+pub mod model;
+pub mod spec;
+pub mod weights;
+
+pub use arch::{config_from_gguf, supported_gguf_arches};
+pub use kv::KvCache;
+pub use model::{Logits, Model};
+pub use spec::ModelConfig;

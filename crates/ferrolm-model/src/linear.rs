@@ -1,0 +1,81 @@
+//! The linear layer is the extension point: dense, GGUF-quantized (and later LoRA-wrapped)
+//! matrices sit behind one trait, so the block never names a concrete kind.
+
+use anyhow::Result;
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Tensor};
+
+/// `y = x W^T (+ b)` for `x: (.., in)` and `y: (.., out)`.
+pub trait Linear: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn in_dim(&self) -> usize;
+    fn out_dim(&self) -> usize;
+    /// A short label for `info` and profiles, e.g. `Q4_K` or `F32`.
+    fn kind(&self) -> String;
+}
+
+/// A weight matrix kept in a GGUF block format; products quantize the activations to the
+/// matching dot-product type, as llama.cpp does.
+pub struct QuantLinear {
+    w: QMatMul,
+    bias: Option<Tensor>,
+    in_dim: usize,
+    out_dim: usize,
+    kind: String,
+}
+
+impl QuantLinear {
+    pub fn new(w: QMatMul, bias: Option<Tensor>, in_dim: usize, out_dim: usize, kind: String) -> Self {
+        Self { w, bias, in_dim, out_dim, kind }
+    }
+}
+
+impl Linear for QuantLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+    fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    fn kind(&self) -> String {
+        self.kind.clone()
+    }
+}
+
+/// A dense f32 matrix `(out, in)`.
+pub struct DenseLinear {
+    w: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl DenseLinear {
+    pub fn new(w: Tensor, bias: Option<Tensor>) -> Self {
+        Self { w, bias }
+    }
+}
+
+impl Linear for DenseLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.w.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+    fn in_dim(&self) -> usize {
+        self.w.dims()[1]
+    }
+    fn out_dim(&self) -> usize {
+        self.w.dims()[0]
+    }
+    fn kind(&self) -> String {
+        format!("{:?}", self.w.dtype()).to_uppercase()
+    }
+}

@@ -1,0 +1,158 @@
+//! A decoder stack: embeddings -> blocks -> final norm -> output head, built from a
+//! `ModelConfig` and a weight source. Weights are immutable; the KV cache is passed in.
+
+use crate::arch::config_from_gguf;
+use crate::block::Block;
+use crate::kv::KvCache;
+use crate::layers::{rope_tables, Attention, FeedForward, Norm, StepCtx};
+use crate::linear::Linear;
+use crate::spec::*;
+use crate::weights::{Embedding, GgufWeights, Slot};
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+use ferrolm_format::GgufFile;
+use std::sync::Arc;
+
+pub struct Model {
+    pub config: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    head: Box<dyn Linear>,
+}
+
+/// Which positions' logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+impl Model {
+    pub fn from_gguf(file: Arc<GgufFile>) -> Result<Model> {
+        let config = config_from_gguf(&file.header)?;
+        let w = GgufWeights::new(file);
+        let norm = |slot: Slot, il: Option<usize>| -> Result<Norm> {
+            Ok(Norm { spec: config.norm, weight: w.vector(slot, il)?, bias: None })
+        };
+        let opt_norm = |slot: Slot, il: usize| -> Result<Option<Norm>> {
+            if w.has(slot, Some(il)) {
+                Ok(Some(norm(slot, Some(il))?))
+            } else {
+                Ok(None)
+            }
+        };
+        let mut blocks = Vec::with_capacity(config.n_layers());
+        for (il, plan) in config.layers.iter().enumerate() {
+            let l = Some(il);
+            let sandwich = config.placement == NormPlacement::Sandwich;
+            let gated = matches!(config.ffn, Ffn::Gated { .. });
+            blocks.push(Block {
+                plan: *plan,
+                placement: config.placement,
+                attn_norm: norm(Slot::AttnNorm, l)?,
+                attn: Attention {
+                    spec: config.attn,
+                    q: w.linear(Slot::AttnQ, l)?,
+                    k: w.linear(Slot::AttnK, l)?,
+                    v: w.linear(Slot::AttnV, l)?,
+                    o: w.linear(Slot::AttnOut, l)?,
+                    q_norm: if config.attn.qk_norm { Some(norm(Slot::AttnQNorm, l)?) } else { None },
+                    k_norm: if config.attn.qk_norm { Some(norm(Slot::AttnKNorm, l)?) } else { None },
+                },
+                post_attn_norm: if sandwich { opt_norm(Slot::PostAttnNorm, il)? } else { None },
+                ffn_norm: norm(Slot::FfnNorm, l)?,
+                ffn: FeedForward {
+                    spec: config.ffn,
+                    gate: if gated { Some(w.linear(Slot::FfnGate, l)?) } else { None },
+                    up: w.linear(Slot::FfnUp, l)?,
+                    down: w.linear(Slot::FfnDown, l)?,
+                },
+                post_ffn_norm: if sandwich { opt_norm(Slot::PostFfnNorm, il)? } else { None },
+            });
+        }
+        let embed = w.embedding()?;
+        if embed.dim() != config.hidden {
+            bail!("token embedding width {} does not match the model width {}", embed.dim(), config.hidden);
+        }
+        let final_norm = norm(Slot::OutputNorm, None)?;
+        let head = w.output(config.tied_embeddings)?;
+        Ok(Model { config, embed, blocks, final_norm, head })
+    }
+
+    /// A fresh KV cache for one sequence of up to `n_ctx` positions.
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(self.config.layers.iter().map(|l| l.window), n_ctx)
+    }
+
+    /// Runs `tokens` at the cache's next positions; returns the final-normed hidden states `(T, C)`.
+    pub fn forward_hidden(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Tensor> {
+        if tokens.is_empty() {
+            bail!("forward called with no tokens");
+        }
+        let pos = kv.reserve(tokens.len())?;
+        let mut x = self.embed.rows(tokens)?;
+        if let Some(s) = self.config.embed_scale {
+            x = (x * s as f64)?;
+        }
+        let mut rope = Vec::new();
+        for plan in &self.config.layers {
+            if let Position::Rope(spec) = plan.position {
+                if !rope.iter().any(|(s, _, _)| *s == spec) {
+                    let (c, s) = rope_tables(&spec, &pos)?;
+                    rope.push((spec, c, s));
+                }
+            }
+        }
+        let ctx = StepCtx { pos: &pos, rope };
+        for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
+            x = block.forward(&x, &ctx, layer_kv)?;
+        }
+        self.final_norm.forward(&x)
+    }
+
+    /// Logits `(T, V)` for hidden states `(T, C)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let mut y = self.head.forward(hidden)?;
+        if let Some(cap) = self.config.final_softcap {
+            y = ((y / cap as f64)?.tanh()? * cap as f64)?;
+        }
+        Ok(y)
+    }
+
+    /// Runs `tokens` and returns logits `(1, V)` for the last one or `(T, V)` for all.
+    pub fn forward(&self, tokens: &[u32], kv: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let h = self.forward_hidden(tokens, kv)?;
+        let h = match which {
+            Logits::Last => h.narrow(0, h.dim(0)? - 1, 1)?,
+            Logits::All => h,
+        };
+        self.logits(&h)
+    }
+
+    /// `log p(token | prefix)` for every token after the first, from all-position logits,
+    /// computed in row chunks so a large vocabulary never needs `T x V` floats at once.
+    pub fn score(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f32>> {
+        let h = self.forward_hidden(tokens, kv)?;
+        let t = tokens.len();
+        let mut out = Vec::with_capacity(t.saturating_sub(1));
+        let chunk = 64;
+        let mut start = 0;
+        while start + 1 < t {
+            let n = chunk.min(t - 1 - start);
+            let logits = self.logits(&h.narrow(0, start, n)?)?;
+            let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let rows: Vec<Vec<f32>> = lsm.to_vec2()?;
+            for (i, row) in rows.iter().enumerate() {
+                out.push(row[tokens[start + i + 1] as usize]);
+            }
+            start += n;
+        }
+        Ok(out)
+    }
+
+    /// `(name, kind)` of each distinct weight type, for `info`.
+    pub fn head_kind(&self) -> String {
+        self.head.kind()
+    }
+}
