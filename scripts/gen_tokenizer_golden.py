@@ -153,6 +153,13 @@ def render(source, bos, eos, conv, add_generation_prompt):
         bos_token=bos, eos_token=eos)
 
 
+def dump_cases(header, cases):
+    """JSON with one case per line: small diffs when a golden changes."""
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items())
+    body = ",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in cases)
+    return "{\n" + head + ',\n "cases": [\n' + body + "\n ]\n}\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--llama-tokenize", default="/work/refwork/lbuild/bin/llama-tokenize")
@@ -168,8 +175,7 @@ def main():
                 ids = tokenize(args.llama_tokenize, path, prompt, parse_special)
                 cases.append({"prompt": prompt, "parse_special": parse_special, "ids": ids})
         out = GOLDEN / f"tokenize_{name}.json"
-        out.write_text(json.dumps({"model": file, "add_special": True, "cases": cases},
-                                  ensure_ascii=False, indent=1) + "\n")
+        out.write_text(dump_cases({"model": file, "add_special": True}, cases))
         print(f"{out}: {len(cases)} cases", file=sys.stderr)
 
         reader = gguf.GGUFReader(path)
@@ -186,9 +192,8 @@ def main():
                 "rendered": render(source, bos, eos, conv, agp),
             })
         out = GOLDEN / f"chat_{name}.json"
-        out.write_text(json.dumps({"model": file, "template": which, "source": source,
-                                   "bos_token": bos, "eos_token": eos, "cases": renders},
-                                  ensure_ascii=False, indent=1) + "\n")
+        out.write_text(dump_cases({"model": file, "template": which, "source": source,
+                                   "bos_token": bos, "eos_token": eos}, renders))
         print(f"{out}: {len(renders)} renders ({which})", file=sys.stderr)
 
 

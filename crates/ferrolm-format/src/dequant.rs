@@ -38,12 +38,36 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), For
         )));
     };
     if bytes.len() != expected {
-        return Err(problem(format!("{n} elements take {expected} bytes, but {} were given", bytes.len())));
+        return Err(problem(format!(
+            "{n} elements take {expected} bytes, but {} were given",
+            bytes.len()
+        )));
     }
-    let block_fn: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => return Ok(f32_row(bytes, out)),
-        GgmlType::F16 => return Ok(f16_row(bytes, out)),
-        GgmlType::BF16 => return Ok(bf16_row(bytes, out)),
+    match ty {
+        GgmlType::F32 => f32_row(bytes, out),
+        GgmlType::F16 => f16_row(bytes, out),
+        GgmlType::BF16 => bf16_row(bytes, out),
+        _ => {
+            let Some(block_fn) = block_kernel(ty) else {
+                return Err(problem(
+                    "ferrolm has no dequantizer for this type".to_string(),
+                ));
+            };
+            let blocks = bytes.chunks_exact(ty.type_size());
+            for (block, y) in blocks.zip(out.chunks_exact_mut(ty.block_size())) {
+                block_fn(block, y);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantizes one block: `type_size` bytes in, `block_size` values out.
+type BlockFn = fn(&[u8], &mut [f32]);
+
+/// The block function of a quantized type.
+fn block_kernel(ty: GgmlType) -> Option<BlockFn> {
+    Some(match ty {
         GgmlType::Q4_0 => q4_0,
         GgmlType::Q4_1 => q4_1,
         GgmlType::Q5_0 => q5_0,
@@ -55,12 +79,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), For
         GgmlType::Q5_K => q5_k,
         GgmlType::Q6_K => q6_k,
         GgmlType::Q8_K => q8_k,
-        _ => return Err(problem("ferrolm has no dequantizer for this type".to_string())),
-    };
-    for (block, y) in bytes.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(ty.block_size())) {
-        block_fn(block, y);
-    }
-    Ok(())
+        _ => return None,
+    })
 }
 
 /// Dequantizes a whole buffer of `n` elements into a new vector.
@@ -183,7 +203,11 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 fn q3_k_scales(packed: &[u8]) -> [i32; 16] {
     let mut s = [0i32; 16];
     for (i, s) in s.iter_mut().enumerate() {
-        let low = if i < 8 { packed[i] & 0x0F } else { packed[i - 8] >> 4 };
+        let low = if i < 8 {
+            packed[i] & 0x0F
+        } else {
+            packed[i - 8] >> 4
+        };
         let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
         *s = (low | (high << 4)) as i32 - 32;
     }
@@ -224,7 +248,10 @@ fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 

@@ -10,13 +10,19 @@ pub enum FormatError {
         "cannot open model file '{path}': {} (check the path, or use a catalog name such as smollm2-135m-instruct)",
         io_reason(.source)
     )]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error(
         "cannot memory-map model file '{path}': {} (the file system may not support mmap; copy the file to a local disk)",
         io_reason(.source)
     )]
-    Map { path: String, source: std::io::Error },
+    Map {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error(
         "not a GGUF file: magic is \"{}\", expected \"GGUF\" (is this a GGUF model? pass a .gguf file)",
@@ -35,31 +41,48 @@ pub enum FormatError {
     #[error(
         "truncated GGUF file: needed {needed} bytes at offset {offset} while reading {what}, file has {file_len} bytes (the download may be incomplete)"
     )]
-    Truncated { needed: u64, offset: usize, what: String, file_len: usize },
+    Truncated {
+        needed: u64,
+        offset: usize,
+        what: String,
+        file_len: usize,
+    },
 
     #[error(
         "truncated or corrupt GGUF file: {what} at offset {offset} is {count}, but only {remaining} bytes remain and each entry needs at least {min_entry_bytes} (the download may be incomplete, or the file is not a model)"
     )]
-    CountTooLarge { what: String, count: u64, offset: usize, remaining: usize, min_entry_bytes: usize },
+    CountTooLarge {
+        what: String,
+        count: u64,
+        offset: usize,
+        remaining: usize,
+        min_entry_bytes: usize,
+    },
 
     #[error(
         "corrupt GGUF file: {what} at offset {offset} has unknown metadata value type {type_id} (the file is damaged or from a newer GGUF version)"
     )]
-    BadValueType { what: String, type_id: u32, offset: usize },
+    BadValueType {
+        what: String,
+        type_id: u32,
+        offset: usize,
+    },
 
     #[error(
         "corrupt GGUF file: metadata key '{key}' nests arrays more than {max_depth} deep (the file is damaged)"
     )]
     NestingTooDeep { key: String, max_depth: usize },
 
-    #[error("corrupt GGUF file: {what} at offset {offset} is not valid UTF-8 (the file is damaged)")]
+    #[error(
+        "corrupt GGUF file: {what} at offset {offset} is not valid UTF-8 (the file is damaged)"
+    )]
     InvalidUtf8 { what: String, offset: usize },
 
     #[error("corrupt GGUF file: metadata key '{key}' appears twice (the file is damaged)")]
     DuplicateKey { key: String },
 
     #[error(
-        "invalid general.alignment {value}: it must be a nonzero power of two that fits in memory (the file is damaged; re-convert the model)"
+        "invalid general.alignment {value}: it must be a nonzero power of two (the file is damaged; re-convert the model)"
     )]
     BadAlignment { value: String },
 
@@ -85,12 +108,21 @@ pub enum FormatError {
     #[error(
         "corrupt GGUF file: tensor '{tensor}' has data offset {offset}, which is not a multiple of the alignment {alignment} (the file is damaged)"
     )]
-    MisalignedTensor { tensor: String, offset: u64, alignment: usize },
+    MisalignedTensor {
+        tensor: String,
+        offset: u64,
+        alignment: usize,
+    },
 
     #[error(
         "tensor '{tensor}' extends past the end of the file (offset {offset} + size {size} > file size {file_len}; the file may be truncated)"
     )]
-    TensorPastEnd { tensor: String, offset: u64, size: u64, file_len: usize },
+    TensorPastEnd {
+        tensor: String,
+        offset: u64,
+        size: u64,
+        file_len: usize,
+    },
 
     #[error("cannot dequantize {ty}: {problem}")]
     Dequantize { ty: GgmlType, problem: String },
@@ -106,6 +138,27 @@ fn io_reason(e: &std::io::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
+}
+
+/// Longest key or tensor name shown in full in an error message, in characters.
+const MAX_SHOWN_CHARS: usize = 96;
+
+/// A key or tensor name from the file as shown in a message: control characters escaped (so
+/// the message stays one line) and very long names cut short.
+pub(crate) fn shown(name: &str) -> String {
+    let mut s = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if i == MAX_SHOWN_CHARS {
+            s.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            s.extend(c.escape_default());
+        } else {
+            s.push(c);
+        }
+    }
+    s
 }
 
 /// Bytes as a C-style string literal body: printable ASCII as-is, the rest as `\xNN`.
@@ -145,7 +198,9 @@ mod tests {
 
     #[test]
     fn messages_are_one_line_and_match_the_examples() {
-        let e = FormatError::BadMagic { found: *b"PK\x03\x04" };
+        let e = FormatError::BadMagic {
+            found: *b"PK\x03\x04",
+        };
         assert_eq!(
             e.to_string(),
             r#"not a GGUF file: magic is "PK\x03\x04", expected "GGUF" (is this a GGUF model? pass a .gguf file)"#
@@ -158,9 +213,18 @@ mod tests {
             e.to_string(),
             "cannot open model file 'p': No such file or directory (check the path, or use a catalog name such as smollm2-135m-instruct)"
         );
-        let e = FormatError::UnknownType { tensor: "t".into(), id: 31 };
-        assert!(e.to_string().contains("unknown type id 31 (Q4_0_4_4"), "{e}");
-        let e = FormatError::UnsupportedType { tensor: "blk.0.attn_q.weight".into(), ty: GgmlType::IQ2_XXS };
+        let e = FormatError::UnknownType {
+            tensor: "t".into(),
+            id: 31,
+        };
+        assert!(
+            e.to_string().contains("unknown type id 31 (Q4_0_4_4"),
+            "{e}"
+        );
+        let e = FormatError::UnsupportedType {
+            tensor: "blk.0.attn_q.weight".into(),
+            ty: GgmlType::IQ2_XXS,
+        };
         assert_eq!(
             e.to_string(),
             "tensor 'blk.0.attn_q.weight' has type IQ2_XXS, which ferrolm does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K); re-quantize the model with one of those types"

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 
-use crate::error::FormatError;
+use crate::error::{shown, FormatError};
 use crate::types::GgmlType;
 
 /// The four bytes every GGUF file starts with.
@@ -275,16 +275,33 @@ impl GgufFile {
     /// Opens, memory-maps and parses `path`.
     pub fn open(path: &Path) -> Result<GgufFile, FormatError> {
         let shown = || path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|source| FormatError::Open { path: shown(), source })?;
-        let len = file.metadata().map_err(|source| FormatError::Open { path: shown(), source })?.len();
+        let file = std::fs::File::open(path).map_err(|source| FormatError::Open {
+            path: shown(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| FormatError::Open {
+                path: shown(),
+                source,
+            })?
+            .len();
         if len == 0 {
             // Mapping an empty file fails on some platforms; report it as the truncation it is.
-            return Err(parse_header(&[]).expect_err("an empty file cannot parse"));
+            return Err(FormatError::Truncated {
+                needed: 4,
+                offset: 0,
+                what: What::Header(MAGIC_WHAT).to_string(),
+                file_len: 0,
+            });
         }
         // SAFETY: the map is read-only and private to this value. As with every mmap-based model
         // loader, a process that truncates or rewrites the file while it is mapped can make reads
         // fault or change; ferrolm never writes to model files it has open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| FormatError::Map { path: shown(), source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| FormatError::Map {
+            path: shown(),
+            source,
+        })?;
         let header = parse_header(&map)?;
         Ok(GgufFile { header, map })
     }
@@ -317,6 +334,8 @@ impl GgufFile {
     }
 }
 
+const MAGIC_WHAT: &str = "the GGUF magic number";
+
 /// What the parser was reading, for error messages; formatted only when an error happens.
 #[derive(Clone, Copy)]
 enum What<'k> {
@@ -332,9 +351,9 @@ impl fmt::Display for What<'_> {
         match self {
             What::Header(s) => f.write_str(s),
             What::Key(i) => write!(f, "the key of metadata entry #{i}"),
-            What::Value(k) => write!(f, "the value of metadata key '{k}'"),
+            What::Value(k) => write!(f, "the value of metadata key '{}'", shown(k)),
             What::TensorName(i) => write!(f, "the name of tensor info #{i}"),
-            What::TensorInfo(name) => write!(f, "the info of tensor '{name}'"),
+            What::TensorInfo(name) => write!(f, "the info of tensor '{}'", shown(name)),
         }
     }
 }
@@ -390,12 +409,20 @@ impl<'a> Reader<'a> {
     fn strict_string(&mut self, what: What) -> Result<&'a str, FormatError> {
         let offset = self.pos;
         let raw = self.string(what)?;
-        std::str::from_utf8(raw).map_err(|_| FormatError::InvalidUtf8 { what: what.to_string(), offset })
+        std::str::from_utf8(raw).map_err(|_| FormatError::InvalidUtf8 {
+            what: what.to_string(),
+            offset,
+        })
     }
 
     /// Checks that `count` entries of at least `min_entry_bytes` each can fit in what remains,
     /// and returns it as a `usize` that is safe to pre-allocate for.
-    fn count(&self, count: u64, min_entry_bytes: usize, what: &dyn fmt::Display) -> Result<usize, FormatError> {
+    fn count(
+        &self,
+        count: u64,
+        min_entry_bytes: usize,
+        what: &dyn fmt::Display,
+    ) -> Result<usize, FormatError> {
         match usize::try_from(count) {
             Ok(n) if n <= self.remaining() / min_entry_bytes => Ok(n),
             _ => Err(FormatError::CountTooLarge {
@@ -429,19 +456,26 @@ impl<'a> Reader<'a> {
             STRING => MetaValue::String(String::from_utf8_lossy(self.string(what)?).into_owned()),
             ARRAY => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(FormatError::NestingTooDeep { key: key.to_string(), max_depth: MAX_ARRAY_DEPTH });
+                    return Err(FormatError::NestingTooDeep {
+                        key: shown(key),
+                        max_depth: MAX_ARRAY_DEPTH,
+                    });
                 }
                 let type_offset = self.pos;
                 let elem_ty = self.u32(what)?;
                 let Some(min) = min_value_bytes(elem_ty) else {
                     return Err(FormatError::BadValueType {
-                        what: format!("the array elements of metadata key '{key}'"),
+                        what: format!("the array elements of metadata key '{}'", shown(key)),
                         type_id: elem_ty,
                         offset: type_offset,
                     });
                 };
                 let raw_count = self.u64(what)?;
-                let n = self.count(raw_count, min, &format_args!("the element count of metadata key '{key}'"))?;
+                let n = self.count(
+                    raw_count,
+                    min,
+                    &format_args!("the element count of metadata key '{}'", shown(key)),
+                )?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem_ty, key, depth + 1)?);
@@ -450,7 +484,7 @@ impl<'a> Reader<'a> {
             }
             _ => {
                 return Err(FormatError::BadValueType {
-                    what: format!("metadata key '{key}'"),
+                    what: format!("metadata key '{}'", shown(key)),
                     type_id: ty,
                     offset: self.pos.saturating_sub(4),
                 })
@@ -470,7 +504,7 @@ struct RawTensor<'a> {
 fn parse_header(bytes: &[u8]) -> Result<GgufHeader, FormatError> {
     let mut r = Reader { bytes, pos: 0 };
 
-    let magic: [u8; 4] = r.array(What::Header("the GGUF magic number"))?;
+    let magic: [u8; 4] = r.array(What::Header(MAGIC_WHAT))?;
     if magic != GGUF_MAGIC {
         return Err(FormatError::BadMagic { found: magic });
     }
@@ -492,18 +526,28 @@ fn parse_header(bytes: &[u8]) -> Result<GgufHeader, FormatError> {
     let header_end = r.pos;
     let data_start = header_end
         .checked_next_multiple_of(alignment)
-        .ok_or_else(|| FormatError::BadAlignment { value: alignment.to_string() })?;
+        .ok_or_else(|| FormatError::BadAlignment {
+            value: alignment.to_string(),
+        })?;
 
     let mut seen = HashSet::with_capacity(raw_tensors.len());
     let mut tensors = Vec::with_capacity(raw_tensors.len());
     for raw in &raw_tensors {
         if !seen.insert(raw.name) {
-            return Err(FormatError::DuplicateTensor { name: raw.name.to_string() });
+            return Err(FormatError::DuplicateTensor {
+                name: shown(raw.name),
+            });
         }
         tensors.push(validate_tensor(raw, alignment, data_start, bytes.len())?);
     }
 
-    Ok(GgufHeader { version, alignment, metadata, tensors, data_start })
+    Ok(GgufHeader {
+        version,
+        alignment,
+        metadata,
+        tensors,
+        data_start,
+    })
 }
 
 fn read_metadata(r: &mut Reader, n_kv: u64) -> Result<Vec<(String, MetaValue)>, FormatError> {
@@ -513,7 +557,7 @@ fn read_metadata(r: &mut Reader, n_kv: u64) -> Result<Vec<(String, MetaValue)>, 
     for i in 0..n as u64 {
         let key = r.strict_string(What::Key(i))?;
         if !seen.insert(key) {
-            return Err(FormatError::DuplicateKey { key: key.to_string() });
+            return Err(FormatError::DuplicateKey { key: shown(key) });
         }
         let ty = r.u32(What::Value(key))?;
         let value = r.value(ty, key, 0)?;
@@ -529,12 +573,19 @@ fn alignment_of(metadata: &[(String, MetaValue)]) -> Result<usize, FormatError> 
     };
     match value.as_u64().and_then(|a| usize::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a),
-        Some(a) => Err(FormatError::BadAlignment { value: a.to_string() }),
-        None => Err(FormatError::BadAlignment { value: format!("{value:?} (a {})", value.type_name()) }),
+        Some(a) => Err(FormatError::BadAlignment {
+            value: a.to_string(),
+        }),
+        None => Err(FormatError::BadAlignment {
+            value: format!("of type {}", value.type_name()),
+        }),
     }
 }
 
-fn read_tensor_infos<'a>(r: &mut Reader<'a>, n_tensors: u64) -> Result<Vec<RawTensor<'a>>, FormatError> {
+fn read_tensor_infos<'a>(
+    r: &mut Reader<'a>,
+    n_tensors: u64,
+) -> Result<Vec<RawTensor<'a>>, FormatError> {
     let n = r.count(n_tensors, MIN_TENSOR_INFO_BYTES, &"the tensor count")?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n as u64 {
@@ -543,7 +594,7 @@ fn read_tensor_infos<'a>(r: &mut Reader<'a>, n_tensors: u64) -> Result<Vec<RawTe
         let n_dims = r.u32(what)?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
             return Err(FormatError::BadTensorShape {
-                tensor: name.to_string(),
+                tensor: shown(name),
                 problem: format!("has {n_dims} dimensions; it must have 1 to {MAX_DIMS}"),
             });
         }
@@ -553,31 +604,69 @@ fn read_tensor_infos<'a>(r: &mut Reader<'a>, n_tensors: u64) -> Result<Vec<RawTe
         }
         let type_id = r.u32(what)?;
         let offset = r.u64(what)?;
-        out.push(RawTensor { name, dims, type_id, offset });
+        out.push(RawTensor {
+            name,
+            dims,
+            type_id,
+            offset,
+        });
     }
     Ok(out)
 }
 
-fn validate_tensor(raw: &RawTensor, alignment: usize, data_start: usize, file_len: usize) -> Result<TensorInfo, FormatError> {
-    let name = raw.name.to_string();
-    let shape_error = |problem: String| FormatError::BadTensorShape { tensor: name.clone(), problem };
+fn validate_tensor(
+    raw: &RawTensor,
+    alignment: usize,
+    data_start: usize,
+    file_len: usize,
+) -> Result<TensorInfo, FormatError> {
+    // `label` is the name as shown in errors (control characters escaped, long names cut).
+    let label = shown(raw.name);
+    let shape_error = |problem: String| FormatError::BadTensorShape {
+        tensor: label.clone(),
+        problem,
+    };
 
     let ty = match GgmlType::from_id(raw.type_id) {
-        None => return Err(FormatError::UnknownType { tensor: name, id: raw.type_id }),
-        Some(ty) if !ty.is_supported() => return Err(FormatError::UnsupportedType { tensor: name, ty }),
+        None => {
+            return Err(FormatError::UnknownType {
+                tensor: label,
+                id: raw.type_id,
+            })
+        }
+        Some(ty) if !ty.is_supported() => {
+            return Err(FormatError::UnsupportedType { tensor: label, ty })
+        }
         Some(ty) => ty,
     };
 
     let mut dims = Vec::with_capacity(raw.dims.len());
     for (i, &d) in raw.dims.iter().enumerate() {
         match usize::try_from(d) {
-            Ok(0) => return Err(shape_error(format!("has size 0 in dimension {i} (dims {:?})", raw.dims))),
+            Ok(0) => {
+                return Err(shape_error(format!(
+                    "has size 0 in dimension {i} (dims {:?})",
+                    raw.dims
+                )))
+            }
             Ok(d) => dims.push(d),
-            Err(_) => return Err(shape_error(format!("has dimension {i} of size {d}, too large for this machine"))),
+            Err(_) => {
+                return Err(shape_error(format!(
+                    "has dimension {i} of size {d}, too large for this machine"
+                )))
+            }
         }
     }
-    let too_big = || shape_error(format!("has dims {:?}, whose element count or byte size overflows", raw.dims));
-    let n_elements = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
+    let too_big = || {
+        shape_error(format!(
+            "has dims {:?}, whose element count or byte size overflows",
+            raw.dims
+        ))
+    };
+    let n_elements = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_big)?;
     let row_len = dims[0];
     let Some(row_bytes) = ty.row_bytes(row_len) else {
         return Err(shape_error(format!(
@@ -585,13 +674,19 @@ fn validate_tensor(raw: &RawTensor, alignment: usize, data_start: usize, file_le
             ty.block_size()
         )));
     };
-    let n_bytes = row_bytes.checked_mul(n_elements / row_len).ok_or_else(too_big)?;
+    let n_bytes = row_bytes
+        .checked_mul(n_elements / row_len)
+        .ok_or_else(too_big)?;
 
     if raw.offset % alignment as u64 != 0 {
-        return Err(FormatError::MisalignedTensor { tensor: name, offset: raw.offset, alignment });
+        return Err(FormatError::MisalignedTensor {
+            tensor: label,
+            offset: raw.offset,
+            alignment,
+        });
     }
     let past_end = || FormatError::TensorPastEnd {
-        tensor: name.clone(),
+        tensor: label.clone(),
         offset: (data_start as u64).saturating_add(raw.offset),
         size: n_bytes as u64,
         file_len,
@@ -605,7 +700,13 @@ fn validate_tensor(raw: &RawTensor, alignment: usize, data_start: usize, file_le
         _ => return Err(past_end()),
     }
 
-    Ok(TensorInfo { name, dims, ty, offset, n_bytes })
+    Ok(TensorInfo {
+        name: raw.name.to_string(),
+        dims,
+        ty,
+        offset,
+        n_bytes,
+    })
 }
 
 #[cfg(test)]

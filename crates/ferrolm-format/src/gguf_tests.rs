@@ -57,9 +57,19 @@ fn parse_err(bytes: &[u8]) -> FormatError {
 fn small_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_meta("general.architecture", MetaValue::String("llama".into()));
-    w.add_meta("tokenizer.ggml.tokens", MetaValue::Array(vec![MetaValue::String("a".into()); 3]));
-    w.add_f32_tensor("norm.weight", &[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
-    w.add_tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_0, vec![0x11; 36]).unwrap();
+    w.add_meta(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(vec![MetaValue::String("a".into()); 3]),
+    );
+    w.add_f32_tensor("norm.weight", &[4], &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
+    w.add_tensor(
+        "blk.0.attn_q.weight",
+        &[32, 2],
+        GgmlType::Q4_0,
+        vec![0x11; 36],
+    )
+    .unwrap();
     w.to_bytes().unwrap()
 }
 
@@ -71,12 +81,23 @@ fn writer_output_parses_back() {
     assert_eq!(h.alignment, 32);
     assert_eq!(h.data_start % 32, 0);
     assert_eq!(h.get_str("general.architecture"), Some("llama"));
-    assert_eq!(h.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()), Some(3));
+    assert_eq!(
+        h.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len()),
+        Some(3)
+    );
     let norm = h.tensor("norm.weight").unwrap();
-    assert_eq!((norm.offset, norm.n_bytes, norm.row_len(), norm.n_rows()), (h.data_start, 16, 4, 1));
+    assert_eq!(
+        (norm.offset, norm.n_bytes, norm.row_len(), norm.n_rows()),
+        (h.data_start, 16, 4, 1)
+    );
     assert_eq!(&bytes[norm.offset..norm.offset + 4], &1.0f32.to_le_bytes());
     let q = h.tensor("blk.0.attn_q.weight").unwrap();
-    assert_eq!((q.ty, q.dims.clone(), q.n_bytes, q.offset), (GgmlType::Q4_0, vec![32, 2], 36, h.data_start + 32));
+    assert_eq!(
+        (q.ty, q.dims.clone(), q.n_bytes, q.offset),
+        (GgmlType::Q4_0, vec![32, 2], 36, h.data_start + 32)
+    );
     assert_eq!(q.n_elements(), 64);
     assert!(h.tensor("missing").is_none());
 }
@@ -106,7 +127,12 @@ fn wrong_magic() {
 fn every_prefix_of_a_valid_file_fails_cleanly() {
     let bytes = small_file();
     let h = GgufHeader::parse(&bytes).unwrap();
-    let needed = h.tensors.iter().map(|t| t.offset + t.n_bytes).max().unwrap();
+    let needed = h
+        .tensors
+        .iter()
+        .map(|t| t.offset + t.n_bytes)
+        .max()
+        .unwrap();
     for cut in 0..bytes.len() {
         let result = std::panic::catch_unwind(|| GgufHeader::parse(&bytes[..cut]));
         let result = result.unwrap_or_else(|_| panic!("panicked on a prefix of {cut} bytes"));
@@ -146,7 +172,13 @@ fn tensor_past_end() {
 #[test]
 fn unsupported_and_unknown_types() {
     let mut w = GgufWriter::new();
-    w.add_tensor("blk.0.attn_q.weight", &[256], GgmlType::IQ2_XXS, vec![0; 66]).unwrap();
+    w.add_tensor(
+        "blk.0.attn_q.weight",
+        &[256],
+        GgmlType::IQ2_XXS,
+        vec![0; 66],
+    )
+    .unwrap();
     let e = parse_err(&w.to_bytes().unwrap());
     assert!(
         e.to_string().starts_with(
@@ -154,11 +186,17 @@ fn unsupported_and_unknown_types() {
         ),
         "{e}"
     );
-    assert!(e.to_string().ends_with("; re-quantize the model with one of those types"));
+    assert!(e
+        .to_string()
+        .ends_with("; re-quantize the model with one of those types"));
 
     let bytes = Raw::header(3, 1, 0).tensor("t", &[32], 99, 0).data(64);
     let e = parse_err(&bytes);
-    assert!(e.to_string().starts_with("tensor 't' has unknown type id 99 (supported: F32"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("tensor 't' has unknown type id 99 (supported: F32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -166,21 +204,43 @@ fn bad_alignment() {
     for a in [0u32, 3, 48] {
         let bytes = Raw::header(3, 0, 1).kv_u32(ALIGNMENT_KEY, a).data(0);
         let e = parse_err(&bytes);
-        assert!(e.to_string().starts_with(&format!("invalid general.alignment {a}: ")), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid general.alignment {a}: ")),
+            "{e}"
+        );
     }
-    let bytes = Raw::header(3, 0, 1).str(ALIGNMENT_KEY.as_bytes()).u32(value_type::STRING).str(b"32").data(0);
-    assert!(matches!(parse_err(&bytes), FormatError::BadAlignment { .. }));
+    let bytes = Raw::header(3, 0, 1)
+        .str(ALIGNMENT_KEY.as_bytes())
+        .u32(value_type::STRING)
+        .str(b"32")
+        .data(0);
+    assert!(matches!(
+        parse_err(&bytes),
+        FormatError::BadAlignment { .. }
+    ));
     // Any non-negative integer type is accepted.
-    let bytes = Raw::header(3, 0, 1).str(ALIGNMENT_KEY.as_bytes()).u32(value_type::U64).u64(64).data(0);
+    let bytes = Raw::header(3, 0, 1)
+        .str(ALIGNMENT_KEY.as_bytes())
+        .u32(value_type::U64)
+        .u64(64)
+        .data(0);
     assert_eq!(GgufHeader::parse(&bytes).unwrap().alignment, 64);
 }
 
 #[test]
 fn versions_and_endianness() {
     let e = parse_err(&Raw::header(1, 0, 0).data(0));
-    assert!(e.to_string().starts_with("GGUF version 1 is not supported: ferrolm reads versions 2 and 3"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("GGUF version 1 is not supported: ferrolm reads versions 2 and 3"),
+        "{e}"
+    );
     let e = parse_err(&Raw::header(4, 0, 0).data(0));
-    assert!(e.to_string().starts_with("GGUF version 4 is not supported"), "{e}");
+    assert!(
+        e.to_string().starts_with("GGUF version 4 is not supported"),
+        "{e}"
+    );
     let e = parse_err(&Raw::header(3u32.swap_bytes(), 0, 0).data(0));
     assert!(e.to_string().starts_with("GGUF file is big-endian"), "{e}");
     assert!(GgufHeader::parse(&Raw::header(2, 0, 0).data(0)).is_ok());
@@ -193,13 +253,30 @@ fn absurd_counts_are_refused_before_allocating() {
         assert!(matches!(e, FormatError::CountTooLarge { .. }), "{e}");
     }
     // An array claiming 2^62 elements.
-    let bytes = Raw::header(3, 0, 1).str(b"k").u32(value_type::ARRAY).u32(value_type::U8).u64(1 << 62).data(8);
+    let bytes = Raw::header(3, 0, 1)
+        .str(b"k")
+        .u32(value_type::ARRAY)
+        .u32(value_type::U8)
+        .u64(1 << 62)
+        .data(8);
     let e = parse_err(&bytes);
-    assert!(e.to_string().contains("the element count of metadata key 'k'"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the element count of metadata key 'k'"),
+        "{e}"
+    );
     // Strings (keys and values) longer than the file.
     let e = parse_err(&Raw::header(3, 0, 1).u64(u64::MAX).data(64));
-    assert!(e.to_string().starts_with("truncated GGUF file: needed 18446744073709551615 bytes"), "{e}");
-    let bytes = Raw::header(3, 0, 1).str(b"k").u32(value_type::STRING).u64(1 << 40).data(0);
+    assert!(
+        e.to_string()
+            .starts_with("truncated GGUF file: needed 18446744073709551615 bytes"),
+        "{e}"
+    );
+    let bytes = Raw::header(3, 0, 1)
+        .str(b"k")
+        .u32(value_type::STRING)
+        .u64(1 << 40)
+        .data(0);
     assert!(matches!(parse_err(&bytes), FormatError::Truncated { .. }));
 }
 
@@ -207,7 +284,11 @@ fn absurd_counts_are_refused_before_allocating() {
 fn nested(depth: usize) -> Vec<u8> {
     let mut r = Raw::header(3, 0, 1).str(b"deep").u32(value_type::ARRAY);
     for level in 0..depth {
-        let elem = if level + 1 == depth { value_type::U8 } else { value_type::ARRAY };
+        let elem = if level + 1 == depth {
+            value_type::U8
+        } else {
+            value_type::ARRAY
+        };
         r = r.u32(elem).u64(1);
     }
     r.0.push(5);
@@ -241,7 +322,10 @@ fn every_value_type_round_trips() {
         MetaValue::F64(-2.25),
         MetaValue::Bool(false),
         MetaValue::String("h\u{e9}llo".into()),
-        MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::I16(1)]), MetaValue::Array(vec![])]),
+        MetaValue::Array(vec![
+            MetaValue::Array(vec![MetaValue::I16(1)]),
+            MetaValue::Array(vec![]),
+        ]),
     ];
     let mut w = GgufWriter::new();
     for (i, v) in values.iter().enumerate() {
@@ -277,11 +361,18 @@ fn bad_tensor_shapes() {
         (&[4, 0], 0, "has size 0 in dimension 1"),
         (&[1 << 32, 1 << 32, 1 << 32], 0, "overflows"),
         (&[u64::MAX / 2, 4], 0, "overflows"),
-        (&[48], 2, "has row length 48, which is not a multiple of the Q4_0 block size 32"),
+        (
+            &[48],
+            2,
+            "has row length 48, which is not a multiple of the Q4_0 block size 32",
+        ),
     ];
     for (dims, ty, expected) in cases {
         let e = parse_err(&Raw::header(3, 1, 0).tensor("t", dims, ty, 0).data(256));
-        assert!(matches!(e, FormatError::BadTensorShape { .. }), "{dims:?}: {e}");
+        assert!(
+            matches!(e, FormatError::BadTensorShape { .. }),
+            "{dims:?}: {e}"
+        );
         assert!(e.to_string().contains(expected), "{dims:?}: {e}");
     }
 }
@@ -289,10 +380,21 @@ fn bad_tensor_shapes() {
 #[test]
 fn misaligned_overflowing_and_duplicate_tensors() {
     let e = parse_err(&Raw::header(3, 1, 0).tensor("t", &[4], 0, 16).data(64));
-    assert!(e.to_string().contains("data offset 16, which is not a multiple of the alignment 32"), "{e}");
-    let e = parse_err(&Raw::header(3, 1, 0).tensor("t", &[4], 0, u64::MAX - 31).data(64));
+    assert!(
+        e.to_string()
+            .contains("data offset 16, which is not a multiple of the alignment 32"),
+        "{e}"
+    );
+    let e = parse_err(
+        &Raw::header(3, 1, 0)
+            .tensor("t", &[4], 0, u64::MAX - 31)
+            .data(64),
+    );
     assert!(matches!(e, FormatError::TensorPastEnd { .. }), "{e}");
-    let bytes = Raw::header(3, 2, 0).tensor("t", &[4], 0, 0).tensor("t", &[4], 0, 32).data(64);
+    let bytes = Raw::header(3, 2, 0)
+        .tensor("t", &[4], 0, 0)
+        .tensor("t", &[4], 0, 32)
+        .data(64);
     assert_eq!(
         parse_err(&bytes).to_string(),
         "corrupt GGUF file: tensor name 't' appears twice (the file is damaged)"
@@ -304,14 +406,46 @@ fn keys_values_and_names() {
     let e = parse_err(&Raw::header(3, 0, 2).kv_u32("k", 1).kv_u32("k", 2).data(0));
     assert!(matches!(e, FormatError::DuplicateKey { .. }), "{e}");
     let e = parse_err(&Raw::header(3, 0, 1).str(b"k").u32(13).u32(0).data(0));
-    assert!(e.to_string().contains("unknown metadata value type 13"), "{e}");
-    let e = parse_err(&Raw::header(3, 0, 1).str(b"k").u32(value_type::ARRAY).u32(77).u64(0).data(0));
-    assert!(e.to_string().contains("the array elements of metadata key 'k'"), "{e}");
-    let e = parse_err(&Raw::header(3, 0, 1).str(b"\xFF\xFE").u32(value_type::U8).data(1));
+    assert!(
+        e.to_string().contains("unknown metadata value type 13"),
+        "{e}"
+    );
+    let e = parse_err(
+        &Raw::header(3, 0, 1)
+            .str(b"k")
+            .u32(value_type::ARRAY)
+            .u32(77)
+            .u64(0)
+            .data(0),
+    );
+    assert!(
+        e.to_string()
+            .contains("the array elements of metadata key 'k'"),
+        "{e}"
+    );
+    let e = parse_err(
+        &Raw::header(3, 0, 1)
+            .str(b"\xFF\xFE")
+            .u32(value_type::U8)
+            .data(1),
+    );
     assert!(matches!(e, FormatError::InvalidUtf8 { .. }), "{e}");
+    // Names in messages are escaped and cut short, so a message stays one line.
+    let long = format!("a\nb{}", "x".repeat(500));
+    let e = parse_err(&Raw::header(3, 1, 0).tensor(&long, &[4], 0, 64).data(64));
+    let msg = e.to_string();
+    assert!(msg.starts_with("tensor 'a\\nbxxx"), "{msg}");
+    assert!(msg.len() < 400, "{msg}");
     // Invalid UTF-8 in a value is replaced, not refused.
-    let bytes = Raw::header(3, 0, 1).str(b"k").u32(value_type::STRING).str(b"a\xFFb").data(0);
-    assert_eq!(GgufHeader::parse(&bytes).unwrap().get_str("k"), Some("a\u{FFFD}b"));
+    let bytes = Raw::header(3, 0, 1)
+        .str(b"k")
+        .u32(value_type::STRING)
+        .str(b"a\xFFb")
+        .data(0);
+    assert_eq!(
+        GgufHeader::parse(&bytes).unwrap().get_str("k"),
+        Some("a\u{FFFD}b")
+    );
 }
 
 #[test]
@@ -326,7 +460,11 @@ fn open_reports_missing_and_empty_files() {
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(GgufFile::open(&empty).err().unwrap().to_string().starts_with("truncated GGUF file"));
+    assert!(GgufFile::open(&empty)
+        .err()
+        .unwrap()
+        .to_string()
+        .starts_with("truncated GGUF file"));
 
     let path = dir.join("small.gguf");
     std::fs::write(&path, small_file()).unwrap();

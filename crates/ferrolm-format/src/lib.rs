@@ -9,6 +9,22 @@
 //! - [`writer`]: [`GgufWriter`], which writes GGUF files (tests, fuzz seeds, conversion).
 //! - [`fuzz_one`]: the fuzz target body, shared by `fuzz/` and the corpus replay test.
 //! - [`FormatError`]: one-line errors that say what is wrong and what to do.
+//!
+//! ```
+//! use ferrolm_format::{dequantize_to_vec, GgufHeader, GgufWriter, MetaValue};
+//!
+//! let mut w = GgufWriter::new();
+//! w.add_meta("general.architecture", MetaValue::String("llama".into()));
+//! w.add_f32_tensor("output_norm.weight", &[4], &[1.0, 2.0, 3.0, 4.0])?;
+//! let bytes = w.to_bytes()?;
+//!
+//! let header = GgufHeader::parse(&bytes)?;
+//! assert_eq!(header.get_str("general.architecture"), Some("llama"));
+//! let t = header.tensor("output_norm.weight").unwrap();
+//! let values = dequantize_to_vec(t.ty, &bytes[t.offset..t.offset + t.n_bytes], t.n_elements())?;
+//! assert_eq!(values, [1.0, 2.0, 3.0, 4.0]);
+//! # Ok::<(), ferrolm_format::FormatError>(())
+//! ```
 
 pub mod dequant;
 pub mod error;

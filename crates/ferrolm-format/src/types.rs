@@ -75,7 +75,13 @@ const TABLE: [Row; 35] = {
         (IQ3_XXS, 18, "IQ3_XXS", QK_K, 2 + 3 * QK_K / 8),
         (IQ1_S, 19, "IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16),
         (IQ4_NL, 20, "IQ4_NL", 32, 2 + 16),
-        (IQ3_S, 21, "IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 32 + QK_K / 8 + QK_K / 64),
+        (
+            IQ3_S,
+            21,
+            "IQ3_S",
+            QK_K,
+            2 + QK_K / 4 + QK_K / 32 + QK_K / 8 + QK_K / 64,
+        ),
         (IQ2_S, 22, "IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16),
         (IQ4_XS, 23, "IQ4_XS", QK_K, 2 + 2 + QK_K / 64 + QK_K / 2),
         (I8, 24, "I8", 1, 1),
@@ -85,7 +91,13 @@ const TABLE: [Row; 35] = {
         (F64, 28, "F64", 1, 8),
         (IQ1_M, 29, "IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32),
         (BF16, 30, "BF16", 1, 2),
-        (TQ1_0, 34, "TQ1_0", QK_K, (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2),
+        (
+            TQ1_0,
+            34,
+            "TQ1_0",
+            QK_K,
+            (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2,
+        ),
         (TQ2_0, 35, "TQ2_0", QK_K, QK_K / 4 + 2),
         (MXFP4, 39, "MXFP4", 32, 1 + 16),
         (NVFP4, 40, "NVFP4", 64, 4 + 32),
@@ -97,7 +109,9 @@ const TABLE: [Row; 35] = {
 /// The types ferrolm can dequantize and compute with, in the order error messages list them.
 pub const SUPPORTED_TYPES: [GgmlType; 14] = {
     use GgmlType::*;
-    [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K]
+    [
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
+    ]
 };
 
 impl GgmlType {
@@ -161,15 +175,23 @@ impl std::fmt::Display for GgmlType {
 pub(crate) fn removed_type_note(id: u32) -> Option<&'static str> {
     match id {
         4 | 5 => Some("Q4_2/Q4_3, removed from ggml in 2023"),
-        31..=33 => Some("Q4_0_4_4/Q4_0_4_8/Q4_0_8_8, repacked layouts ggml no longer stores in GGUF"),
-        36..=38 => Some("IQ4_NL_4_4/IQ4_NL_4_8/IQ4_NL_8_8, repacked layouts ggml no longer stores in GGUF"),
+        31..=33 => {
+            Some("Q4_0_4_4/Q4_0_4_8/Q4_0_8_8, repacked layouts ggml no longer stores in GGUF")
+        }
+        36..=38 => {
+            Some("IQ4_NL_4_4/IQ4_NL_4_8/IQ4_NL_8_8, repacked layouts ggml no longer stores in GGUF")
+        }
         _ => None,
     }
 }
 
 /// The supported type names joined for an error message: "F32, F16, BF16, Q4_0, ...".
 pub(crate) fn supported_names() -> String {
-    SUPPORTED_TYPES.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    SUPPORTED_TYPES
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::FormatError;
+use crate::error::{shown, FormatError};
 use crate::gguf::{value_type, MetaValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::types::GgmlType;
 
@@ -61,12 +61,21 @@ impl GgufWriter {
         data: Vec<u8>,
     ) -> Result<&mut Self, FormatError> {
         let name = name.into();
-        let problem = |problem: String| FormatError::Write { problem: format!("tensor '{name}' {problem}") };
+        let problem = |problem: String| FormatError::Write {
+            problem: format!("tensor '{}' {problem}", shown(&name)),
+        };
         if dims.is_empty() || dims.len() > crate::gguf::MAX_DIMS || dims.contains(&0) {
-            return Err(problem(format!("has dims {dims:?}; it needs 1 to 4 dimensions, each at least 1")));
+            return Err(problem(format!(
+                "has dims {dims:?}; it needs 1 to 4 dimensions, each at least 1"
+            )));
         }
-        let n_rows = dims[1..].iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let size = ty.row_bytes(dims[0]).zip(n_rows).and_then(|(row, rows)| row.checked_mul(rows));
+        let n_rows = dims[1..]
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let size = ty
+            .row_bytes(dims[0])
+            .zip(n_rows)
+            .and_then(|(row, rows)| row.checked_mul(rows));
         if size != Some(data.len()) {
             return Err(problem(format!(
                 "of type {ty} and dims {dims:?} needs {size:?} bytes of data, but {} were given",
@@ -76,7 +85,12 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(problem("was added twice".to_string()));
         }
-        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ty, data });
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
         Ok(self)
     }
 
@@ -111,7 +125,9 @@ impl GgufWriter {
 
     /// Writes the file to `path`.
     pub fn write_file(&self, path: &Path) -> Result<(), FormatError> {
-        let io = |e: std::io::Error| FormatError::Write { problem: format!("'{}': {e}", path.display()) };
+        let io = |e: std::io::Error| FormatError::Write {
+            problem: format!("'{}': {e}", path.display()),
+        };
         let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
         self.write_to(&mut file)?;
         file.flush().map_err(io)
@@ -144,7 +160,9 @@ impl GgufWriter {
         let padded = header.len().next_multiple_of(alignment);
         header.resize(padded, 0);
 
-        let io = |e: std::io::Error| FormatError::Write { problem: e.to_string() };
+        let io = |e: std::io::Error| FormatError::Write {
+            problem: e.to_string(),
+        };
         w.write_all(&header).map_err(io)?;
         let zeros = vec![0u8; alignment];
         for t in &self.tensors {
@@ -181,7 +199,10 @@ fn put_value(out: &mut Vec<u8>, key: &str, value: &MetaValue) -> Result<(), Form
             let elem_ty = items.first().map_or(value_type::U8, |v| v.type_id());
             if items.iter().any(|v| v.type_id() != elem_ty) {
                 return Err(FormatError::Write {
-                    problem: format!("metadata array '{key}' mixes element types; GGUF arrays hold one type"),
+                    problem: format!(
+                        "metadata array '{}' mixes element types; GGUF arrays hold one type",
+                        shown(key)
+                    ),
                 });
             }
             out.extend(elem_ty.to_le_bytes());

@@ -16,15 +16,24 @@ fn golden() -> Value {
 }
 
 fn ty_named(name: &str) -> GgmlType {
-    GgmlType::all().find(|t| t.name() == name).unwrap_or_else(|| panic!("unknown type {name}"))
+    GgmlType::all()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"))
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn bits(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Compares bit patterns, reporting the first mismatch with context.
@@ -67,7 +76,10 @@ fn real_model_rows_match_gguf_py() {
     };
     let golden = golden();
     let rows = golden["models"].as_array().unwrap();
-    assert!(!rows.is_empty(), "the golden file has no model rows; regenerate it with the models present");
+    assert!(
+        !rows.is_empty(),
+        "the golden file has no model rows; regenerate it with the models present"
+    );
     let mut checked = 0;
     for row in rows {
         let file = row["file"].as_str().unwrap();
@@ -80,11 +92,19 @@ fn real_model_rows_match_gguf_py() {
         let name = row["tensor"].as_str().unwrap();
         let t = gguf.header.tensor(name).unwrap();
         assert_eq!(t.ty.name(), row["type"].as_str().unwrap(), "{name}");
-        assert_eq!(t.row_len() as u64, row["row_len"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            t.row_len() as u64,
+            row["row_len"].as_u64().unwrap(),
+            "{name}"
+        );
         let r = row["row"].as_u64().unwrap() as usize;
         let data = &gguf.tensor_bytes(t)[r * t.row_bytes()..(r + 1) * t.row_bytes()];
         let got = dequantize_to_vec(t.ty, data, t.row_len()).unwrap();
-        assert_same_bits(&format!("{file} {name} row {r}"), &got, &bits(&row["expected_bits"]));
+        assert_same_bits(
+            &format!("{file} {name} row {r}"),
+            &got,
+            &bits(&row["expected_bits"]),
+        );
         checked += 1;
     }
     eprintln!("checked {checked} model rows");

@@ -161,9 +161,9 @@ impl Attention {
             q = apply_rope(spec, &q, cos, sin)?;
             k = apply_rope(spec, &k, cos, sin)?;
         }
-        let q = (q.squeeze(0)? * a.scale as f64)?; // (H, T, D)
-        let k = k.squeeze(0)?; // (Hkv, T, D)
-        let v = v.transpose(0, 1)?.contiguous()?; // (Hkv, T, D)
+        let q = f16_round((q.squeeze(0)? * a.scale as f64)?)?; // (H, T, D)
+        let k = f16_round(k.squeeze(0)?)?; // (Hkv, T, D)
+        let v = f16_round(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
         let (k_all, v_all, pos_all) = kv.append(&k, &v, ctx.pos)?;
         let s = pos_all.len();
         let n_rep = h / hkv;
@@ -176,11 +176,15 @@ impl Attention {
         if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window) {
             scores = scores.reshape((hkv, n_rep, t, s))?.broadcast_add(&mask)?.reshape((hkv, n_rep * t, s))?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = f16_round(candle_nn::ops::softmax_last_dim(&scores)?)?;
         let out = probs.matmul(&v_all)?; // (Hkv, n_rep*T, D)
         kv.store(k_all, v_all, pos_all)?;
         let out = out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?;
         debug_assert_eq!(out.dtype(), DType::F32);
         self.o.forward(&out)
     }
+}
+
+fn f16_round(x: Tensor) -> Result<Tensor> {
+    if std::env::var("FERROLM_F16").is_ok_and(|v| v == "1") { Ok(x.to_dtype(DType::F16)?.to_dtype(DType::F32)?) } else { Ok(x) }
 }

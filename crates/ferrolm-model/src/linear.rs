@@ -79,3 +79,54 @@ impl Linear for DenseLinear {
         format!("{:?}", self.w.dtype()).to_uppercase()
     }
 }
+
+/// A GGUF block-format matrix read in place from the mapped file, multiplied by our own
+/// kernels (`ferrolm-kernels`), with activations quantized as llama.cpp does.
+pub struct KernelLinear {
+    file: std::sync::Arc<ferrolm_format::GgufFile>,
+    info: ferrolm_format::TensorInfo,
+    kind: ferrolm_kernels::QuantKind,
+    bias: Option<Tensor>,
+}
+
+impl KernelLinear {
+    /// `None` when our kernels do not cover this tensor type.
+    pub fn new(
+        file: std::sync::Arc<ferrolm_format::GgufFile>,
+        info: ferrolm_format::TensorInfo,
+        bias: Option<Tensor>,
+    ) -> Option<Self> {
+        use ferrolm_format::GgmlType;
+        let kind = match info.ty {
+            GgmlType::Q4_1 => ferrolm_kernels::QuantKind::Q4_1,
+            GgmlType::Q5_1 => ferrolm_kernels::QuantKind::Q5_1,
+            _ => return None,
+        };
+        Some(Self { file, info, kind, bias })
+    }
+}
+
+impl Linear for KernelLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (k, n) = (self.info.dims[0], self.info.dims[1]);
+        let mut dims = x.dims().to_vec();
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut y = vec![0f32; xs.len() / k * n];
+        ferrolm_kernels::matmul(self.kind, self.file.tensor_bytes(&self.info), n, k, &xs, &mut y);
+        *dims.last_mut().unwrap() = n;
+        let y = Tensor::from_vec(y, dims, x.device())?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+    fn in_dim(&self) -> usize {
+        self.info.dims[0]
+    }
+    fn out_dim(&self) -> usize {
+        self.info.dims[1]
+    }
+    fn kind(&self) -> String {
+        self.info.ty.name().to_string()
+    }
+}

@@ -47,7 +47,12 @@ pub(crate) struct Profile {
 pub(crate) const PROFILES: &[Profile] = &[
     Profile {
         names: &["default"],
-        regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_RE, r"\p{N}+", "[0-9][0-9][0-9]"],
+        regexes: &[
+            r"[\p{P}\$\+<=>\^~\|]+",
+            GPT2_RE,
+            r"\p{N}+",
+            "[0-9][0-9][0-9]",
+        ],
         ignore_merges: false,
         add_bos: false,
         clean_spaces: true,
@@ -98,12 +103,13 @@ impl Profile {
     /// The profile for `tokenizer.ggml.pre`; a missing value means "default", as in llama.cpp.
     pub(crate) fn lookup(pre: Option<&str>) -> Result<&'static Profile, TokenizeError> {
         let name = pre.unwrap_or("default");
-        PROFILES.iter().find(|p| p.names.contains(&name)).ok_or_else(|| {
-            TokenizeError::UnknownPreTokenizer {
+        PROFILES
+            .iter()
+            .find(|p| p.names.contains(&name))
+            .ok_or_else(|| TokenizeError::UnknownPreTokenizer {
                 name: name.to_string(),
                 supported: SUPPORTED_PRE.to_string(),
-            }
-        })
+            })
     }
 }
 
@@ -132,7 +138,7 @@ impl BpeEncoder {
         let mut seen = std::collections::HashSet::new();
         let mut pairs = Vec::with_capacity(merges.len());
         for m in merges {
-            let Some(pos) = m.get(1..).and_then(|s| s.find(' ')).map(|p| p + 1) else {
+            let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
                 return Err(TokenizeError::InvalidVocab(format!(
                     "merge {m:?} has no space separating its two halves (tokenizer.ggml.merges)"
                 )));
@@ -154,8 +160,11 @@ impl BpeEncoder {
                 pairs.push(pair);
             }
         }
-        let token_to_id: tokenizers::models::bpe::Vocab =
-            vocab.token_to_id.iter().map(|(t, &id)| (t.clone(), id)).collect();
+        let token_to_id: tokenizers::models::bpe::Vocab = vocab
+            .token_to_id
+            .iter()
+            .map(|(t, &id)| (t.clone(), id))
+            .collect();
         let model = BPE::builder()
             .vocab_and_merges(token_to_id, pairs)
             .ignore_merges(profile.ignore_merges)
@@ -208,7 +217,11 @@ fn byte_alphabet() -> [char; 256] {
 fn char_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
     MAP.get_or_init(|| {
-        byte_alphabet().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+        byte_alphabet()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect()
     })
 }
 

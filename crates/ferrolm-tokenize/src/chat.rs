@@ -2,7 +2,7 @@
 //! `apply_chat_template` renders it (`trim_blocks`, `lstrip_blocks`, Python string methods,
 //! `raise_exception`, `tojson` as `json.dumps(ensure_ascii=False)`).
 
-use minijinja::value::{Value, ValueKind};
+use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -45,7 +48,11 @@ pub fn fallback_chatml() -> &'static str {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, TokenizeError> {
+    pub fn new(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate, TokenizeError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -54,7 +61,11 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| TokenizeError::TemplateCompile(describe(&e)))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// Render `messages`; `add_generation_prompt` appends the opening of the assistant's turn.
@@ -78,13 +89,9 @@ impl ChatTemplate {
     }
 }
 
-/// One line: the error and, when known, where in the template.
+/// One line: the error and where in the template (minijinja adds "(in chat_template:LINE)").
 fn describe(e: &Error) -> String {
-    let mut s = e.to_string();
-    if let Some(line) = e.line() {
-        s = format!("{s} (template line {line})");
-    }
-    s.replace('\n', " ")
+    e.to_string().replace('\n', " ")
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -93,13 +100,20 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`,
 /// so `", "` and `": "` separators, non-ASCII kept, no HTML escaping.
-fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
     let mut out = String::new();
     write_json(&value, indent, 0, &mut out)?;
     Ok(Value::from(out))
 }
 
-fn write_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), Error> {
+fn write_json(
+    v: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -135,7 +149,10 @@ fn write_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) 
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                let name = key.as_str().map(str::to_string).unwrap_or_else(|| key.to_string());
+                let name = key
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| key.to_string());
                 out.push_str(&json_string(&name));
                 out.push_str(": ");
                 write_json(&v.get_item(key)?, indent, depth + 1, out)?;

@@ -4,7 +4,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TokenizeError {
-    #[error("unsupported tokenizer model '{0}' (tokenizer.ggml.model); supported: gpt2, llama, gemma")]
+    #[error(
+        "unsupported tokenizer model '{0}' (tokenizer.ggml.model); supported: gpt2, llama, gemma"
+    )]
     UnsupportedModel(String),
 
     #[error(

@@ -9,9 +9,8 @@
 //! Doing that literally costs one scan of the text per special token (gemma: ~6,400). Here one
 //! Aho-Corasick pass finds every occurrence of every special token, and the same
 //! longest-first, leftmost-first claims are replayed on that list. Equivalence: an occurrence
-//! lies inside a plain fragment exactly when it overlaps no span claimed so far.
-
-use std::collections::BTreeMap;
+//! lies inside a plain fragment exactly when it overlaps no span claimed so far. Cost:
+//! O(n + h log h) for h occurrences (h <= n x the number of specials matching at one position).
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
@@ -31,6 +30,8 @@ pub(crate) struct SpecialMatcher {
     ids: Vec<u32>,
     /// Whether `ids[i]` is matched only with `parse_special` (CONTROL or UNKNOWN).
     parse_only: Vec<bool>,
+    /// Byte length of `ids[i]`'s text.
+    lens: Vec<usize>,
     ac: Option<AhoCorasick>,
 }
 
@@ -45,13 +46,22 @@ impl SpecialMatcher {
             .iter()
             .map(|&id| vocab.attr(id) & (attr::CONTROL | attr::UNKNOWN) != 0)
             .collect();
+        let lens = ids
+            .iter()
+            .map(|&id| vocab.tokens[id as usize].len())
+            .collect();
         let ac = (!ids.is_empty()).then(|| {
             AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
                 .build(ids.iter().map(|&id| vocab.tokens[id as usize].as_bytes()))
                 .expect("special-token automaton fits in memory")
         });
-        SpecialMatcher { ids, parse_only, ac }
+        SpecialMatcher {
+            ids,
+            parse_only,
+            lens,
+            ac,
+        }
     }
 
     /// Split `text` into plain fragments and special tokens, in order.
@@ -59,42 +69,47 @@ impl SpecialMatcher {
         let Some(ac) = &self.ac else {
             return plain(text);
         };
-        // Every occurrence of every eligible special token: (pattern, start, end).
-        let mut hits: Vec<(usize, usize, usize)> = ac
+        // Every occurrence of every eligible special token, packed as (pattern << 40 | start)
+        // so that one integer sort orders them by claim order, then position.
+        let mut hits: Vec<u64> = ac
             .find_overlapping_iter(text)
-            .map(|m| (m.pattern().as_usize(), m.start(), m.end()))
-            .filter(|&(p, _, _)| parse_special || !self.parse_only[p])
+            .filter(|m| parse_special || !self.parse_only[m.pattern().as_usize()])
+            .map(|m| (m.pattern().as_u64() << 40) | m.start() as u64)
             .collect();
         if hits.is_empty() {
             return plain(text);
         }
+        assert!(text.len() < 1 << 40, "text over 1 TiB");
         hits.sort_unstable();
 
-        // Claimed spans: start -> (end, id). Spans never overlap.
-        let mut claimed: BTreeMap<usize, (usize, u32)> = BTreeMap::new();
-        let mut pattern = usize::MAX;
+        // `covered[i]`: byte i belongs to a claimed special token. Claims come longest first,
+        // so a claimed span can only overlap a new candidate [s, e) by covering s or e - 1
+        // (a span strictly inside would be shorter).
+        let mut covered = vec![false; text.len()];
+        let mut claimed: Vec<(usize, usize, u32)> = Vec::new();
+        let mut pattern = u64::MAX;
         let mut pattern_end = 0;
-        for (p, start, end) in hits {
+        for hit in hits {
+            let (p, start) = (hit >> 40, (hit & ((1 << 40) - 1)) as usize);
+            let id = self.ids[p as usize];
+            let end = start + self.lens[p as usize];
             if p != pattern {
                 pattern = p;
                 pattern_end = 0;
             }
-            if start < pattern_end {
-                continue; // overlaps this token's previous occurrence
+            // Skip overlaps with this token's previous occurrence or with earlier claims.
+            if start < pattern_end || covered[start] || covered[end - 1] {
+                continue;
             }
-            let overlaps = claimed
-                .range(..end)
-                .next_back()
-                .is_some_and(|(_, &(claimed_end, _))| claimed_end > start);
-            if !overlaps {
-                claimed.insert(start, (end, self.ids[p]));
-                pattern_end = end;
-            }
+            covered[start..end].fill(true);
+            claimed.push((start, end, id));
+            pattern_end = end;
         }
+        claimed.sort_unstable();
 
         let mut out = Vec::with_capacity(2 * claimed.len() + 1);
         let mut pos = 0;
-        for (start, (end, id)) in claimed {
+        for (start, end, id) in claimed {
             if start > pos {
                 out.push(Fragment::Text(&text[pos..start]));
             }

@@ -71,11 +71,7 @@ pub(crate) fn escape(text: &str, prefix_space: bool) -> String {
 }
 
 /// Tokenize already-escaped text, appending ids to `out`.
-pub(crate) fn tokenize(
-    vocab: &Vocab,
-    text: &str,
-    out: &mut Vec<u32>,
-) -> Result<(), TokenizeError> {
+pub(crate) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizeError> {
     let mut pieces: Vec<Piece> = Vec::with_capacity(text.len());
     for (start, c) in text.char_indices() {
         let i = pieces.len();
@@ -97,7 +93,12 @@ pub(crate) fn tokenize(
         let (l, r) = (pieces[left], pieces[right]);
         let len = l.len + r.len;
         let id = vocab.get(&text[l.start..l.start + len])?;
-        Some(Bigram { left, right, score: vocab.scores[id as usize], len })
+        Some(Bigram {
+            left,
+            right,
+            score: vocab.scores[id as usize],
+            len,
+        })
     };
     for i in 1..pieces.len() {
         queue.extend(candidate(&pieces, Some(i - 1), Some(i)));
@@ -140,7 +141,10 @@ fn byte_fallback(vocab: &Vocab, s: &str, out: &mut Vec<u32>) -> Result<(), Token
         (None, Some(unk)) => out.extend(s.chars().map(|_| unk)),
         (None, None) => {
             let ch = s.chars().next().unwrap_or('\0');
-            return Err(TokenizeError::Unencodable { ch, byte: s.as_bytes()[0] });
+            return Err(TokenizeError::Unencodable {
+                ch,
+                byte: s.as_bytes()[0],
+            });
         }
     }
     Ok(())

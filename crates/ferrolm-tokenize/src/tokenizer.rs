@@ -17,7 +17,10 @@ pub struct Tokenizer {
 #[derive(Debug)]
 enum Backend {
     Spm,
-    Bpe { encoder: BpeEncoder, clean_spaces: bool },
+    Bpe {
+        encoder: Box<BpeEncoder>,
+        clean_spaces: bool,
+    },
 }
 
 impl Tokenizer {
@@ -30,19 +33,34 @@ impl Tokenizer {
             }
             Family::Bpe => {
                 let profile = Profile::lookup(spec.pre.as_deref())?;
-                let vocab =
-                    Vocab::new(&spec, family, VocabDefaults { add_bos: profile.add_bos })?;
+                let vocab = Vocab::new(
+                    &spec,
+                    family,
+                    VocabDefaults {
+                        add_bos: profile.add_bos,
+                    },
+                )?;
                 let merges = spec.merges.as_deref().ok_or_else(|| {
                     TokenizeError::InvalidVocab(
                         "a gpt2 vocabulary needs tokenizer.ggml.merges".into(),
                     )
                 })?;
-                let encoder = BpeEncoder::new(&vocab, merges, profile)?;
-                (vocab, Backend::Bpe { encoder, clean_spaces: profile.clean_spaces })
+                let encoder = Box::new(BpeEncoder::new(&vocab, merges, profile)?);
+                (
+                    vocab,
+                    Backend::Bpe {
+                        encoder,
+                        clean_spaces: profile.clean_spaces,
+                    },
+                )
             }
         };
         let specials = SpecialMatcher::new(&vocab);
-        Ok(Tokenizer { vocab, specials, backend })
+        Ok(Tokenizer {
+            vocab,
+            specials,
+            backend,
+        })
     }
 
     /// llama.cpp's `llama_tokenize(text, add_special, parse_special)`: `add_special` adds BOS
@@ -57,7 +75,10 @@ impl Tokenizer {
         let v = &self.vocab;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && v.add_bos {
-            out.push(v.bos.ok_or(TokenizeError::MissingSpecial { which: "bos" })?);
+            out.push(
+                v.bos
+                    .ok_or(TokenizeError::MissingSpecial { which: "bos" })?,
+            );
         }
         // SentencePiece: a fragment at the start or after a special token gets the prefix space.
         let mut prev_special = true;
@@ -80,7 +101,10 @@ impl Tokenizer {
             }
         }
         if add_special && v.add_eos {
-            out.push(v.eos.ok_or(TokenizeError::MissingSpecial { which: "eos" })?);
+            out.push(
+                v.eos
+                    .ok_or(TokenizeError::MissingSpecial { which: "eos" })?,
+            );
         }
         Ok(out)
     }
@@ -102,7 +126,10 @@ impl Tokenizer {
             }
             strip_space = false;
         }
-        if let Backend::Bpe { clean_spaces: true, .. } = self.backend {
+        if let Backend::Bpe {
+            clean_spaces: true, ..
+        } = self.backend
+        {
             bpe::clean_spaces(&mut bytes);
         }
         match String::from_utf8(bytes) {

@@ -35,14 +35,21 @@ fn load(name: &str) -> Option<(Tokenizer, Golden)> {
 }
 
 fn check_ids(name: &str) {
-    let Some((tok, golden)) = load(name) else { return };
+    let Some((tok, golden)) = load(name) else {
+        return;
+    };
     let mut failures = Vec::new();
     for (mode, parse_special) in [("parse_special=false", false), ("parse_special=true", true)] {
-        let cases: Vec<&Case> =
-            golden.cases.iter().filter(|c| c.parse_special == parse_special).collect();
+        let cases: Vec<&Case> = golden
+            .cases
+            .iter()
+            .filter(|c| c.parse_special == parse_special)
+            .collect();
         let mut matched = 0;
         for c in &cases {
-            let ids = tok.encode(&c.prompt, golden.add_special, c.parse_special).unwrap();
+            let ids = tok
+                .encode(&c.prompt, golden.add_special, c.parse_special)
+                .unwrap();
             if ids == c.ids {
                 matched += 1;
             } else {
@@ -52,9 +59,17 @@ fn check_ids(name: &str) {
                 ));
             }
         }
-        eprintln!("{name} {mode}: {matched}/{} prompts match llama.cpp", cases.len());
+        eprintln!(
+            "{name} {mode}: {matched}/{} prompts match llama.cpp",
+            cases.len()
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -70,15 +85,32 @@ fn gemma3_ids_match_llamacpp() {
 /// decode(encode(s)) == s: plain text with specials left as text, and with specials parsed
 /// and rendered back.
 fn check_round_trip(name: &str) {
-    let Some((tok, golden)) = load(name) else { return };
+    let Some((tok, golden)) = load(name) else {
+        return;
+    };
     for c in golden.cases.iter().filter(|c| !c.parse_special) {
         let ids = tok.encode(&c.prompt, false, false).unwrap();
-        assert_eq!(tok.decode(&ids, false), c.prompt, "{name}: plain round trip");
+        assert_eq!(
+            tok.decode(&ids, false),
+            c.prompt,
+            "{name}: plain round trip"
+        );
         let ids = tok.encode(&c.prompt, false, true).unwrap();
-        assert_eq!(tok.decode(&ids, true), c.prompt, "{name}: special round trip");
+        assert_eq!(
+            tok.decode(&ids, true),
+            c.prompt,
+            "{name}: special round trip"
+        );
         // Streaming: per-token bytes concatenate to the same text.
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id, true)).collect();
-        assert_eq!(String::from_utf8(bytes).unwrap(), c.prompt, "{name}: token_bytes");
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| tok.token_bytes(id, true))
+            .collect();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            c.prompt,
+            "{name}: token_bytes"
+        );
     }
 }
 
@@ -97,12 +129,18 @@ fn special_ids_match_llamacpp() {
     // From llama.cpp's load log ("EOG token = ...", "EOT token = ...").
     if let Some((tok, _)) = load("smollm2") {
         assert_eq!(tok.end_of_generation_ids(), vec![0, 2, 4]); // <|endoftext|> <|im_end|> <reponame>
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (Some(1), Some(2), false));
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.add_bos()),
+            (Some(1), Some(2), false)
+        );
         assert!(tok.is_control(4));
     }
     if let Some((tok, _)) = load("gemma3") {
         assert_eq!(tok.end_of_generation_ids(), vec![1, 106, 212]); // <eos> <end_of_turn> </s>
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.eot_id()), (Some(2), Some(1), Some(106)));
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.eot_id()),
+            (Some(2), Some(1), Some(106))
+        );
         assert!(tok.add_bos());
         assert!(tok.is_control(212), "llama.cpp promotes </s> to control");
         assert_eq!(tok.decode(&[2, 106, 212], false), "");
@@ -120,11 +158,25 @@ fn encoding_speed() {
         sample.repeat(35_000 / sample.len() + 1)
     });
     for name in ["smollm2", "gemma3"] {
-        let Some((tok, _)) = load(name) else { continue };
+        let Some(path) = common::model_path(name) else {
+            continue;
+        };
+        let spec = common::vocab_spec(&common::read_metadata(&path));
+        let t0 = Instant::now();
+        let tok = Tokenizer::from_vocab(spec).unwrap();
+        eprintln!(
+            "{name}: from_vocab in {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let t0 = Instant::now();
         let ids = tok.encode(&text, true, false).unwrap();
         let dt = t0.elapsed();
-        eprintln!("{name}: {} bytes -> {} ids in {:.1} ms", text.len(), ids.len(), dt.as_secs_f64() * 1e3);
+        eprintln!(
+            "{name}: {} bytes -> {} ids in {:.1} ms",
+            text.len(),
+            ids.len(),
+            dt.as_secs_f64() * 1e3
+        );
         assert_eq!(tok.decode(&ids, false), text);
         if !cfg!(debug_assertions) {
             assert!(dt.as_secs_f64() < 1.0, "{name}: encoding took {dt:?}");

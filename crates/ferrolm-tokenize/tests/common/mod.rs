@@ -94,7 +94,10 @@ impl<R: Read> Reader<R> {
 
 /// All metadata key/values of a GGUF file.
 pub fn read_metadata(path: &Path) -> HashMap<String, Meta> {
-    let mut r = Reader(BufReader::with_capacity(1 << 20, File::open(path).expect("open GGUF")));
+    let mut r = Reader(BufReader::with_capacity(
+        1 << 20,
+        File::open(path).expect("open GGUF"),
+    ));
     assert_eq!(&r.bytes::<4>(), b"GGUF", "not a GGUF file");
     let version = r.u32();
     assert!(version >= 2, "GGUF v{version} not supported");
@@ -114,11 +117,16 @@ pub fn vocab_spec(meta: &HashMap<String, Meta>) -> VocabSpec {
     let key = |k: &str| meta.get(&format!("tokenizer.ggml.{k}"));
     let strings = |k: &str| {
         key(k).and_then(Meta::as_array).map(|a| {
-            a.iter().map(|m| m.as_str().expect("string array").to_string()).collect::<Vec<_>>()
+            a.iter()
+                .map(|m| m.as_str().expect("string array").to_string())
+                .collect::<Vec<_>>()
         })
     };
     VocabSpec {
-        model: key("model").and_then(Meta::as_str).expect("tokenizer.ggml.model").to_string(),
+        model: key("model")
+            .and_then(Meta::as_str)
+            .expect("tokenizer.ggml.model")
+            .to_string(),
         pre: key("pre").and_then(Meta::as_str).map(str::to_string),
         tokens: strings("tokens").expect("tokenizer.ggml.tokens"),
         scores: key("scores").and_then(Meta::as_array).map(|a| {
@@ -181,5 +189,7 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
 }
 
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("golden")
 }

@@ -1,0 +1,11 @@
+//! ferrolm-kernels: quantized matrix products over GGUF block layouts.
+//!
+//! Activations are quantized the way llama.cpp's x86 path does (so results agree with it to
+//! rounding), then multiplied with weight rows still in their block format. Each fast path has
+//! a slow reference in `reference` and a test comparing the two.
+
+pub mod q8;
+pub mod qdot;
+pub mod reference;
+
+pub use qdot::{matmul, QuantKind};

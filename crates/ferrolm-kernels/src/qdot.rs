@@ -1,0 +1,140 @@
+//! Dot products of GGUF weight rows (Q4_1, Q5_1) with Q8_1 activations, and the threaded
+//! matrix product over them. Weight bytes are read in place (no repacking yet).
+
+use crate::q8::{quantize_q8_1, BlockQ8_1, QK};
+use half::f16;
+use rayon::prelude::*;
+
+/// Weight block formats these kernels take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    /// `d: f16, m: f16, qs: [u8; 16]` (20 bytes / 32 values).
+    Q4_1,
+    /// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (24 bytes / 32 values).
+    Q5_1,
+}
+
+impl QuantKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_1 => 20,
+            QuantKind::Q5_1 => 24,
+        }
+    }
+}
+
+#[inline(always)]
+fn rd16(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Unpacks one weight block to its integer levels `0..16` (Q4_1) or `0..32` (Q5_1).
+#[inline(always)]
+fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) {
+    match kind {
+        QuantKind::Q4_1 => {
+            let qs = &blk[4..20];
+            for j in 0..16 {
+                out[j] = (qs[j] & 0x0F) as i8;
+                out[j + 16] = (qs[j] >> 4) as i8;
+            }
+        }
+        QuantKind::Q5_1 => {
+            let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+            let qs = &blk[8..24];
+            for j in 0..16 {
+                let h0 = ((qh >> j) & 1) as u8;
+                let h1 = ((qh >> (j + 16)) & 1) as u8;
+                out[j] = ((qs[j] & 0x0F) | (h0 << 4)) as i8;
+                out[j + 16] = ((qs[j] >> 4) | (h1 << 4)) as i8;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    let bb = kind.block_bytes();
+    let mut acc = 0f32;
+    let mut summs = 0f32;
+    let mut lv = [0i8; QK];
+    for (blk, y) in row.chunks_exact(bb).zip(x) {
+        levels(kind, blk, &mut lv);
+        let mut sumi = 0i32;
+        for j in 0..QK {
+            sumi += lv[j] as i32 * y.qs[j] as i32;
+        }
+        let (d, m) = (rd16(blk, 0), rd16(blk, 2));
+        acc += d * y.d * sumi as f32;
+        summs += m * y.s;
+    }
+    acc + summs
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+unsafe fn dot_row_avx512(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    dot_row_body(kind, row, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_row_avx2(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    dot_row_body(kind, row, x)
+}
+
+/// `row . x` for one weight row (`x.len()` blocks), with the best SIMD level of this CPU.
+pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the features were detected at run time.
+            return unsafe { dot_row_avx512(kind, row, x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { dot_row_avx2(kind, row, x) };
+        }
+    }
+    dot_row_body(kind, row, x)
+}
+
+/// `y (M, N) = x (M, K) . W^T` where `w` holds N rows of K values in `kind` blocks.
+pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+    assert_eq!(k % QK, 0, "row length {k} is not a multiple of {QK}");
+    let m = x.len() / k;
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    let row_bytes = k / QK * kind.block_bytes();
+    assert_eq!(w.len(), n * row_bytes);
+    let xq: Vec<Vec<BlockQ8_1>> = x
+        .chunks_exact(k)
+        .map(|r| {
+            let mut q = Vec::with_capacity(k / QK);
+            quantize_q8_1(r, &mut q);
+            q
+        })
+        .collect();
+    // Output columns in chunks, each thread walking its weight rows once for all M rows.
+    const CHUNK: usize = 64;
+    let mut cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (n0, n1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let mut out = vec![0f32; m * (n1 - n0)];
+            for j in n0..n1 {
+                let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                for (i, xr) in xq.iter().enumerate() {
+                    out[i * (n1 - n0) + (j - n0)] = dot_row(kind, row, xr);
+                }
+            }
+            (n0, out)
+        })
+        .collect();
+    for (n0, out) in cols.drain(..) {
+        let width = out.len() / m.max(1);
+        for i in 0..m {
+            y[i * n + n0..i * n + n0 + width].copy_from_slice(&out[i * width..(i + 1) * width]);
+        }
+    }
+}
