@@ -55,6 +55,14 @@ def run_model(path, text_path, ctx):
         llm.eval(ids)
         last = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
         top = np.argsort(-last, kind="stable")[:20]
+        # llama.cpp against itself: the same prompt fed one token at a time. The difference
+        # to the batched logits is llama.cpp's own numerical noise floor for this prompt.
+        llm.reset()
+        for t in ids:
+            llm.eval([t])
+        inc = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+        llm.reset()
+        llm.eval(ids)
         # greedy continuation, ignoring end-of-sequence
         gen = []
         cur = int(np.argmax(last))
@@ -66,6 +74,7 @@ def run_model(path, text_path, ctx):
             "prompt": p,
             "ids": ids,
             "top20": [[int(i), float(last[i])] for i in top],
+            "top20_incremental": [[int(i), float(inc[i])] for i in top],
             "greedy24": gen,
         })
     # also special-token parsing

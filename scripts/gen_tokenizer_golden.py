@@ -162,8 +162,8 @@ def dump_cases(header, cases):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--llama-tokenize", default="/work/refwork/lbuild/bin/llama-tokenize")
-    ap.add_argument("--models", default=os.environ.get("FERROLM_TEST_MODELS_DIR", "/work/refwork/models"))
+    ap.add_argument("--llama-tokenize", required=True, help="path to llama.cpp's llama-tokenize binary")
+    ap.add_argument("--models", default=os.environ.get("FERROLM_TEST_MODELS_DIR", os.path.expanduser("~/.cache/ferrolm/models")))
     args = ap.parse_args()
     GOLDEN.mkdir(parents=True, exist_ok=True)
 

@@ -46,7 +46,7 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
         .collect();
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for r in 0..repeats.max(1) {
-        let mut kv = lm.model.new_cache(p + n);
+        let mut kv = lm.model.new_cache_with(p + n, crate::commands::precision(m));
         let t0 = Instant::now();
         let logits = lm.model.forward(&prompt, &mut kv, Logits::Last)?;
         let t_pp = t0.elapsed().as_secs_f64();

@@ -29,7 +29,15 @@ pub fn new_cache(lm: &LoadedModel, m: &ModelOpts) -> Result<KvCache> {
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    Ok(lm.model.new_cache(n_ctx))
+    Ok(lm.model.new_cache_with(n_ctx, precision(m)))
+}
+
+pub fn precision(m: &ModelOpts) -> ferrolm_model::KvPrecision {
+    if m.cache_type == "f32" {
+        ferrolm_model::KvPrecision::F32
+    } else {
+        ferrolm_model::KvPrecision::F16
+    }
 }
 
 pub fn sampling(s: &SampleOpts) -> Result<SamplingParams> {

@@ -31,6 +31,9 @@ pub struct ModelOpts {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
+    /// KV cache precision: f16 (as llama.cpp) or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub cache_type: String,
 }
 
 /// Sampling options for `generate` and `chat`.

@@ -32,7 +32,7 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
         if window.len() < 2 {
             continue;
         }
-        let mut kv = lm.model.new_cache(window.len());
+        let mut kv = lm.model.new_cache_with(window.len(), crate::commands::precision(m));
         let lp = lm.model.score(&window, &mut kv)?;
         // With a BOS, the first file token is scored from the BOS; without, a window's first is not scored.
         for l in lp {

@@ -55,6 +55,8 @@ pub fn vocab_spec(h: &GgufHeader) -> Result<VocabSpec> {
 pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
     let path = catalog::resolve(model, quiet)?;
     let file = Arc::new(GgufFile::open(&path)?);
+    // The architecture is checked first: an unknown one is the clearest thing to report.
+    ferrolm_model::config_from_gguf(&file.header)?;
     let tokenizer = Tokenizer::from_vocab(vocab_spec(&file.header)?)?;
     let model_obj = Model::from_gguf(file.clone()).with_context(|| format!("loading {}", path.display()))?;
     let tok_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();

@@ -30,6 +30,7 @@ pub mod dequant;
 pub mod error;
 mod fuzz;
 pub mod gguf;
+pub mod test_models;
 pub mod types;
 pub mod writer;
 

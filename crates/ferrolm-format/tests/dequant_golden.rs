@@ -70,10 +70,6 @@ fn synthetic_blocks_match_gguf_py() {
 
 #[test]
 fn real_model_rows_match_gguf_py() {
-    let Some(dir) = std::env::var_os("FERROLM_TEST_MODELS_DIR").map(PathBuf::from) else {
-        eprintln!("skipping real_model_rows_match_gguf_py: FERROLM_TEST_MODELS_DIR is not set");
-        return;
-    };
     let golden = golden();
     let rows = golden["models"].as_array().unwrap();
     assert!(
@@ -83,11 +79,9 @@ fn real_model_rows_match_gguf_py() {
     let mut checked = 0;
     for row in rows {
         let file = row["file"].as_str().unwrap();
-        let path = dir.join(file);
-        if !path.exists() {
-            eprintln!("skipping rows of {file}: not in {}", dir.display());
+        let Some(path) = ferrolm_format::test_models::file(file) else {
             continue;
-        }
+        };
         let gguf = GgufFile::open(&path).unwrap();
         let name = row["tensor"].as_str().unwrap();
         let t = gguf.header.tensor(name).unwrap();

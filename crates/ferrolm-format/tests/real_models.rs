@@ -2,20 +2,11 @@
 //! gguf-py reports about them: tensor counts, architectures, vocabularies, data offsets.
 //! Skips (with a message) when the variable is unset or a file is absent.
 
-use std::path::PathBuf;
 
 use ferrolm_format::{dequantize_to_vec, GgmlType, GgufFile};
 
 fn model(file: &str) -> Option<GgufFile> {
-    let Some(dir) = std::env::var_os("FERROLM_TEST_MODELS_DIR").map(PathBuf::from) else {
-        eprintln!("skipping {file}: FERROLM_TEST_MODELS_DIR is not set");
-        return None;
-    };
-    let path = dir.join(file);
-    if !path.exists() {
-        eprintln!("skipping {file}: not found in {}", dir.display());
-        return None;
-    }
+    let path = ferrolm_format::test_models::file(file)?;
     Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}")))
 }
 

@@ -5,6 +5,25 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
+/// Precision of cached keys and values. `F16` is llama.cpp's default: keys, values, and the
+/// operands of the two attention products (queries, probabilities) are rounded to f16, so
+/// results agree with it; the values are kept in f32 tensors for now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvPrecision {
+    pub fn round(self, x: Tensor) -> Result<Tensor> {
+        Ok(match self {
+            KvPrecision::F32 => x,
+            KvPrecision::F16 => x.to_dtype(candle_core::DType::F16)?.to_dtype(candle_core::DType::F32)?,
+        })
+    }
+}
+
 /// One layer's cache. `k`, `v`: `(Hkv, S, D)`; `pos[s]` is the position of slot `s`.
 #[derive(Clone, Default)]
 pub struct LayerKv {
@@ -13,6 +32,7 @@ pub struct LayerKv {
     pub pos: Vec<usize>,
     /// `Some(W)`: rotating (keeps the last `W - 1` positions between calls).
     pub window: Option<usize>,
+    pub precision: KvPrecision,
 }
 
 impl LayerKv {
@@ -64,14 +84,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(windows: impl IntoIterator<Item = Option<usize>>, n_ctx: usize) -> Self {
-        let layers = windows.into_iter().map(|window| LayerKv { window, ..Default::default() }).collect();
+    pub fn new(windows: impl IntoIterator<Item = Option<usize>>, n_ctx: usize, precision: KvPrecision) -> Self {
+        let layers = windows.into_iter().map(|window| LayerKv { window, precision, ..Default::default() }).collect();
         Self { layers, n_ctx, next_pos: 0 }
     }
 
     pub fn clear(&mut self) {
         for l in &mut self.layers {
-            *l = LayerKv { window: l.window, ..Default::default() };
+            *l = LayerKv { window: l.window, precision: l.precision, ..Default::default() };
         }
         self.next_pos = 0;
     }

@@ -34,9 +34,32 @@ pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => candle_nn::ops::silu(x)?,
         Activation::GeluTanh => x.gelu()?,
+        Activation::GeluTanhF16 => {
+            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let y: Vec<f32> = v.into_iter().map(gelu_tanh_f16).collect();
+            Tensor::from_vec(y, x.dims(), x.device())?
+        }
         Activation::Gelu => x.gelu_erf()?,
         Activation::Relu => x.relu()?,
     })
+}
+
+/// Tanh GELU in f32 (the formula of the reference implementations).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// llama.cpp's table GELU: f16 input, f16 output, exact outside (-10, 10).
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    use half::f16;
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+    }
 }
 
 /// Cosines and sines `(T, dims/2)` of RoPE angles for the given positions.
@@ -161,9 +184,10 @@ impl Attention {
             q = apply_rope(spec, &q, cos, sin)?;
             k = apply_rope(spec, &k, cos, sin)?;
         }
-        let q = f16_round((q.squeeze(0)? * a.scale as f64)?)?; // (H, T, D)
-        let k = f16_round(k.squeeze(0)?)?; // (Hkv, T, D)
-        let v = f16_round(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
+        let r = |x: Tensor| kv.precision.round(x);
+        let q = r((q.squeeze(0)? * a.scale as f64)?)?; // (H, T, D)
+        let k = r(k.squeeze(0)?)?; // (Hkv, T, D)
+        let v = r(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
         let (k_all, v_all, pos_all) = kv.append(&k, &v, ctx.pos)?;
         let s = pos_all.len();
         let n_rep = h / hkv;
@@ -176,7 +200,7 @@ impl Attention {
         if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window) {
             scores = scores.reshape((hkv, n_rep, t, s))?.broadcast_add(&mask)?.reshape((hkv, n_rep * t, s))?;
         }
-        let probs = f16_round(candle_nn::ops::softmax_last_dim(&scores)?)?;
+        let probs = kv.precision.round(candle_nn::ops::softmax_last_dim(&scores)?)?;
         let out = probs.matmul(&v_all)?; // (Hkv, n_rep*T, D)
         kv.store(k_all, v_all, pos_all)?;
         let out = out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?;
@@ -185,6 +209,3 @@ impl Attention {
     }
 }
 
-fn f16_round(x: Tensor) -> Result<Tensor> {
-    if std::env::var("FERROLM_F16").is_ok_and(|v| v == "1") { Ok(x.to_dtype(DType::F16)?.to_dtype(DType::F32)?) } else { Ok(x) }
-}

@@ -14,6 +14,6 @@ pub mod spec;
 pub mod weights;
 
 pub use arch::{config_from_gguf, supported_gguf_arches};
-pub use kv::KvCache;
+pub use kv::{KvCache, KvPrecision};
 pub use model::{Logits, Model};
 pub use spec::ModelConfig;

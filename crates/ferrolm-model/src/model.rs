@@ -3,7 +3,7 @@
 
 use crate::arch::config_from_gguf;
 use crate::block::Block;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvPrecision};
 use crate::layers::{rope_tables, Attention, FeedForward, Norm, StepCtx};
 use crate::linear::Linear;
 use crate::spec::*;
@@ -80,9 +80,13 @@ impl Model {
         Ok(Model { config, embed, blocks, final_norm, head })
     }
 
-    /// A fresh KV cache for one sequence of up to `n_ctx` positions.
+    /// A fresh KV cache (f16, as llama.cpp's default) for one sequence of up to `n_ctx` positions.
     pub fn new_cache(&self, n_ctx: usize) -> KvCache {
-        KvCache::new(self.config.layers.iter().map(|l| l.window), n_ctx)
+        self.new_cache_with(n_ctx, KvPrecision::F16)
+    }
+
+    pub fn new_cache_with(&self, n_ctx: usize, precision: KvPrecision) -> KvCache {
+        KvCache::new(self.config.layers.iter().map(|l| l.window), n_ctx, precision)
     }
 
     /// Runs `tokens` at the cache's next positions; returns the final-normed hidden states `(T, C)`.

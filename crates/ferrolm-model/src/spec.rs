@@ -37,6 +37,10 @@ pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
     GeluTanh,
+    /// The tanh GELU as llama.cpp's CPU backend computes it: looked up in a table indexed by
+    /// the f16 input and holding f16 outputs (identity above 10, zero below -10). GGUF models
+    /// use it so that results agree with llama.cpp.
+    GeluTanhF16,
     Gelu,
     Relu,
 }

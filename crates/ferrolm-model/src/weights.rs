@@ -164,7 +164,7 @@ impl GgufWeights {
         }
         let (in_dim, out_dim) = (info.dims[0], info.dims[1]);
         let bytes = self.file.tensor_bytes(info);
-        if std::env::var("FERROLM_DENSE").is_ok_and(|v| v == info.ty.name()) || matches!(info.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        if matches!(info.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
             let mut w = vec![0f32; in_dim * out_dim];
             dequantize(info.ty, bytes, &mut w)?;
             let w = Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu)?;

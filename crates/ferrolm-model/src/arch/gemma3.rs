@@ -61,7 +61,7 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         },
         norm: NormSpec { kind: NormKind::Rms, eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6) },
         placement: NormPlacement::Sandwich,
-        ffn: Ffn::Gated { act: Activation::GeluTanh },
+        ffn: Ffn::Gated { act: Activation::GeluTanhF16 },
         embed_scale: Some((hidden as f32).sqrt()),
         final_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&c| c > 0.0),
         tied_embeddings: !m.has_tensor("output.weight"),

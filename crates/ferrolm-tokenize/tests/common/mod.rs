@@ -158,18 +158,9 @@ pub fn vocab_spec(meta: &HashMap<String, Meta>) -> VocabSpec {
     }
 }
 
-/// Directory with the real model files: `FERROLM_TEST_MODELS_DIR`, else `/work/refwork/models`.
-/// `None` (and a note on stderr) when absent, so these tests skip on machines without models.
+/// Directory with the real model files (see `ferrolm_format::test_models`).
 pub fn models_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FERROLM_TEST_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/refwork/models"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: no model directory (set FERROLM_TEST_MODELS_DIR)");
-        None
-    }
+    Some(ferrolm_format::test_models::dir())
 }
 
 /// The model file for a golden name ("smollm2", "gemma3"), if present.
@@ -179,13 +170,7 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
         "gemma3" => "gemma-3-270m-q4_k_m.gguf",
         other => panic!("unknown golden model {other}"),
     };
-    let path = models_dir()?.join(file);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} not found", path.display());
-        None
-    }
+    ferrolm_format::test_models::file(file)
 }
 
 pub fn golden_dir() -> PathBuf {
