@@ -1,25 +1,38 @@
-//! Dot products of GGUF weight rows (Q4_1, Q5_1) with Q8_1 activations, and the threaded
+//! Dot products of GGUF weight rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with Q8 activations, and the threaded
 //! matrix product over them. Weight bytes are read in place (no repacking yet).
 
 use crate::q8::{quantize_q8_1, BlockQ8_1, QK};
 use half::f16;
 use rayon::prelude::*;
 
-/// Weight block formats these kernels take.
+/// Weight block formats these kernels take (32 values a block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantKind {
-    /// `d: f16, m: f16, qs: [u8; 16]` (20 bytes / 32 values).
+    /// `d: f16, qs: [u8; 16]`, value `d * (q - 8)` (18 bytes).
+    Q4_0,
+    /// `d: f16, m: f16, qs: [u8; 16]`, value `d * q + m` (20 bytes).
     Q4_1,
-    /// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (24 bytes / 32 values).
+    /// `d: f16, qh: u32, qs: [u8; 16]`, value `d * (q - 16)` (22 bytes).
+    Q5_0,
+    /// `d: f16, m: f16, qh: u32, qs: [u8; 16]`, value `d * q + m` (24 bytes).
     Q5_1,
+    /// `d: f16, qs: [i8; 32]`, value `d * q` (34 bytes).
+    Q8_0,
 }
 
 impl QuantKind {
     pub fn block_bytes(self) -> usize {
         match self {
+            QuantKind::Q4_0 => 18,
             QuantKind::Q4_1 => 20,
+            QuantKind::Q5_0 => 22,
             QuantKind::Q5_1 => 24,
+            QuantKind::Q8_0 => 34,
         }
+    }
+    /// Whether blocks carry a minimum `m` (the `_1` formats), multiplied by `s` of the activations.
+    pub fn has_min(self) -> bool {
+        matches!(self, QuantKind::Q4_1 | QuantKind::Q5_1)
     }
 }
 
@@ -28,26 +41,50 @@ fn rd16(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// Unpacks one weight block to its integer levels `0..16` (Q4_1) or `0..32` (Q5_1).
 #[inline(always)]
-fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) {
+fn nibbles(qs: &[u8], offset: i8, out: &mut [i8; QK]) {
+    for j in 0..16 {
+        out[j] = (qs[j] & 0x0F) as i8 - offset;
+        out[j + 16] = (qs[j] >> 4) as i8 - offset;
+    }
+}
+
+#[inline(always)]
+fn nibbles5(qh: u32, qs: &[u8], offset: i8, out: &mut [i8; QK]) {
+    for j in 0..16 {
+        let h0 = ((qh >> j) & 1) as u8;
+        let h1 = ((qh >> (j + 16)) & 1) as u8;
+        out[j] = ((qs[j] & 0x0F) | (h0 << 4)) as i8 - offset;
+        out[j + 16] = ((qs[j] >> 4) | (h1 << 4)) as i8 - offset;
+    }
+}
+
+/// Unpacks one weight block to signed integer levels and returns its `(d, m)`.
+#[inline(always)]
+fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) -> (f32, f32) {
+    let d = rd16(blk, 0);
     match kind {
+        QuantKind::Q4_0 => {
+            nibbles(&blk[2..18], 8, out);
+            (d, 0.0)
+        }
         QuantKind::Q4_1 => {
-            let qs = &blk[4..20];
-            for j in 0..16 {
-                out[j] = (qs[j] & 0x0F) as i8;
-                out[j + 16] = (qs[j] >> 4) as i8;
-            }
+            nibbles(&blk[4..20], 0, out);
+            (d, rd16(blk, 2))
+        }
+        QuantKind::Q5_0 => {
+            nibbles5(u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]), &blk[6..22], 16, out);
+            (d, 0.0)
         }
         QuantKind::Q5_1 => {
-            let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
-            let qs = &blk[8..24];
-            for j in 0..16 {
-                let h0 = ((qh >> j) & 1) as u8;
-                let h1 = ((qh >> (j + 16)) & 1) as u8;
-                out[j] = ((qs[j] & 0x0F) | (h0 << 4)) as i8;
-                out[j + 16] = ((qs[j] >> 4) | (h1 << 4)) as i8;
+            nibbles5(u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]), &blk[8..24], 0, out);
+            (d, rd16(blk, 2))
+        }
+        QuantKind::Q8_0 => {
+            for (o, &b) in out.iter_mut().zip(&blk[2..34]) {
+                *o = b as i8;
             }
+            (d, 0.0)
         }
     }
 }
@@ -59,14 +96,15 @@ fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     let mut lv = [0i8; QK];
     for (blk, y) in row.chunks_exact(bb).zip(x) {
-        levels(kind, blk, &mut lv);
+        let (d, m) = levels(kind, blk, &mut lv);
         let mut sumi = 0i32;
         for j in 0..QK {
             sumi += lv[j] as i32 * y.qs[j] as i32;
         }
-        let (d, m) = (rd16(blk, 0), rd16(blk, 2));
         acc += d * y.d * sumi as f32;
-        summs += m * y.s;
+        if kind.has_min() {
+            summs += m * y.s;
+        }
     }
     acc + summs
 }

@@ -13,6 +13,26 @@ pub fn dequant_row(kind: QuantKind, row: &[u8]) -> Vec<f32> {
         let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
         let mut vals = [0f32; 32];
         match kind {
+            QuantKind::Q4_0 => {
+                for j in 0..16 {
+                    vals[j] = ((blk[2 + j] & 15) as f32 - 8.0) * d;
+                    vals[j + 16] = ((blk[2 + j] >> 4) as f32 - 8.0) * d;
+                }
+            }
+            QuantKind::Q5_0 => {
+                let qh = u32::from_le_bytes(blk[2..6].try_into().unwrap());
+                for j in 0..16 {
+                    let lo = (blk[6 + j] & 15) as u32 | (((qh >> j) & 1) << 4);
+                    let hi = (blk[6 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
+                    vals[j] = (lo as f32 - 16.0) * d;
+                    vals[j + 16] = (hi as f32 - 16.0) * d;
+                }
+            }
+            QuantKind::Q8_0 => {
+                for j in 0..32 {
+                    vals[j] = blk[2 + j] as i8 as f32 * d;
+                }
+            }
             QuantKind::Q4_1 => {
                 for j in 0..16 {
                     vals[j] = (blk[4 + j] & 15) as f32 * d + m;

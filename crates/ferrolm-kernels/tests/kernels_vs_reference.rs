@@ -18,27 +18,36 @@ fn random_row(kind: QuantKind, blocks: usize, seed: u64) -> Vec<u8> {
     let mut row = Vec::new();
     for _ in 0..blocks {
         let d = f16::from_f32((next() % 1000) as f32 / 50_000.0 + 1e-4);
-        let m = f16::from_f32(-((next() % 1000) as f32) / 20_000.0);
         row.extend_from_slice(&d.to_le_bytes());
-        row.extend_from_slice(&m.to_le_bytes());
-        for _ in 4..kind.block_bytes() {
+        let mut start = 2;
+        if kind.has_min() {
+            let m = f16::from_f32(-((next() % 1000) as f32) / 20_000.0);
+            row.extend_from_slice(&m.to_le_bytes());
+            start = 4;
+        }
+        for _ in start..kind.block_bytes() {
             row.push(next() as u8);
         }
     }
     row
 }
 
+const KINDS: [QuantKind; 5] = [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q5_0, QuantKind::Q5_1, QuantKind::Q8_0];
+
 fn ggml(kind: QuantKind) -> GgmlType {
     match kind {
+        QuantKind::Q4_0 => GgmlType::Q4_0,
         QuantKind::Q4_1 => GgmlType::Q4_1,
+        QuantKind::Q5_0 => GgmlType::Q5_0,
         QuantKind::Q5_1 => GgmlType::Q5_1,
+        QuantKind::Q8_0 => GgmlType::Q8_0,
     }
 }
 
 proptest! {
     #[test]
-    fn dot_matches_reference(blocks in 1usize..24, seed in any::<u64>(), q5 in any::<bool>(), xs in prop::collection::vec(-4.0f32..4.0, 32*24)) {
-        let kind = if q5 { QuantKind::Q5_1 } else { QuantKind::Q4_1 };
+    fn dot_matches_reference(blocks in 1usize..24, seed in any::<u64>(), k in 0usize..5, xs in prop::collection::vec(-4.0f32..4.0, 32*24)) {
+        let kind = KINDS[k];
         let row = random_row(kind, blocks, seed);
         let mut xq = Vec::new();
         quantize_q8_1(&xs[..blocks * QK], &mut xq);
@@ -50,8 +59,8 @@ proptest! {
     }
 
     #[test]
-    fn unpacking_matches_ggml_dequantization(seed in any::<u64>(), q5 in any::<bool>()) {
-        let kind = if q5 { QuantKind::Q5_1 } else { QuantKind::Q4_1 };
+    fn unpacking_matches_ggml_dequantization(seed in any::<u64>(), k in 0usize..5) {
+        let kind = KINDS[k];
         let row = random_row(kind, 3, seed);
         let mut want = vec![0f32; 96];
         dequantize(ggml(kind), &row, &mut want).unwrap();
@@ -62,7 +71,7 @@ proptest! {
 #[test]
 fn matmul_matches_rowwise_dots_on_ragged_shapes() {
     for &(m, n, k) in &[(1, 1, 32), (3, 65, 64), (5, 130, 96), (1, 64, 576)] {
-        for kind in [QuantKind::Q4_1, QuantKind::Q5_1] {
+        for kind in KINDS {
             let w: Vec<u8> = (0..n).flat_map(|j| random_row(kind, k / QK, j as u64 + 7)).collect();
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
             let mut y = vec![0f32; m * n];

@@ -98,8 +98,11 @@ impl KernelLinear {
     ) -> Option<Self> {
         use ferrolm_format::GgmlType;
         let kind = match info.ty {
+            GgmlType::Q4_0 => ferrolm_kernels::QuantKind::Q4_0,
             GgmlType::Q4_1 => ferrolm_kernels::QuantKind::Q4_1,
+            GgmlType::Q5_0 => ferrolm_kernels::QuantKind::Q5_0,
             GgmlType::Q5_1 => ferrolm_kernels::QuantKind::Q5_1,
+            GgmlType::Q8_0 => ferrolm_kernels::QuantKind::Q8_0,
             _ => return None,
         };
         Some(Self { file, info, kind, bias })
