@@ -46,7 +46,9 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
         .collect();
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for r in 0..repeats.max(1) {
-        let mut kv = lm.model.new_cache_with(p + n, crate::commands::precision(m));
+        let mut kv = lm
+            .model
+            .new_cache_with(p + n, crate::commands::precision(m));
         let t0 = Instant::now();
         let logits = lm.model.forward(&prompt, &mut kv, Logits::Last)?;
         let t_pp = t0.elapsed().as_secs_f64();
@@ -62,15 +64,28 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
             tg.push(n as f64 / t_tg);
         }
         if !m.json {
-            eprintln!("run {}: pp{p} {:.1} tok/s, tg{n} {:.1} tok/s", r + 1, p as f64 / t_pp, if n > 0 { n as f64 / t_tg } else { 0.0 });
+            eprintln!(
+                "run {}: pp{p} {:.1} tok/s, tg{n} {:.1} tok/s",
+                r + 1,
+                p as f64 / t_pp,
+                if n > 0 { n as f64 / t_tg } else { 0.0 }
+            );
         }
     }
     let (pp, tg) = (median(pp), if tg.is_empty() { 0.0 } else { median(tg) });
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok());
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok());
     if m.json {
-        println!("{}", json!({ "model": lm.name, "p": p, "n": n, "repeats": repeats, "threads": threads, "pp_tok_s": pp, "tg_tok_s": tg }));
+        println!(
+            "{}",
+            json!({ "model": lm.name, "p": p, "n": n, "repeats": repeats, "threads": threads, "pp_tok_s": pp, "tg_tok_s": tg })
+        );
     } else {
-        println!("{}: pp{p} {pp:.1} tok/s, tg{n} {tg:.1} tok/s (median of {repeats})", lm.name);
+        println!(
+            "{}: pp{p} {pp:.1} tok/s, tg{n} {tg:.1} tok/s (median of {repeats})",
+            lm.name
+        );
     }
     Ok(())
 }

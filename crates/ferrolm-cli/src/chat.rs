@@ -26,9 +26,18 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> 
             }
         })?;
     }
-    let base: Vec<ChatMessage> = system.into_iter().map(|c| ChatMessage { role: "system".into(), content: c }).collect();
+    let base: Vec<ChatMessage> = system
+        .into_iter()
+        .map(|c| ChatMessage {
+            role: "system".into(),
+            content: c,
+        })
+        .collect();
     let mut history = base.clone();
-    eprintln!("ferrolm chat with {} (/reset clears the history, /exit leaves, Ctrl-C stops an answer)", lm.name);
+    eprintln!(
+        "ferrolm chat with {} (/reset clears the history, /exit leaves, Ctrl-C stops an answer)",
+        lm.name
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -49,7 +58,10 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> 
             }
             _ => {}
         }
-        history.push(ChatMessage { role: "user".into(), content: input.to_string() });
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: input.to_string(),
+        });
         // The whole conversation is re-rendered each turn, so the template's formatting stays exact.
         let prompt = match chat_prompt(&lm, &history) {
             Ok(p) => p,
@@ -60,7 +72,13 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> 
             }
         };
         let mut kv = new_cache(&lm, m)?;
-        let req = GenerateRequest { prompt, max_tokens: s.n, sampling: params.clone(), stop: s.stop.clone(), ignore_eos: false };
+        let req = GenerateRequest {
+            prompt,
+            max_tokens: s.n,
+            sampling: params.clone(),
+            stop: s.stop.clone(),
+            ignore_eos: false,
+        };
         cancel.store(false, Ordering::SeqCst);
         busy.store(true, Ordering::SeqCst);
         let mut out = std::io::stdout();
@@ -75,7 +93,10 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> 
                 if o.finish == ferrolm_engine::FinishReason::Cancelled {
                     eprintln!("(stopped)");
                 }
-                history.push(ChatMessage { role: "assistant".into(), content: o.text.trim().to_string() });
+                history.push(ChatMessage {
+                    role: "assistant".into(),
+                    content: o.text.trim().to_string(),
+                });
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -15,7 +15,9 @@ use std::sync::atomic::AtomicBool;
 pub fn set_threads(n: Option<usize>) {
     if let Some(n) = n.filter(|&n| n > 0) {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }
 
@@ -43,11 +45,18 @@ pub fn precision(m: &ModelOpts) -> ferrolm_model::KvPrecision {
 pub fn sampling(s: &SampleOpts) -> Result<SamplingParams> {
     let mut logit_bias = Vec::new();
     for b in &s.logit_bias {
-        let (id, v) = b.split_once('=').ok_or_else(|| anyhow!("--logit-bias '{b}' should be ID=BIAS, e.g. 42=-inf"))?;
-        let id: u32 = id.trim().parse().map_err(|_| anyhow!("--logit-bias '{b}': '{id}' is not a token id"))?;
+        let (id, v) = b
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--logit-bias '{b}' should be ID=BIAS, e.g. 42=-inf"))?;
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--logit-bias '{b}': '{id}' is not a token id"))?;
         let v: f32 = match v.trim() {
             "-inf" => f32::NEG_INFINITY,
-            x => x.parse().map_err(|_| anyhow!("--logit-bias '{b}': '{x}' is not a number"))?,
+            x => x
+                .parse()
+                .map_err(|_| anyhow!("--logit-bias '{b}': '{x}' is not a number"))?,
         };
         logit_bias.push((id, v));
     }
@@ -70,7 +79,12 @@ pub fn sampling(s: &SampleOpts) -> Result<SamplingParams> {
 }
 
 /// Prompt ids for TEXT (or explicit ids), checked against the vocabulary.
-fn prompt_ids(lm: &LoadedModel, ids: Option<Vec<u32>>, text: Option<String>, parse_special: bool) -> Result<Vec<u32>> {
+fn prompt_ids(
+    lm: &LoadedModel,
+    ids: Option<Vec<u32>>,
+    text: Option<String>,
+    parse_special: bool,
+) -> Result<Vec<u32>> {
     let ids = match (ids, text) {
         (Some(ids), None) => ids,
         (None, Some(t)) => lm.tokenizer.encode(&t, true, parse_special)?,
@@ -87,7 +101,11 @@ fn prompt_ids(lm: &LoadedModel, ids: Option<Vec<u32>>, text: Option<String>, par
 /// Chat-template rendering of one user turn, tokenized with special tokens parsed.
 pub fn chat_prompt(lm: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
     let text = lm.template.render(messages, true)?;
-    let bos_text = lm.tokenizer.bos_id().and_then(|b| lm.tokenizer.id_to_token(b)).unwrap_or("");
+    let bos_text = lm
+        .tokenizer
+        .bos_id()
+        .and_then(|b| lm.tokenizer.id_to_token(b))
+        .unwrap_or("");
     let add_bos = !(lm.tokenizer.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
     Ok(lm.tokenizer.encode(&text, add_bos, true)?)
 }
@@ -112,20 +130,34 @@ pub fn tokenize(m: &ModelOpts, special: bool, text: &str) -> Result<()> {
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-    idx.into_iter().take(k).map(|i| (i, row[i as usize])).collect()
+    idx.into_iter()
+        .take(k)
+        .map(|i| (i, row[i as usize]))
+        .collect()
 }
 
-pub fn logits(m: &ModelOpts, top: usize, ids: Option<Vec<u32>>, all: bool, text: Option<String>) -> Result<()> {
+pub fn logits(
+    m: &ModelOpts,
+    top: usize,
+    ids: Option<Vec<u32>>,
+    all: bool,
+    text: Option<String>,
+) -> Result<()> {
     let lm = open(m)?;
     let ids = prompt_ids(&lm, ids, text, false)?;
     let mut kv = new_cache(&lm, m)?;
     if ids.len() > kv.n_ctx {
         bail!("the prompt has {} tokens but the context holds {}; use a larger --ctx or a shorter prompt", ids.len(), kv.n_ctx);
     }
-    let out = lm.model.forward(&ids, &mut kv, if all { Logits::All } else { Logits::Last })?;
+    let out = lm
+        .model
+        .forward(&ids, &mut kv, if all { Logits::All } else { Logits::Last })?;
     let rows: Vec<Vec<f32>> = out.to_vec2()?;
     let last = rows.last().ok_or_else(|| anyhow!("no logits"))?;
-    let top: Vec<_> = top_k(last, top).into_iter().map(|(i, l)| json!([i, l])).collect();
+    let top: Vec<_> = top_k(last, top)
+        .into_iter()
+        .map(|(i, l)| json!([i, l]))
+        .collect();
     let mut v = json!({ "ids": ids, "top": top });
     if all {
         v["logits"] = json!(rows);
@@ -134,17 +166,35 @@ pub fn logits(m: &ModelOpts, top: usize, ids: Option<Vec<u32>>, all: bool, text:
     Ok(())
 }
 
-pub fn generate(m: &ModelOpts, s: &SampleOpts, chat: bool, ids: Option<Vec<u32>>, text: Option<String>) -> Result<()> {
+pub fn generate(
+    m: &ModelOpts,
+    s: &SampleOpts,
+    chat: bool,
+    ids: Option<Vec<u32>>,
+    text: Option<String>,
+) -> Result<()> {
     let sampling = sampling(s)?;
     let lm = open(m)?;
     let prompt = if chat {
         let t = text.ok_or_else(|| anyhow!("--chat needs TEXT (the user's message)"))?;
-        chat_prompt(&lm, &[ChatMessage { role: "user".into(), content: t }])?
+        chat_prompt(
+            &lm,
+            &[ChatMessage {
+                role: "user".into(),
+                content: t,
+            }],
+        )?
     } else {
         prompt_ids(&lm, ids, text, false)?
     };
     let mut kv = new_cache(&lm, m)?;
-    let req = GenerateRequest { prompt, max_tokens: s.n, sampling, stop: s.stop.clone(), ignore_eos: s.ignore_eos };
+    let req = GenerateRequest {
+        prompt,
+        max_tokens: s.n,
+        sampling,
+        stop: s.stop.clone(),
+        ignore_eos: s.ignore_eos,
+    };
     let cancel = AtomicBool::new(false);
     let json_out = m.json;
     let mut stdout = std::io::stdout();
@@ -175,7 +225,11 @@ pub fn info(m: &ModelOpts) -> Result<()> {
         n_params += t.n_elements();
     }
     let file_size = std::fs::metadata(&lm.path)?.len();
-    let windows: Vec<String> = c.layers.iter().map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into())).collect();
+    let windows: Vec<String> = c
+        .layers
+        .iter()
+        .map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into()))
+        .collect();
     let template = h.get("tokenizer.chat_template").and_then(|v| v.as_str());
     let v = json!({
         "name": lm.name,
@@ -204,14 +258,45 @@ pub fn info(m: &ModelOpts) -> Result<()> {
         return Ok(());
     }
     println!("model         {} ({})", lm.name, lm.path.display());
-    println!("architecture  {}  (GGUF v{}, {:.1} MB, {:.1} M parameters)", c.arch, h.version, file_size as f64 / 1e6, n_params as f64 / 1e6);
-    println!("layers        {} x (width {}, ffn {}, heads {} / kv {}, head size {})", c.n_layers(), c.hidden, c.ffn_hidden, c.attn.n_heads, c.attn.n_kv_heads, c.attn.head_dim);
+    println!(
+        "architecture  {}  (GGUF v{}, {:.1} MB, {:.1} M parameters)",
+        c.arch,
+        h.version,
+        file_size as f64 / 1e6,
+        n_params as f64 / 1e6
+    );
+    println!(
+        "layers        {} x (width {}, ffn {}, heads {} / kv {}, head size {})",
+        c.n_layers(),
+        c.hidden,
+        c.ffn_hidden,
+        c.attn.n_heads,
+        c.attn.n_kv_heads,
+        c.attn.head_dim
+    );
     println!("attention     {}", summarize_windows(&windows));
-    println!("vocabulary    {} tokens (bos {:?}, eos {:?}, add bos {})", c.vocab_size, lm.tokenizer.bos_id(), lm.tokenizer.eos_id(), lm.tokenizer.add_bos());
+    println!(
+        "vocabulary    {} tokens (bos {:?}, eos {:?}, add bos {})",
+        c.vocab_size,
+        lm.tokenizer.bos_id(),
+        lm.tokenizer.eos_id(),
+        lm.tokenizer.add_bos()
+    );
     println!("context       {} tokens (training)", c.context_length);
-    println!("tensor types  {}", types.iter().map(|(k, (n, b))| format!("{k}: {n} ({:.1} MB)", *b as f64 / 1e6)).collect::<Vec<_>>().join(", "));
+    println!(
+        "tensor types  {}",
+        types
+            .iter()
+            .map(|(k, (n, b))| format!("{k}: {n} ({:.1} MB)", *b as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     match template {
-        Some(t) => println!("chat template {} chars: {}", t.len(), t.chars().take(100).collect::<String>().replace('\n', "\\n")),
+        Some(t) => println!(
+            "chat template {} chars: {}",
+            t.len(),
+            t.chars().take(100).collect::<String>().replace('\n', "\\n")
+        ),
         None => println!("chat template none in the file (ChatML is used for chat)"),
     }
     Ok(())
@@ -221,7 +306,11 @@ fn summarize_windows(w: &[String]) -> String {
     if w.iter().all(|x| x == "global") {
         return "global in every layer".into();
     }
-    w.iter().enumerate().map(|(i, x)| format!("{i}:{x}")).collect::<Vec<_>>().join(" ")
+    w.iter()
+        .enumerate()
+        .map(|(i, x)| format!("{i}:{x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn pull(name: Option<String>, list: bool) -> Result<()> {
@@ -236,7 +325,12 @@ pub fn pull(name: Option<String>, list: bool) -> Result<()> {
         return Ok(());
     }
     let name = name.unwrap();
-    let e = catalog::find(&name).ok_or_else(|| anyhow!("unknown catalog model '{name}'; available: {}", catalog::names().join(", ")))?;
+    let e = catalog::find(&name).ok_or_else(|| {
+        anyhow!(
+            "unknown catalog model '{name}'; available: {}",
+            catalog::names().join(", ")
+        )
+    })?;
     let p = match catalog::cached_path(e)? {
         Some(p) => p,
         None => catalog::pull(e, false)?,

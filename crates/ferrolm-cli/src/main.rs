@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use ferrolm_engine::catalog::DEFAULT_MODEL;
 
 #[derive(Parser)]
-#[command(name = "ferrolm", version, about = "Run, study and serve transformer language models on CPU")]
+#[command(
+    name = "ferrolm",
+    version,
+    about = "Run, study and serve transformer language models on CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -162,8 +166,20 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Tokenize { m, special, text } => commands::tokenize(&m, special, &text),
-        Cmd::Logits { m, top, ids, all, text } => commands::logits(&m, top, ids, all, text),
-        Cmd::Generate { m, s, chat, ids, text } => commands::generate(&m, &s, chat, ids, text),
+        Cmd::Logits {
+            m,
+            top,
+            ids,
+            all,
+            text,
+        } => commands::logits(&m, top, ids, all, text),
+        Cmd::Generate {
+            m,
+            s,
+            chat,
+            ids,
+            text,
+        } => commands::generate(&m, &s, chat, ids, text),
         Cmd::Chat { m, s, system } => chat::run(&m, &s, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
         Cmd::Bench { m, p, n, repeats } => bench::run(&m, p, n, repeats),
@@ -174,8 +190,16 @@ fn run() -> anyhow::Result<()> {
 
 fn main() {
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
-        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("error: internal error{loc}: {msg} (this is a bug in ferrolm; please report it with the command you ran)");
     }));
     if let Err(e) = run() {

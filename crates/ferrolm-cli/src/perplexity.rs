@@ -10,17 +10,28 @@ use std::io::Write;
 
 pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
     set_threads(m.threads);
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read text file '{}'", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read text file '{}'", file.display()))?;
     let lm = open(m)?;
     let ctx = m.ctx.unwrap_or(512);
     let tokens = lm.tokenizer.encode(&text, false, false)?;
-    let bos = if lm.tokenizer.add_bos() { lm.tokenizer.bos_id() } else { None };
+    let bos = if lm.tokenizer.add_bos() {
+        lm.tokenizer.bos_id()
+    } else {
+        None
+    };
     let per_window = ctx - usize::from(bos.is_some());
     if per_window < 2 {
-        bail!("--ctx {ctx} is too small for perplexity: use at least {}", 2 + usize::from(bos.is_some()));
+        bail!(
+            "--ctx {ctx} is too small for perplexity: use at least {}",
+            2 + usize::from(bos.is_some())
+        );
     }
     if tokens.len() < 2 {
-        bail!("'{}' has fewer than 2 tokens; nothing to score", file.display());
+        bail!(
+            "'{}' has fewer than 2 tokens; nothing to score",
+            file.display()
+        );
     }
     let mut nll = 0f64;
     let mut scored = 0usize;
@@ -32,7 +43,9 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
         if window.len() < 2 {
             continue;
         }
-        let mut kv = lm.model.new_cache_with(window.len(), crate::commands::precision(m));
+        let mut kv = lm
+            .model
+            .new_cache_with(window.len(), crate::commands::precision(m));
         let lp = lm.model.score(&window, &mut kv)?;
         // With a BOS, the first file token is scored from the BOS; without, a window's first is not scored.
         for l in lp {
@@ -40,7 +53,11 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
             scored += 1;
         }
         if !m.json {
-            eprint!("\r[{}/{n_windows}] ppl so far {:.4}", wi + 1, (nll / scored as f64).exp());
+            eprint!(
+                "\r[{}/{n_windows}] ppl so far {:.4}",
+                wi + 1,
+                (nll / scored as f64).exp()
+            );
             let _ = std::io::stderr().flush();
         }
     }
@@ -49,7 +66,10 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
     }
     let mean = nll / scored as f64;
     if m.json {
-        println!("{}", json!({ "tokens_scored": scored, "mean_nll": mean, "ppl": mean.exp(), "ctx": ctx, "windows": n_windows }));
+        println!(
+            "{}",
+            json!({ "tokens_scored": scored, "mean_nll": mean, "ppl": mean.exp(), "ctx": ctx, "windows": n_windows })
+        );
     } else {
         eprintln!();
         println!("perplexity {:.4} ({scored} tokens scored in {n_windows} windows of {ctx}, mean NLL {mean:.5})", mean.exp());

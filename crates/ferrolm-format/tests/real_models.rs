@@ -2,7 +2,6 @@
 //! gguf-py reports about them: tensor counts, architectures, vocabularies, data offsets.
 //! Skips (with a message) when the variable is unset or a file is absent.
 
-
 use ferrolm_format::{dequantize_to_vec, GgmlType, GgufFile};
 
 fn model(file: &str) -> Option<GgufFile> {

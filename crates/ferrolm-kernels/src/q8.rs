@@ -22,7 +22,10 @@ pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut b = BlockQ8_1 { d: f16::from_f32(d).to_f32(), ..Default::default() };
+        let mut b = BlockQ8_1 {
+            d: f16::from_f32(d).to_f32(),
+            ..Default::default()
+        };
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(chunk) {
             *q = (v * id).round_ties_even() as i8;

@@ -73,11 +73,21 @@ fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) -> (f32, f32) {
             (d, rd16(blk, 2))
         }
         QuantKind::Q5_0 => {
-            nibbles5(u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]), &blk[6..22], 16, out);
+            nibbles5(
+                u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]),
+                &blk[6..22],
+                16,
+                out,
+            );
             (d, 0.0)
         }
         QuantKind::Q5_1 => {
-            nibbles5(u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]), &blk[8..24], 0, out);
+            nibbles5(
+                u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]),
+                &blk[8..24],
+                0,
+                out,
+            );
             (d, rd16(blk, 2))
         }
         QuantKind::Q8_0 => {
@@ -125,11 +135,14 @@ unsafe fn dot_row_avx2(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
 pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") {
+        if std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
             // SAFETY: the features were detected at run time.
             return unsafe { dot_row_avx512(kind, row, x) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: as above.
             return unsafe { dot_row_avx2(kind, row, x) };
         }

@@ -56,7 +56,9 @@ pub fn dequant_row(kind: QuantKind, row: &[u8]) -> Vec<f32> {
 
 /// f32 value of Q8_1 activations.
 pub fn dequant_q8_1(x: &[BlockQ8_1]) -> Vec<f32> {
-    x.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d)).collect()
+    x.iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+        .collect()
 }
 
 /// Reference `row . x` in f64.

@@ -8,7 +8,9 @@ use half::f16;
 use proptest::prelude::*;
 
 fn random_row(kind: QuantKind, blocks: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         s ^= s << 13;
         s ^= s >> 7;
@@ -32,7 +34,13 @@ fn random_row(kind: QuantKind, blocks: usize, seed: u64) -> Vec<u8> {
     row
 }
 
-const KINDS: [QuantKind; 5] = [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q5_0, QuantKind::Q5_1, QuantKind::Q8_0];
+const KINDS: [QuantKind; 5] = [
+    QuantKind::Q4_0,
+    QuantKind::Q4_1,
+    QuantKind::Q5_0,
+    QuantKind::Q5_1,
+    QuantKind::Q8_0,
+];
 
 fn ggml(kind: QuantKind) -> GgmlType {
     match kind {
@@ -72,8 +80,12 @@ proptest! {
 fn matmul_matches_rowwise_dots_on_ragged_shapes() {
     for &(m, n, k) in &[(1, 1, 32), (3, 65, 64), (5, 130, 96), (1, 64, 576)] {
         for kind in KINDS {
-            let w: Vec<u8> = (0..n).flat_map(|j| random_row(kind, k / QK, j as u64 + 7)).collect();
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let w: Vec<u8> = (0..n)
+                .flat_map(|j| random_row(kind, k / QK, j as u64 + 7))
+                .collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
             let mut y = vec![0f32; m * n];
             matmul(kind, &w, n, k, &x, &mut y);
             let rb = k / QK * kind.block_bytes();
@@ -83,7 +95,10 @@ fn matmul_matches_rowwise_dots_on_ragged_shapes() {
                 for j in 0..n {
                     let want = dot_row_ref(kind, &w[j * rb..(j + 1) * rb], &xq);
                     let got = y[i * n + j] as f64;
-                    assert!((got - want).abs() < 1e-2 * (1.0 + want.abs()), "({m},{n},{k}) [{i},{j}] {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-2 * (1.0 + want.abs()),
+                        "({m},{n},{k}) [{i},{j}] {got} vs {want}"
+                    );
                 }
             }
         }

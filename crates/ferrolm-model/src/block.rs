@@ -31,7 +31,9 @@ impl Block {
     pub fn forward(&self, x: &Tensor, ctx: &StepCtx, kv: &mut LayerKv) -> Result<Tensor> {
         match self.placement {
             NormPlacement::Pre | NormPlacement::Sandwich => {
-                let h = self.attn.forward(&self.attn_norm.forward(x)?, &self.plan, ctx, kv)?;
+                let h = self
+                    .attn
+                    .forward(&self.attn_norm.forward(x)?, &self.plan, ctx, kv)?;
                 let x = (x + post(&self.post_attn_norm, h)?)?;
                 let h = self.ffn.forward(&self.ffn_norm.forward(&x)?)?;
                 Ok((x + post(&self.post_ffn_norm, h)?)?)

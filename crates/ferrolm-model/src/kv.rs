@@ -19,7 +19,9 @@ impl KvPrecision {
     pub fn round(self, x: Tensor) -> Result<Tensor> {
         Ok(match self {
             KvPrecision::F32 => x,
-            KvPrecision::F16 => x.to_dtype(candle_core::DType::F16)?.to_dtype(candle_core::DType::F32)?,
+            KvPrecision::F16 => x
+                .to_dtype(candle_core::DType::F16)?
+                .to_dtype(candle_core::DType::F32)?,
         })
     }
 }
@@ -44,7 +46,12 @@ impl LayerKv {
     }
 
     /// Appends new keys/values `(Hkv, T, D)` and returns the full `(k, v, pos)` to attend over.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor, pos: &[usize]) -> Result<(Tensor, Tensor, Vec<usize>)> {
+    pub fn append(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+        pos: &[usize],
+    ) -> Result<(Tensor, Tensor, Vec<usize>)> {
         let (k_all, v_all) = match (&self.k, &self.v) {
             (Some(ko), Some(vo)) => (Tensor::cat(&[ko, k], 1)?, Tensor::cat(&[vo, v], 1)?),
             _ => (k.clone(), v.clone()),
@@ -57,7 +64,10 @@ impl LayerKv {
     /// Stores the attended `(k, v, pos)` back, trimmed to what a rotating layer still needs.
     pub fn store(&mut self, k: Tensor, v: Tensor, pos: Vec<usize>) -> Result<()> {
         let keep_from = match (self.window, pos.iter().max()) {
-            (Some(w), Some(&max)) => pos.iter().position(|&p| p + w > max + 1).unwrap_or(pos.len()),
+            (Some(w), Some(&max)) => pos
+                .iter()
+                .position(|&p| p + w > max + 1)
+                .unwrap_or(pos.len()),
             _ => 0,
         };
         if keep_from > 0 {
@@ -84,14 +94,33 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(windows: impl IntoIterator<Item = Option<usize>>, n_ctx: usize, precision: KvPrecision) -> Self {
-        let layers = windows.into_iter().map(|window| LayerKv { window, precision, ..Default::default() }).collect();
-        Self { layers, n_ctx, next_pos: 0 }
+    pub fn new(
+        windows: impl IntoIterator<Item = Option<usize>>,
+        n_ctx: usize,
+        precision: KvPrecision,
+    ) -> Self {
+        let layers = windows
+            .into_iter()
+            .map(|window| LayerKv {
+                window,
+                precision,
+                ..Default::default()
+            })
+            .collect();
+        Self {
+            layers,
+            n_ctx,
+            next_pos: 0,
+        }
     }
 
     pub fn clear(&mut self) {
         for l in &mut self.layers {
-            *l = LayerKv { window: l.window, precision: l.precision, ..Default::default() };
+            *l = LayerKv {
+                window: l.window,
+                precision: l.precision,
+                ..Default::default()
+            };
         }
         self.next_pos = 0;
     }

@@ -69,8 +69,9 @@ pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Result<(Tensor, Tensor)> {
         RopeScaling::None => 1.0,
         RopeScaling::Linear { factor } => 1.0 / factor as f64,
     };
-    let inv_freq: Vec<f64> =
-        (0..half).map(|i| (spec.theta as f64).powf(-2.0 * i as f64 / spec.dims as f64)).collect();
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| (spec.theta as f64).powf(-2.0 * i as f64 / spec.dims as f64))
+        .collect();
     let mut cos = Vec::with_capacity(pos.len() * half);
     let mut sin = Vec::with_capacity(pos.len() * half);
     for &p in pos {
@@ -89,13 +90,20 @@ pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Result<(Tensor, Tensor)> {
 /// Applies RoPE to `x: (1, H, T, D)` on its first `spec.dims` dimensions.
 pub fn apply_rope(spec: &RopeSpec, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
-    let rot = if spec.dims < d { x.narrow(D::Minus1, 0, spec.dims)?.contiguous()? } else { x.contiguous()? };
+    let rot = if spec.dims < d {
+        x.narrow(D::Minus1, 0, spec.dims)?.contiguous()?
+    } else {
+        x.contiguous()?
+    };
     let rotated = match spec.layout {
         RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&rot, cos, sin)?,
         RopeLayout::Half => candle_nn::rotary_emb::rope(&rot, cos, sin)?,
     };
     Ok(if spec.dims < d {
-        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, spec.dims, d - spec.dims)?], D::Minus1)?
+        Tensor::cat(
+            &[&rotated, &x.narrow(D::Minus1, spec.dims, d - spec.dims)?],
+            D::Minus1,
+        )?
     } else {
         rotated
     })
@@ -112,7 +120,9 @@ impl FeedForward {
     /// `x: (T, C) -> (T, C)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = match (self.spec, &self.gate) {
-            (Ffn::Gated { act }, Some(gate)) => (activate(act, &gate.forward(x)?)? * self.up.forward(x)?)?,
+            (Ffn::Gated { act }, Some(gate)) => {
+                (activate(act, &gate.forward(x)?)? * self.up.forward(x)?)?
+            }
             (Ffn::Plain { act }, _) => activate(act, &self.up.forward(x)?)?,
             (Ffn::Gated { .. }, None) => anyhow::bail!("gated feed-forward without a gate weight"),
         };
@@ -139,21 +149,30 @@ pub struct StepCtx<'a> {
 
 impl StepCtx<'_> {
     fn tables(&self, spec: &RopeSpec) -> Option<(&Tensor, &Tensor)> {
-        self.rope.iter().find(|(s, _, _)| s == spec).map(|(_, c, s)| (c, s))
+        self.rope
+            .iter()
+            .find(|(s, _, _)| s == spec)
+            .map(|(_, c, s)| (c, s))
     }
 }
 
 /// Additive mask `(T, S)`: 0 where query `t` may see key `s`, `-inf` elsewhere.
 pub fn attention_mask(q_pos: &[usize], k_pos: &[usize], window: Option<usize>) -> Option<Tensor> {
     let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
-    let all = q_pos.iter().all(|&qp| k_pos.iter().all(|&kp| visible(qp, kp)));
+    let all = q_pos
+        .iter()
+        .all(|&qp| k_pos.iter().all(|&kp| visible(qp, kp)));
     if all {
         return None;
     }
     let mut m = Vec::with_capacity(q_pos.len() * k_pos.len());
     for &qp in q_pos {
         for &kp in k_pos {
-            m.push(if visible(qp, kp) { 0f32 } else { f32::NEG_INFINITY });
+            m.push(if visible(qp, kp) {
+                0f32
+            } else {
+                f32::NEG_INFINITY
+            });
         }
     }
     Tensor::from_vec(m, (q_pos.len(), k_pos.len()), &Device::Cpu).ok()
@@ -161,7 +180,13 @@ pub fn attention_mask(q_pos: &[usize], k_pos: &[usize], window: Option<usize>) -
 
 impl Attention {
     /// `x: (T, C) -> (T, C)`, reading and extending the layer's cache.
-    pub fn forward(&self, x: &Tensor, plan: &LayerPlan, ctx: &StepCtx, kv: &mut LayerKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        plan: &LayerPlan,
+        ctx: &StepCtx,
+        kv: &mut LayerKv,
+    ) -> Result<Tensor> {
         let a = &self.spec;
         let t = x.dim(0)?;
         let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
@@ -180,7 +205,9 @@ impl Attention {
         let mut q = q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let mut k = k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         if let Position::Rope(spec) = &plan.position {
-            let (cos, sin) = ctx.tables(spec).ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
+            let (cos, sin) = ctx
+                .tables(spec)
+                .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
             q = apply_rope(spec, &q, cos, sin)?;
             k = apply_rope(spec, &k, cos, sin)?;
         }
@@ -198,14 +225,21 @@ impl Attention {
             scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
         }
         if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window) {
-            scores = scores.reshape((hkv, n_rep, t, s))?.broadcast_add(&mask)?.reshape((hkv, n_rep * t, s))?;
+            scores = scores
+                .reshape((hkv, n_rep, t, s))?
+                .broadcast_add(&mask)?
+                .reshape((hkv, n_rep * t, s))?;
         }
-        let probs = kv.precision.round(candle_nn::ops::softmax_last_dim(&scores)?)?;
+        let probs = kv
+            .precision
+            .round(candle_nn::ops::softmax_last_dim(&scores)?)?;
         let out = probs.matmul(&v_all)?; // (Hkv, n_rep*T, D)
         kv.store(k_all, v_all, pos_all)?;
-        let out = out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?;
+        let out = out
+            .reshape((h, t, d))?
+            .transpose(0, 1)?
+            .reshape((t, h * d))?;
         debug_assert_eq!(out.dtype(), DType::F32);
         self.o.forward(&out)
     }
 }
-

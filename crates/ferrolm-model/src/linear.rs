@@ -25,8 +25,20 @@ pub struct QuantLinear {
 }
 
 impl QuantLinear {
-    pub fn new(w: QMatMul, bias: Option<Tensor>, in_dim: usize, out_dim: usize, kind: String) -> Self {
-        Self { w, bias, in_dim, out_dim, kind }
+    pub fn new(
+        w: QMatMul,
+        bias: Option<Tensor>,
+        in_dim: usize,
+        out_dim: usize,
+        kind: String,
+    ) -> Self {
+        Self {
+            w,
+            bias,
+            in_dim,
+            out_dim,
+            kind,
+        }
     }
 }
 
@@ -105,7 +117,12 @@ impl KernelLinear {
             GgmlType::Q8_0 => ferrolm_kernels::QuantKind::Q8_0,
             _ => return None,
         };
-        Some(Self { file, info, kind, bias })
+        Some(Self {
+            file,
+            info,
+            kind,
+            bias,
+        })
     }
 }
 
@@ -115,7 +132,14 @@ impl Linear for KernelLinear {
         let mut dims = x.dims().to_vec();
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut y = vec![0f32; xs.len() / k * n];
-        ferrolm_kernels::matmul(self.kind, self.file.tensor_bytes(&self.info), n, k, &xs, &mut y);
+        ferrolm_kernels::matmul(
+            self.kind,
+            self.file.tensor_bytes(&self.info),
+            n,
+            k,
+            &xs,
+            &mut y,
+        );
         *dims.last_mut().unwrap() = n;
         let y = Tensor::from_vec(y, dims, x.device())?;
         Ok(match &self.bias {

@@ -33,7 +33,11 @@ impl Model {
         let config = config_from_gguf(&file.header)?;
         let w = GgufWeights::new(file);
         let norm = |slot: Slot, il: Option<usize>| -> Result<Norm> {
-            Ok(Norm { spec: config.norm, weight: w.vector(slot, il)?, bias: None })
+            Ok(Norm {
+                spec: config.norm,
+                weight: w.vector(slot, il)?,
+                bias: None,
+            })
         };
         let opt_norm = |slot: Slot, il: usize| -> Result<Option<Norm>> {
             if w.has(slot, Some(il)) {
@@ -57,27 +61,57 @@ impl Model {
                     k: w.linear(Slot::AttnK, l)?,
                     v: w.linear(Slot::AttnV, l)?,
                     o: w.linear(Slot::AttnOut, l)?,
-                    q_norm: if config.attn.qk_norm { Some(norm(Slot::AttnQNorm, l)?) } else { None },
-                    k_norm: if config.attn.qk_norm { Some(norm(Slot::AttnKNorm, l)?) } else { None },
+                    q_norm: if config.attn.qk_norm {
+                        Some(norm(Slot::AttnQNorm, l)?)
+                    } else {
+                        None
+                    },
+                    k_norm: if config.attn.qk_norm {
+                        Some(norm(Slot::AttnKNorm, l)?)
+                    } else {
+                        None
+                    },
                 },
-                post_attn_norm: if sandwich { opt_norm(Slot::PostAttnNorm, il)? } else { None },
+                post_attn_norm: if sandwich {
+                    opt_norm(Slot::PostAttnNorm, il)?
+                } else {
+                    None
+                },
                 ffn_norm: norm(Slot::FfnNorm, l)?,
                 ffn: FeedForward {
                     spec: config.ffn,
-                    gate: if gated { Some(w.linear(Slot::FfnGate, l)?) } else { None },
+                    gate: if gated {
+                        Some(w.linear(Slot::FfnGate, l)?)
+                    } else {
+                        None
+                    },
                     up: w.linear(Slot::FfnUp, l)?,
                     down: w.linear(Slot::FfnDown, l)?,
                 },
-                post_ffn_norm: if sandwich { opt_norm(Slot::PostFfnNorm, il)? } else { None },
+                post_ffn_norm: if sandwich {
+                    opt_norm(Slot::PostFfnNorm, il)?
+                } else {
+                    None
+                },
             });
         }
         let embed = w.embedding()?;
         if embed.dim() != config.hidden {
-            bail!("token embedding width {} does not match the model width {}", embed.dim(), config.hidden);
+            bail!(
+                "token embedding width {} does not match the model width {}",
+                embed.dim(),
+                config.hidden
+            );
         }
         let final_norm = norm(Slot::OutputNorm, None)?;
         let head = w.output(config.tied_embeddings)?;
-        Ok(Model { config, embed, blocks, final_norm, head })
+        Ok(Model {
+            config,
+            embed,
+            blocks,
+            final_norm,
+            head,
+        })
     }
 
     /// A fresh KV cache (f16, as llama.cpp's default) for one sequence of up to `n_ctx` positions.
@@ -86,7 +120,11 @@ impl Model {
     }
 
     pub fn new_cache_with(&self, n_ctx: usize, precision: KvPrecision) -> KvCache {
-        KvCache::new(self.config.layers.iter().map(|l| l.window), n_ctx, precision)
+        KvCache::new(
+            self.config.layers.iter().map(|l| l.window),
+            n_ctx,
+            precision,
+        )
     }
 
     /// Runs `tokens` at the cache's next positions; returns the final-normed hidden states `(T, C)`.

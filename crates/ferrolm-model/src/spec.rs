@@ -67,7 +67,9 @@ pub enum RopeLayout {
 pub enum RopeScaling {
     None,
     /// Position interpolation: positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -142,7 +144,11 @@ impl ModelConfig {
             bail!("model config: head counts and head size must be positive (heads {}, kv heads {}, head size {})", a.n_heads, a.n_kv_heads, a.head_dim);
         }
         if a.n_heads % a.n_kv_heads != 0 {
-            bail!("model config: {} attention heads are not a multiple of {} KV heads", a.n_heads, a.n_kv_heads);
+            bail!(
+                "model config: {} attention heads are not a multiple of {} KV heads",
+                a.n_heads,
+                a.n_kv_heads
+            );
         }
         if self.hidden == 0 || self.vocab_size == 0 || self.layers.is_empty() {
             bail!("model config: hidden size, vocabulary and layer count must be positive");

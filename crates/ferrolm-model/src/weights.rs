@@ -75,7 +75,10 @@ fn candle_dtype(t: GgmlType) -> Result<GgmlDType> {
         GgmlType::Q5_K => GgmlDType::Q5K,
         GgmlType::Q6_K => GgmlDType::Q6K,
         GgmlType::Q8_K => GgmlDType::Q8K,
-        other => bail!("tensor type {} cannot be used for a matrix product", other.name()),
+        other => bail!(
+            "tensor type {} cannot be used for a matrix product",
+            other.name()
+        ),
     })
 }
 
@@ -95,13 +98,20 @@ impl Embedding {
     /// `(T, C)` f32 rows for `ids`.
     pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
         let c = self.dim();
-        let row_bytes = self.info.ty.row_bytes(c).ok_or_else(|| anyhow!("bad embedding row size"))?;
+        let row_bytes = self
+            .info
+            .ty
+            .row_bytes(c)
+            .ok_or_else(|| anyhow!("bad embedding row size"))?;
         let data = self.file.tensor_bytes(&self.info);
         let mut out = vec![0f32; ids.len() * c];
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= self.n_rows() {
-                bail!("token id {id} is outside the vocabulary of {} tokens", self.n_rows());
+                bail!(
+                    "token id {id} is outside the vocabulary of {} tokens",
+                    self.n_rows()
+                );
             }
             let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
             dequantize(self.info.ty, bytes, &mut out[i * c..(i + 1) * c])?;
@@ -145,7 +155,8 @@ impl GgufWeights {
     /// A 1-D weight (norm scale, bias) as f32.
     pub fn vector(&self, slot: Slot, layer: Option<usize>) -> Result<Tensor> {
         let info = self.required(slot, layer)?;
-        self.vector_of(info).with_context(|| format!("loading '{}'", info.name))
+        self.vector_of(info)
+            .with_context(|| format!("loading '{}'", info.name))
     }
 
     /// A matrix `(out, in)` as a linear layer, quantized types kept quantized.
@@ -160,7 +171,11 @@ impl GgufWeights {
 
     fn linear_of(&self, info: &TensorInfo, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
         if info.dims.len() != 2 {
-            bail!("tensor '{}' should be a matrix but has {} dimensions", info.name, info.dims.len());
+            bail!(
+                "tensor '{}' should be a matrix but has {} dimensions",
+                info.name,
+                info.dims.len()
+            );
         }
         let (in_dim, out_dim) = (info.dims[0], info.dims[1]);
         let bytes = self.file.tensor_bytes(info);
@@ -170,12 +185,25 @@ impl GgufWeights {
             let w = Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu)?;
             return Ok(Box::new(DenseLinear::new(w, bias)));
         }
-        if let Some(l) = crate::linear::KernelLinear::new(self.file.clone(), info.clone(), bias.clone()) {
+        if let Some(l) =
+            crate::linear::KernelLinear::new(self.file.clone(), info.clone(), bias.clone())
+        {
             return Ok(Box::new(l));
         }
-        let q = qtensor_from_ggml(candle_dtype(info.ty)?, bytes, vec![out_dim, in_dim], &Device::Cpu)
-            .with_context(|| format!("loading '{}'", info.name))?;
-        Ok(Box::new(QuantLinear::new(QMatMul::from_qtensor(q)?, bias, in_dim, out_dim, info.ty.name().to_string())))
+        let q = qtensor_from_ggml(
+            candle_dtype(info.ty)?,
+            bytes,
+            vec![out_dim, in_dim],
+            &Device::Cpu,
+        )
+        .with_context(|| format!("loading '{}'", info.name))?;
+        Ok(Box::new(QuantLinear::new(
+            QMatMul::from_qtensor(q)?,
+            bias,
+            in_dim,
+            out_dim,
+            info.ty.name().to_string(),
+        )))
     }
 
     pub fn embedding(&self) -> Result<Embedding> {
@@ -183,7 +211,10 @@ impl GgufWeights {
         if info.dims.len() != 2 {
             bail!("token embedding '{}' should be a matrix", info.name);
         }
-        Ok(Embedding { file: self.file.clone(), info })
+        Ok(Embedding {
+            file: self.file.clone(),
+            info,
+        })
     }
 
     /// The output head: `output.weight`, or the token embeddings when tied.

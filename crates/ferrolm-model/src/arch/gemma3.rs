@@ -15,12 +15,21 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
     let hidden = m.usize("embedding_length")?;
     let n_heads = m.usize("attention.head_count")?;
     let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let head_dim = m.opt_usize("attention.key_length")?.unwrap_or(hidden / n_heads.max(1));
+    let head_dim = m
+        .opt_usize("attention.key_length")?
+        .unwrap_or(hidden / n_heads.max(1));
     let n_layers = m.usize("block_count")?;
     let window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
-    let pattern = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(PATTERN);
+    let pattern = m
+        .opt_usize("attention.sliding_window_pattern")?
+        .unwrap_or(PATTERN);
     let rope = |theta| {
-        Position::Rope(RopeSpec { theta, dims: head_dim, layout: RopeLayout::Half, scaling: RopeScaling::None })
+        Position::Rope(RopeSpec {
+            theta,
+            dims: head_dim,
+            layout: RopeLayout::Half,
+            scaling: RopeScaling::None,
+        })
     };
     let global_theta = m.opt_f32("rope.freq_base")?.unwrap_or(1_000_000.0);
     let global_scaling = match m.opt_f32("rope.scaling.factor")? {
@@ -32,18 +41,28 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         .map(|il| {
             let local = window.is_some() && (pattern == 0 || il % pattern < pattern - 1);
             if local {
-                LayerPlan { window, position: rope(local_theta) }
+                LayerPlan {
+                    window,
+                    position: rope(local_theta),
+                }
             } else {
                 let mut pos = rope(global_theta);
                 if let Position::Rope(r) = &mut pos {
                     r.scaling = global_scaling;
                 }
-                LayerPlan { window: None, position: pos }
+                LayerPlan {
+                    window: None,
+                    position: pos,
+                }
             }
         })
         .collect();
     // The 27B model scales by the model width per head; the others by the head size.
-    let scale_dim = if n_layers == 62 { hidden / n_heads } else { head_dim };
+    let scale_dim = if n_layers == 62 {
+        hidden / n_heads
+    } else {
+        head_dim
+    };
     Ok(ModelConfig {
         arch: "gemma3".into(),
         topology: Topology::Decoder,
@@ -59,9 +78,16 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             qk_norm: true,
             bias: false,
         },
-        norm: NormSpec { kind: NormKind::Rms, eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6) },
+        norm: NormSpec {
+            kind: NormKind::Rms,
+            eps: m
+                .opt_f32("attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-6),
+        },
         placement: NormPlacement::Sandwich,
-        ffn: Ffn::Gated { act: Activation::GeluTanhF16 },
+        ffn: Ffn::Gated {
+            act: Activation::GeluTanhF16,
+        },
         embed_scale: Some((hidden as f32).sqrt()),
         final_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&c| c > 0.0),
         tied_embeddings: !m.has_tensor("output.weight"),

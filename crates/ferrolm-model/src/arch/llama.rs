@@ -9,7 +9,9 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
     let hidden = m.usize("embedding_length")?;
     let n_heads = m.usize("attention.head_count")?;
     let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let head_dim = m.opt_usize("attention.key_length")?.unwrap_or(hidden / n_heads.max(1));
+    let head_dim = m
+        .opt_usize("attention.key_length")?
+        .unwrap_or(hidden / n_heads.max(1));
     let rope = RopeSpec {
         theta: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
         dims: m.opt_usize("rope.dimension_count")?.unwrap_or(head_dim),
@@ -36,13 +38,26 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             qk_norm: false,
             bias: m.has_tensor("blk.0.attn_q.bias"),
         },
-        norm: NormSpec { kind: NormKind::Rms, eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) },
+        norm: NormSpec {
+            kind: NormKind::Rms,
+            eps: m
+                .opt_f32("attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
+        },
         placement: NormPlacement::Pre,
-        ffn: Ffn::Gated { act: Activation::Silu },
+        ffn: Ffn::Gated {
+            act: Activation::Silu,
+        },
         embed_scale: None,
         final_softcap: None,
         tied_embeddings: !m.has_tensor("output.weight"),
-        layers: vec![LayerPlan { window, position: Position::Rope(rope) }; n_layers],
+        layers: vec![
+            LayerPlan {
+                window,
+                position: Position::Rope(rope)
+            };
+            n_layers
+        ],
         context_length: m.usize("context_length")?,
     })
 }

@@ -16,8 +16,14 @@ pub struct GgufArch {
 
 /// Every GGUF architecture ferrolm runs.
 pub const GGUF_ARCHES: &[GgufArch] = &[
-    GgufArch { name: "llama", config: llama::config },
-    GgufArch { name: "gemma3", config: gemma3::config },
+    GgufArch {
+        name: "llama",
+        config: llama::config,
+    },
+    GgufArch {
+        name: "gemma3",
+        config: gemma3::config,
+    },
 ];
 
 pub fn supported_gguf_arches() -> Vec<&'static str> {
@@ -36,7 +42,10 @@ pub fn config_from_gguf(header: &GgufHeader) -> Result<ModelConfig> {
             supported_gguf_arches().join(", ")
         )
     })?;
-    let meta = GgufMeta { header, arch: arch.to_string() };
+    let meta = GgufMeta {
+        header,
+        arch: arch.to_string(),
+    };
     let cfg = (entry.config)(&meta)?;
     cfg.validate()?;
     Ok(cfg)
@@ -59,18 +68,27 @@ impl GgufMeta<'_> {
         match self.value(key) {
             None => Ok(None),
             Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                anyhow!("GGUF metadata key '{}.{key}' should be an unsigned integer, found {}", self.arch, v.type_name())
+                anyhow!(
+                    "GGUF metadata key '{}.{key}' should be an unsigned integer, found {}",
+                    self.arch,
+                    v.type_name()
+                )
             }),
         }
     }
     pub fn f32(&self, key: &str) -> Result<f32> {
-        self.opt_f32(key)?.ok_or_else(|| anyhow!("GGUF metadata key '{}.{key}' is missing", self.arch))
+        self.opt_f32(key)?
+            .ok_or_else(|| anyhow!("GGUF metadata key '{}.{key}' is missing", self.arch))
     }
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.value(key) {
             None => Ok(None),
             Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
-                anyhow!("GGUF metadata key '{}.{key}' should be a number, found {}", self.arch, v.type_name())
+                anyhow!(
+                    "GGUF metadata key '{}.{key}' should be a number, found {}",
+                    self.arch,
+                    v.type_name()
+                )
             }),
         }
     }
@@ -83,7 +101,12 @@ impl GgufMeta<'_> {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
             .map(|a| a.len())
-            .ok_or_else(|| anyhow!("GGUF file has neither '{}.vocab_size' nor 'tokenizer.ggml.tokens'", self.arch))
+            .ok_or_else(|| {
+                anyhow!(
+                    "GGUF file has neither '{}.vocab_size' nor 'tokenizer.ggml.tokens'",
+                    self.arch
+                )
+            })
     }
     pub fn has_tensor(&self, name: &str) -> bool {
         self.header.tensor(name).is_some()
