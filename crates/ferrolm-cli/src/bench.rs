@@ -5,6 +5,7 @@ use crate::commands::open;
 use crate::ModelOpts;
 use anyhow::{bail, Result};
 use ferrolm_model::Logits;
+use ferrolm_sample::argmax;
 use serde_json::json;
 use std::time::Instant;
 
@@ -16,16 +17,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {

@@ -6,6 +6,7 @@
 
 use ferrolm_engine::{catalog, load, LoadedModel};
 use ferrolm_model::Logits;
+use ferrolm_sample::argmax;
 use serde_json::Value;
 
 fn golden(name: &str) -> Value {
@@ -32,16 +33,6 @@ fn ids_of(v: &Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// What one model's comparison measured.

@@ -38,7 +38,7 @@ mod stop;
 pub use candidates::Candidates;
 pub use chain::{LogitsProcessor, SamplerChain, TokenPicker};
 pub use params::{SampleError, SamplingParams, DEFAULT_SEED};
-pub use pickers::{Dist, Greedy};
+pub use pickers::{argmax, Dist, Greedy};
 pub use processors::{
     LogitBias, MinP, Penalties, PenaltyConfig, TailFree, Temperature, TopK, TopP, Typical,
 };

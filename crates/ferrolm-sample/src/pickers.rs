@@ -20,6 +20,20 @@ impl TokenPicker for Greedy {
     }
 }
 
+/// Index of the highest logit in a raw row (ties: lowest id; NaN counts as lowest). Greedy
+/// decoding without building a candidate set, e.g. for benchmarks and reference checks.
+pub fn argmax(logits: &[f32]) -> TokenId {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as TokenId
+}
+
 /// Samples from the softmax of the remaining candidates with a seeded ChaCha20 stream.
 ///
 /// Exactly one uniform draw per pick (even with a single candidate), so the random
