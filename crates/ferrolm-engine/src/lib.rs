@@ -5,5 +5,6 @@ pub mod catalog;
 pub mod generate;
 pub mod load;
 
+pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
-pub use load::{load, vocab_spec, LoadedModel};
+pub use load::{load, LoadedModel};

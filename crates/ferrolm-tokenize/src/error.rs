@@ -15,6 +15,9 @@ pub enum TokenizeError {
     )]
     UnknownPreTokenizer { name: String, supported: String },
 
+    #[error("the model file has no vocabulary ('{0}' missing); ferrolm needs a GGUF that carries its tokenizer")]
+    MissingMetadata(&'static str),
+
     #[error("vocabulary is invalid: {0}; re-export the GGUF or check the metadata reader")]
     InvalidVocab(String),
 

@@ -21,6 +21,7 @@
 mod bpe;
 mod chat;
 mod error;
+mod gguf;
 mod special;
 mod spm;
 mod tokenizer;
@@ -29,5 +30,6 @@ mod vocab;
 pub use bpe::SUPPORTED_PRE;
 pub use chat::{fallback_chatml, ChatMessage, ChatTemplate};
 pub use error::TokenizeError;
+pub use gguf::vocab_spec;
 pub use tokenizer::Tokenizer;
 pub use vocab::{TokenType, VocabSpec};

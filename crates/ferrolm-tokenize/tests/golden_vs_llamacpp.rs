@@ -27,7 +27,8 @@ struct Case {
 
 fn load(name: &str) -> Option<(Tokenizer, Golden)> {
     let path = common::model_path(name)?;
-    let spec = common::vocab_spec(&common::read_metadata(&path));
+    let spec = ferrolm_tokenize::vocab_spec(&ferrolm_format::GgufFile::open(&path).unwrap().header)
+        .unwrap();
     let tok = Tokenizer::from_vocab(spec).expect("tokenizer builds from the real vocabulary");
     let file = common::golden_dir().join(format!("tokenize_{name}.json"));
     let golden: Golden = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
@@ -161,7 +162,9 @@ fn encoding_speed() {
         let Some(path) = common::model_path(name) else {
             continue;
         };
-        let spec = common::vocab_spec(&common::read_metadata(&path));
+        let spec =
+            ferrolm_tokenize::vocab_spec(&ferrolm_format::GgufFile::open(&path).unwrap().header)
+                .unwrap();
         let t0 = Instant::now();
         let tok = Tokenizer::from_vocab(spec).unwrap();
         eprintln!(
