@@ -112,8 +112,7 @@ pub fn chat_prompt(lm: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32
 
 pub fn tokenize(m: &ModelOpts, special: bool, text: &str) -> Result<()> {
     set_threads(m.threads);
-    let path = catalog::resolve(&m.model, m.json)?;
-    let file = ferrolm_format::GgufFile::open(&path)?;
+    let (_, file) = ferrolm_engine::open_gguf(&m.model, m.json)?;
     let tok = ferrolm_tokenize::Tokenizer::from_vocab(ferrolm_engine::vocab_spec(&file.header)?)?;
     let ids = tok.encode(text, true, special)?;
     if m.json {

@@ -2,7 +2,7 @@
 //! to do, exit code 1, and no panic or backtrace.
 
 use ferrolm_format::{GgmlType, GgufWriter, MetaValue};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
@@ -94,6 +94,14 @@ fn unknown_architecture() {
 }
 
 #[test]
+fn directory_instead_of_gguf() {
+    let d = tmp("hf-dir");
+    std::fs::create_dir_all(&d).unwrap();
+    let e = fails(&["generate", "-m", d.to_str().unwrap(), "hi"]);
+    assert!(e.contains("is a directory") && e.contains(".gguf"), "{e}");
+}
+
+#[test]
 fn unknown_catalog_name() {
     let e = fails(&["generate", "-m", "no-such-model", "hi"]);
     assert!(
@@ -137,9 +145,4 @@ fn prompt_longer_than_context() {
         "one two three four five six seven eight nine ten",
     ]);
     assert!(e.contains("--ctx"), "{e}");
-}
-
-#[allow(dead_code)]
-fn exists(p: &str) -> bool {
-    Path::new(p).exists()
 }

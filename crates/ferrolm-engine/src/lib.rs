@@ -7,4 +7,4 @@ pub mod load;
 
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
-pub use load::{load, LoadedModel};
+pub use load::{load, open_gguf, LoadedModel};

@@ -20,10 +20,23 @@ pub struct LoadedModel {
     pub template_is_builtin: bool,
 }
 
+/// Opens the GGUF file behind a path or catalog name, refusing what is not one.
+pub fn open_gguf(model: &str, quiet: bool) -> Result<(PathBuf, GgufFile)> {
+    let path = catalog::resolve(model, quiet)?;
+    if path.is_dir() {
+        anyhow::bail!(
+            "'{}' is a directory (a Hugging Face model: config.json + safetensors); this command runs GGUF files only, pass a .gguf file",
+            path.display()
+        );
+    }
+    let file = GgufFile::open(&path)?;
+    Ok((path, file))
+}
+
 /// Opens a model by path or catalog name.
 pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
-    let path = catalog::resolve(model, quiet)?;
-    let file = Arc::new(GgufFile::open(&path)?);
+    let (path, file) = open_gguf(model, quiet)?;
+    let file = Arc::new(file);
     // The architecture is checked first: an unknown one is the clearest thing to report.
     ferrolm_model::config_from_gguf(&file.header)?;
     let tokenizer = Tokenizer::from_vocab(vocab_spec(&file.header)?)?;
