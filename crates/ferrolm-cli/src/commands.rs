@@ -115,10 +115,8 @@ pub fn tokenize(m: &ModelOpts, special: bool, text: &str) -> Result<()> {
     let (_, file) = ferrolm_engine::open_gguf(&m.model, m.json)?;
     let tok = ferrolm_tokenize::Tokenizer::from_vocab(ferrolm_engine::vocab_spec(&file.header)?)?;
     let ids = tok.encode(text, true, special)?;
-    if m.json {
-        println!("{}", json!({ "ids": ids }));
-    } else {
-        println!("{}", json!({ "ids": ids }));
+    println!("{}", json!({ "ids": ids }));
+    if !m.json {
         for id in &ids {
             eprintln!("{id:>8}  {:?}", tok.id_to_token(*id).unwrap_or("?"));
         }
@@ -145,9 +143,6 @@ pub fn logits(
     let lm = open(m)?;
     let ids = prompt_ids(&lm, ids, text, false)?;
     let mut kv = new_cache(&lm, m)?;
-    if ids.len() > kv.n_ctx {
-        bail!("the prompt has {} tokens but the context holds {}; use a larger --ctx or a shorter prompt", ids.len(), kv.n_ctx);
-    }
     let out = lm
         .model
         .forward(&ids, &mut kv, if all { Logits::All } else { Logits::Last })?;

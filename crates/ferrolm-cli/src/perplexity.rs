@@ -2,14 +2,13 @@
 //! when the model adds a BOS, which then heads each window); every token but a window's first
 //! is scored from the tokens before it in its window.
 
-use crate::commands::{open, set_threads};
+use crate::commands::open;
 use crate::ModelOpts;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use std::io::Write;
 
 pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
-    set_threads(m.threads);
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read text file '{}'", file.display()))?;
     let lm = open(m)?;

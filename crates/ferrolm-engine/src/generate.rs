@@ -81,16 +81,6 @@ pub fn generate(
     if req.prompt.is_empty() {
         anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
     }
-    let needed = kv.next_pos + req.prompt.len();
-    if needed > kv.n_ctx {
-        anyhow::bail!(
-            "the prompt has {} tokens but the context holds {} (with {} already used); use a larger --ctx (the model was trained on {}) or a shorter prompt",
-            req.prompt.len(),
-            kv.n_ctx,
-            kv.next_pos,
-            lm.model.config.context_length
-        );
-    }
     let mut chain = req.sampling.build_chain();
     for &t in &req.prompt {
         chain.accept(t);

@@ -3,13 +3,12 @@
 
 use crate::kv::LayerKv;
 use crate::layers::{Attention, FeedForward, Norm, StepCtx};
-use crate::spec::{LayerPlan, NormPlacement};
+use crate::spec::LayerPlan;
 use anyhow::Result;
 use candle_core::Tensor;
 
 pub struct Block {
     pub plan: LayerPlan,
-    pub placement: NormPlacement,
     pub attn_norm: Norm,
     pub attn: Attention,
     /// Present for `NormPlacement::Sandwich`.
@@ -27,17 +26,14 @@ fn post(norm: &Option<Norm>, x: Tensor) -> Result<Tensor> {
 }
 
 impl Block {
-    /// `x: (T, C) -> (T, C)`.
+    /// `x: (T, C) -> (T, C)`: pre-norm residual sub-layers, with post-norms when the
+    /// placement is `Sandwich` (they are `None` otherwise).
     pub fn forward(&self, x: &Tensor, ctx: &StepCtx, kv: &mut LayerKv) -> Result<Tensor> {
-        match self.placement {
-            NormPlacement::Pre | NormPlacement::Sandwich => {
-                let h = self
-                    .attn
-                    .forward(&self.attn_norm.forward(x)?, &self.plan, ctx, kv)?;
-                let x = (x + post(&self.post_attn_norm, h)?)?;
-                let h = self.ffn.forward(&self.ffn_norm.forward(&x)?)?;
-                Ok((x + post(&self.post_ffn_norm, h)?)?)
-            }
-        }
+        let h = self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, &self.plan, ctx, kv)?;
+        let x = (x + post(&self.post_attn_norm, h)?)?;
+        let h = self.ffn.forward(&self.ffn_norm.forward(&x)?)?;
+        Ok((x + post(&self.post_ffn_norm, h)?)?)
     }
 }

@@ -129,9 +129,9 @@ impl KvCache {
     pub fn reserve(&mut self, n: usize) -> Result<Vec<usize>> {
         if self.next_pos + n > self.n_ctx {
             bail!(
-                "context is full: {} tokens already in context + {n} new > context size {} (use a larger --ctx, or a shorter prompt)",
-                self.next_pos,
-                self.n_ctx
+                "the input has {n} tokens but the context holds {} (with {} already used); use a larger --ctx or a shorter prompt",
+                self.n_ctx,
+                self.next_pos
             );
         }
         let pos = (self.next_pos..self.next_pos + n).collect();

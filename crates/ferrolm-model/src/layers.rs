@@ -157,13 +157,17 @@ impl StepCtx<'_> {
 }
 
 /// Additive mask `(T, S)`: 0 where query `t` may see key `s`, `-inf` elsewhere.
-pub fn attention_mask(q_pos: &[usize], k_pos: &[usize], window: Option<usize>) -> Option<Tensor> {
+pub fn attention_mask(
+    q_pos: &[usize],
+    k_pos: &[usize],
+    window: Option<usize>,
+) -> Result<Option<Tensor>> {
     let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
     let all = q_pos
         .iter()
         .all(|&qp| k_pos.iter().all(|&kp| visible(qp, kp)));
     if all {
-        return None;
+        return Ok(None);
     }
     let mut m = Vec::with_capacity(q_pos.len() * k_pos.len());
     for &qp in q_pos {
@@ -175,7 +179,11 @@ pub fn attention_mask(q_pos: &[usize], k_pos: &[usize], window: Option<usize>) -
             });
         }
     }
-    Tensor::from_vec(m, (q_pos.len(), k_pos.len()), &Device::Cpu).ok()
+    Ok(Some(Tensor::from_vec(
+        m,
+        (q_pos.len(), k_pos.len()),
+        &Device::Cpu,
+    )?))
 }
 
 impl Attention {
@@ -224,7 +232,7 @@ impl Attention {
         if let Some(cap) = a.softcap {
             scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
         }
-        if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window) {
+        if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window)? {
             scores = scores
                 .reshape((hkv, n_rep, t, s))?
                 .broadcast_add(&mask)?

@@ -53,7 +53,6 @@ impl Model {
             let gated = matches!(config.ffn, Ffn::Gated { .. });
             blocks.push(Block {
                 plan: *plan,
-                placement: config.placement,
                 attn_norm: norm(Slot::AttnNorm, l)?,
                 attn: Attention {
                     spec: config.attn,
@@ -191,10 +190,5 @@ impl Model {
             start += n;
         }
         Ok(out)
-    }
-
-    /// `(name, kind)` of each distinct weight type, for `info`.
-    pub fn head_kind(&self) -> String {
-        self.head.kind()
     }
 }

@@ -12,23 +12,18 @@ const PATTERN: usize = 6;
 const LOCAL_THETA: f32 = 10_000.0;
 
 pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
-    let hidden = m.usize("embedding_length")?;
-    let n_heads = m.usize("attention.head_count")?;
-    let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let head_dim = m
-        .opt_usize("attention.key_length")?
-        .unwrap_or(hidden / n_heads.max(1));
+    let (hidden, n_heads, n_kv_heads, head_dim) = m.heads()?;
     let n_layers = m.usize("block_count")?;
     let window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
     let pattern = m
         .opt_usize("attention.sliding_window_pattern")?
         .unwrap_or(PATTERN);
-    let rope = |theta| {
+    let rope = |theta, scaling| {
         Position::Rope(RopeSpec {
             theta,
             dims: head_dim,
             layout: RopeLayout::Half,
-            scaling: RopeScaling::None,
+            scaling,
         })
     };
     let global_theta = m.opt_f32("rope.freq_base")?.unwrap_or(1_000_000.0);
@@ -43,16 +38,12 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             if local {
                 LayerPlan {
                     window,
-                    position: rope(local_theta),
+                    position: rope(local_theta, RopeScaling::None),
                 }
             } else {
-                let mut pos = rope(global_theta);
-                if let Position::Rope(r) = &mut pos {
-                    r.scaling = global_scaling;
-                }
                 LayerPlan {
                     window: None,
-                    position: pos,
+                    position: rope(global_theta, global_scaling),
                 }
             }
         })

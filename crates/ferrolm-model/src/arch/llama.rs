@@ -6,12 +6,7 @@ use crate::spec::*;
 use anyhow::Result;
 
 pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
-    let hidden = m.usize("embedding_length")?;
-    let n_heads = m.usize("attention.head_count")?;
-    let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let head_dim = m
-        .opt_usize("attention.key_length")?
-        .unwrap_or(hidden / n_heads.max(1));
+    let (hidden, n_heads, n_kv_heads, head_dim) = m.heads()?;
     let rope = RopeSpec {
         theta: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
         dims: m.opt_usize("rope.dimension_count")?.unwrap_or(head_dim),

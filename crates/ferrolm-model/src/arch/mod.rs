@@ -108,6 +108,19 @@ impl GgufMeta<'_> {
                 )
             })
     }
+    /// `(C, H, Hkv, D)`: width, query heads, KV heads (default `H`), head size (default `C / H`).
+    pub fn heads(&self) -> Result<(usize, usize, usize, usize)> {
+        let hidden = self.usize("embedding_length")?;
+        let n_heads = self.usize("attention.head_count")?;
+        let n_kv_heads = self
+            .opt_usize("attention.head_count_kv")?
+            .unwrap_or(n_heads);
+        let head_dim = self
+            .opt_usize("attention.key_length")?
+            .unwrap_or(hidden / n_heads.max(1));
+        Ok((hidden, n_heads, n_kv_heads, head_dim))
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.header.tensor(name).is_some()
     }
