@@ -99,24 +99,37 @@ fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) -> (f32, f32) {
     }
 }
 
+/// `hsum_float_8` of ggml: upper half onto lower, then `(r0 + r2) + (r1 + r3)`.
+#[inline(always)]
+pub fn hsum8(acc: &[f32; 8]) -> f32 {
+    let r = [acc[4] + acc[0], acc[5] + acc[1], acc[6] + acc[2], acc[7] + acc[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// One weight row times one quantized activation row, in ggml's AVX2 order: eight lanes, lane
+/// `j` taking the integer sum of elements `4j..4j+4` of each block times `d_w * d_x` with a
+/// fused multiply-add, `hsum8` at the end, plus the minimum terms `m * s` summed in order.
 #[inline(always)]
 fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     let bb = kind.block_bytes();
-    let mut acc = 0f32;
+    let mut acc = [0f32; 8];
     let mut summs = 0f32;
     let mut lv = [0i8; QK];
     for (blk, y) in row.chunks_exact(bb).zip(x) {
         let (d, m) = levels(kind, blk, &mut lv);
-        let mut sumi = 0i32;
-        for j in 0..QK {
-            sumi += lv[j] as i32 * y.qs[j] as i32;
+        let dd = d * y.d;
+        for (j, a) in acc.iter_mut().enumerate() {
+            let mut sumi = 0i32;
+            for e in 4 * j..4 * j + 4 {
+                sumi += lv[e] as i32 * y.qs[e] as i32;
+            }
+            *a = dd.mul_add(sumi as f32, *a);
         }
-        acc += d * y.d * sumi as f32;
         if kind.has_min() {
-            summs += m * y.s;
+            summs = m.mul_add(y.s, summs);
         }
     }
-    acc + summs
+    hsum8(&acc) + summs
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -4,10 +4,13 @@
 use crate::kv::LayerKv;
 use crate::layers::{Attention, FeedForward, Norm, StepCtx};
 use crate::spec::LayerPlan;
+use crate::trace::trace;
 use anyhow::Result;
 use candle_core::Tensor;
 
 pub struct Block {
+    /// Layer number, for tracing.
+    pub index: usize,
     pub plan: LayerPlan,
     pub attn_norm: Norm,
     pub attn: Attention,
@@ -29,11 +32,19 @@ impl Block {
     /// `x: (T, C) -> (T, C)`: pre-norm residual sub-layers, with post-norms when the
     /// placement is `Sandwich` (they are `None` otherwise).
     pub fn forward(&self, x: &Tensor, ctx: &StepCtx, kv: &mut LayerKv) -> Result<Tensor> {
-        let h = self
-            .attn
-            .forward(&self.attn_norm.forward(x)?, &self.plan, ctx, kv)?;
+        let l = Some(self.index);
+        let n = self.attn_norm.forward(x)?;
+        trace("attn_norm", l, &n);
+        let h = self.attn.forward(&n, &self.plan, ctx, kv, self.index)?;
+        trace("attn_out", l, &h);
         let x = (x + post(&self.post_attn_norm, h)?)?;
-        let h = self.ffn.forward(&self.ffn_norm.forward(&x)?)?;
-        Ok((x + post(&self.post_ffn_norm, h)?)?)
+        trace("ffn_inp", l, &x);
+        let n = self.ffn_norm.forward(&x)?;
+        trace("ffn_norm", l, &n);
+        let h = self.ffn.forward(&n)?;
+        trace("ffn_out", l, &h);
+        let x = (x + post(&self.post_ffn_norm, h)?)?;
+        trace("l_out", l, &x);
+        Ok(x)
     }
 }

@@ -4,8 +4,9 @@
 use crate::kv::LayerKv;
 use crate::linear::Linear;
 use crate::spec::*;
+use crate::trace::trace;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 /// RMSNorm or LayerNorm over the last dimension; weights already carry any load-time fix-ups.
 pub struct Norm {
@@ -18,7 +19,17 @@ impl Norm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         Ok(match self.spec.kind {
-            NormKind::Rms => candle_nn::ops::rms_norm(&x, &self.weight, self.spec.eps)?,
+            NormKind::Rms => {
+                let dims = x.dims().to_vec();
+                let c = *dims.last().unwrap_or(&1);
+                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let w: Vec<f32> = self.weight.to_vec1()?;
+                let mut y = vec![0f32; xs.len()];
+                for (xr, yr) in xs.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+                    rms_norm_row(xr, &w, self.spec.eps, yr);
+                }
+                Tensor::from_vec(y, dims, x.device())?
+            }
             NormKind::Layer => {
                 let bias = match &self.bias {
                     Some(b) => b.clone(),
@@ -30,9 +41,25 @@ impl Norm {
     }
 }
 
+/// RMSNorm of one row with llama.cpp's rounding: squares summed in f64, `scale = 1/sqrt(mean + eps)`
+/// in f32, then `(x * scale) * w`. Matching it to the last bit matters: the next matrix product
+/// quantizes its input to int8, and a one-ulp change flips roundings there.
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0f32 / (mean + eps).sqrt();
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+        *y = x * scale * w;
+    }
+}
+
 pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
-        Activation::Silu => candle_nn::ops::silu(x)?,
+        Activation::Silu => {
+            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let y: Vec<f32> = v.into_iter().map(ferrolm_kernels::numerics::silu).collect();
+            Tensor::from_vec(y, x.dims(), x.device())?
+        }
         Activation::GeluTanh => x.gelu()?,
         Activation::GeluTanhF16 => {
             let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -62,51 +89,60 @@ pub fn gelu_tanh_f16(x: f32) -> f32 {
     }
 }
 
-/// Cosines and sines `(T, dims/2)` of RoPE angles for the given positions.
-pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Result<(Tensor, Tensor)> {
-    let half = spec.dims / 2;
-    let scale = match spec.scaling {
-        RopeScaling::None => 1.0,
-        RopeScaling::Linear { factor } => 1.0 / factor as f64,
+/// Per-position `(cos, sin)` pairs for one RoPE spec, computed as llama.cpp does: angle
+/// `theta_i = p * base^(-2i/dims)` by repeated f32 multiplication, then `cosf`/`sinf`.
+/// `out` gets `dims` floats: `cos_0, sin_0, cos_1, sin_1, ...`.
+pub fn rope_cache(spec: &RopeSpec, p: usize, out: &mut Vec<f32>) {
+    let freq_scale = match spec.scaling {
+        RopeScaling::None => 1.0f32,
+        RopeScaling::Linear { factor } => 1.0 / factor,
     };
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| (spec.theta as f64).powf(-2.0 * i as f64 / spec.dims as f64))
-        .collect();
-    let mut cos = Vec::with_capacity(pos.len() * half);
-    let mut sin = Vec::with_capacity(pos.len() * half);
-    for &p in pos {
-        for f in &inv_freq {
-            let a = (p as f64 * scale * f) as f32;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
+    let theta_scale = spec.theta.powf(-2.0 / spec.dims as f32);
+    out.clear();
+    let mut theta = p as f32;
+    for _ in 0..spec.dims / 2 {
+        let t = freq_scale * theta;
+        out.push(t.cos());
+        out.push(t.sin());
+        theta *= theta_scale;
     }
-    Ok((
-        Tensor::from_vec(cos, (pos.len(), half), &Device::Cpu)?,
-        Tensor::from_vec(sin, (pos.len(), half), &Device::Cpu)?,
-    ))
 }
 
-/// Applies RoPE to `x: (1, H, T, D)` on its first `spec.dims` dimensions.
-pub fn apply_rope(spec: &RopeSpec, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let rot = if spec.dims < d {
-        x.narrow(D::Minus1, 0, spec.dims)?.contiguous()?
-    } else {
-        x.contiguous()?
+/// Rotates one head vector `x` (length `>= spec.dims`) in place with a `rope_cache` row.
+pub fn rope_head(spec: &RopeSpec, cache: &[f32], x: &mut [f32]) {
+    let (offset, stride) = match spec.layout {
+        RopeLayout::Interleaved => (1, 2),
+        RopeLayout::Half => (spec.dims / 2, 1),
     };
-    let rotated = match spec.layout {
-        RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&rot, cos, sin)?,
-        RopeLayout::Half => candle_nn::rotary_emb::rope(&rot, cos, sin)?,
-    };
-    Ok(if spec.dims < d {
-        Tensor::cat(
-            &[&rotated, &x.narrow(D::Minus1, spec.dims, d - spec.dims)?],
-            D::Minus1,
-        )?
-    } else {
-        rotated
-    })
+    for i in 0..spec.dims / 2 {
+        let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+        let a = i * stride;
+        let (x0, x1) = (x[a], x[a + offset]);
+        // llama.cpp's build contracts these into fused multiply-adds; so do we.
+        x[a] = x0.mul_add(c, -(x1 * s));
+        x[a + offset] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// The rope caches `(T, dims)` for the positions of one call.
+pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Vec<f32> {
+    let mut all = Vec::with_capacity(pos.len() * spec.dims);
+    let mut row = Vec::with_capacity(spec.dims);
+    for &p in pos {
+        rope_cache(spec, p, &mut row);
+        all.extend_from_slice(&row);
+    }
+    all
+}
+
+/// Applies RoPE in place to `x: (T, heads, D)` flattened.
+pub fn apply_rope(spec: &RopeSpec, tables: &[f32], x: &mut [f32], heads: usize, d: usize) {
+    for (t, tok) in x.chunks_exact_mut(heads * d).enumerate() {
+        let cache = &tables[t * spec.dims..(t + 1) * spec.dims];
+        for head in tok.chunks_exact_mut(d) {
+            rope_head(spec, cache, head);
+        }
+    }
 }
 
 pub struct FeedForward {
@@ -143,17 +179,80 @@ pub struct Attention {
 /// Per-call inputs shared by every layer: positions and the RoPE tables for them.
 pub struct StepCtx<'a> {
     pub pos: &'a [usize],
-    /// One `(cos, sin)` per distinct RoPE spec, in `rope_specs` order.
-    pub rope: Vec<(RopeSpec, Tensor, Tensor)>,
+    /// One `rope_tables` per distinct RoPE spec.
+    pub rope: Vec<(RopeSpec, Vec<f32>)>,
 }
 
 impl StepCtx<'_> {
-    fn tables(&self, spec: &RopeSpec) -> Option<(&Tensor, &Tensor)> {
+    fn tables(&self, spec: &RopeSpec) -> Option<&[f32]> {
         self.rope
             .iter()
-            .find(|(s, _, _)| s == spec)
-            .map(|(_, c, s)| (c, s))
+            .find(|(s, _)| s == spec)
+            .map(|(_, t)| t.as_slice())
     }
+}
+
+/// Attention of `q: (H, T, D)` over `k, v: (Hkv, S, D)` with llama.cpp's arithmetic:
+/// `q . k` (operands f16-rounded under `KvPrecision::F16`), scaled softmax with masked
+/// entries at `-inf`, probabilities rounded like the values, then `p . v`. Sums follow
+/// llama.cpp's batched order when `T >= 2` and its single-row order for `T = 1`, which is
+/// where llama.cpp disagrees with itself. Returns `(T, H * D)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    a: &AttentionSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_pos: &[usize],
+    k_pos: &[usize],
+    window: Option<usize>,
+    precision: crate::kv::KvPrecision,
+) -> Vec<f32> {
+    use ferrolm_kernels::numerics::{dot_batched, dot_single, softmax_row};
+    let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+    let (t, s) = (q_pos.len(), k_pos.len());
+    let n_rep = h / hkv;
+    let dot = if t >= 2 { dot_batched } else { dot_single };
+    let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
+    let mut out = vec![0f32; t * h * d];
+    // V transposed per KV head, `(Hkv, D, S)`, so each output element is one dot product.
+    let mut vt = vec![0f32; hkv * d * s];
+    for g in 0..hkv {
+        for j in 0..s {
+            for e in 0..d {
+                vt[(g * d + e) * s + j] = v[(g * s + j) * d + e];
+            }
+        }
+    }
+    let mut row = vec![0f32; s];
+    for hh in 0..h {
+        let g = hh / n_rep;
+        for (ti, &qp) in q_pos.iter().enumerate() {
+            let qv = &q[(hh * t + ti) * d..(hh * t + ti + 1) * d];
+            for (j, &kp) in k_pos.iter().enumerate() {
+                row[j] = if visible(qp, kp) {
+                    let mut sc = dot(&k[(g * s + j) * d..(g * s + j + 1) * d], qv);
+                    if let Some(cap) = a.softcap {
+                        sc = (sc * (1.0 / cap)).tanh() * cap;
+                    }
+                    sc
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            softmax_row(&mut row, a.scale);
+            if precision == crate::kv::KvPrecision::F16 {
+                for p in row.iter_mut() {
+                    *p = half::f16::from_f32(*p).to_f32();
+                }
+            }
+            let o = &mut out[(ti * h + hh) * d..(ti * h + hh + 1) * d];
+            for (e, oe) in o.iter_mut().enumerate() {
+                *oe = dot(&vt[(g * d + e) * s..(g * d + e + 1) * s], &row);
+            }
+        }
+    }
+    out
 }
 
 /// Additive mask `(T, S)`: 0 where query `t` may see key `s`, `-inf` elsewhere.
@@ -194,7 +293,9 @@ impl Attention {
         plan: &LayerPlan,
         ctx: &StepCtx,
         kv: &mut LayerKv,
+        layer: usize,
     ) -> Result<Tensor> {
+        let l = Some(layer);
         let a = &self.spec;
         let t = x.dim(0)?;
         let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
@@ -209,45 +310,48 @@ impl Attention {
             Some(n) => n.forward(&k)?,
             None => k,
         };
-        // (1, H, T, D) for the rope kernels.
-        let mut q = q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
-        let mut k = k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
-        if let Position::Rope(spec) = &plan.position {
-            let (cos, sin) = ctx
-                .tables(spec)
-                .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
-            q = apply_rope(spec, &q, cos, sin)?;
-            k = apply_rope(spec, &k, cos, sin)?;
+        trace("Qpre", l, &q);
+        let (q, k) = match &plan.position {
+            Position::Rope(spec) => {
+                let tables = ctx
+                    .tables(spec)
+                    .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
+                let mut qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+                let mut kv_: Vec<f32> = k.flatten_all()?.to_vec1()?;
+                apply_rope(spec, tables, &mut qv, h, d);
+                apply_rope(spec, tables, &mut kv_, hkv, d);
+                (
+                    Tensor::from_vec(qv, (t, h, d), x.device())?,
+                    Tensor::from_vec(kv_, (t, hkv, d), x.device())?,
+                )
+            }
+            Position::None => (q, k),
+        };
+        if crate::trace::enabled() {
+            trace("Qcur", l, &q);
+            trace("Kcur", l, &k);
+            trace("Vcur", l, &v);
         }
+        let q = q.transpose(0, 1)?.contiguous()?;
+        let k = k.transpose(0, 1)?.contiguous()?;
         let r = |x: Tensor| kv.precision.round(x);
-        let q = r((q.squeeze(0)? * a.scale as f64)?)?; // (H, T, D)
-        let k = r(k.squeeze(0)?)?; // (Hkv, T, D)
+        let q = r(q)?; // (H, T, D)
+        let k = r(k)?; // (Hkv, T, D)
         let v = r(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
         let (k_all, v_all, pos_all) = kv.append(&k, &v, ctx.pos)?;
-        let s = pos_all.len();
-        let n_rep = h / hkv;
-        // Heads of one KV group are adjacent: (H, T, D) -> (Hkv, n_rep*T, D) shares K/V without copies.
-        let qg = q.reshape((hkv, n_rep * t, d))?;
-        let mut scores = qg.matmul(&k_all.t()?)?; // (Hkv, n_rep*T, S)
-        if let Some(cap) = a.softcap {
-            scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
-        }
-        if let Some(mask) = attention_mask(ctx.pos, &pos_all, plan.window)? {
-            scores = scores
-                .reshape((hkv, n_rep, t, s))?
-                .broadcast_add(&mask)?
-                .reshape((hkv, n_rep * t, s))?;
-        }
-        let probs = kv
-            .precision
-            .round(candle_nn::ops::softmax_last_dim(&scores)?)?;
-        let out = probs.matmul(&v_all)?; // (Hkv, n_rep*T, D)
+        let out = attend(
+            a,
+            &q.flatten_all()?.to_vec1()?,
+            &k_all.flatten_all()?.to_vec1()?,
+            &v_all.flatten_all()?.to_vec1()?,
+            ctx.pos,
+            &pos_all,
+            plan.window,
+            kv.precision,
+        );
         kv.store(k_all, v_all, pos_all)?;
-        let out = out
-            .reshape((h, t, d))?
-            .transpose(0, 1)?
-            .reshape((t, h * d))?;
-        debug_assert_eq!(out.dtype(), DType::F32);
+        let out = Tensor::from_vec(out, (t, h * d), x.device())?;
+        trace("kqv_out", l, &out);
         self.o.forward(&out)
     }
 }

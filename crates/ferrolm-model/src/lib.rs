@@ -11,6 +11,7 @@ pub mod layers;
 pub mod linear;
 pub mod model;
 pub mod spec;
+pub mod trace;
 pub mod weights;
 
 pub use arch::{config_from_gguf, supported_gguf_arches};

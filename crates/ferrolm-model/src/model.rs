@@ -52,6 +52,7 @@ impl Model {
             let sandwich = config.placement == NormPlacement::Sandwich;
             let gated = matches!(config.ffn, Ffn::Gated { .. });
             blocks.push(Block {
+                index: il,
                 plan: *plan,
                 attn_norm: norm(Slot::AttnNorm, l)?,
                 attn: Attention {
@@ -139,22 +140,25 @@ impl Model {
         let mut rope = Vec::new();
         for plan in &self.config.layers {
             if let Position::Rope(spec) = plan.position {
-                if !rope.iter().any(|(s, _, _)| *s == spec) {
-                    let (c, s) = rope_tables(&spec, &pos)?;
-                    rope.push((spec, c, s));
+                if !rope.iter().any(|(s, _)| *s == spec) {
+                    rope.push((spec, rope_tables(&spec, &pos)));
                 }
             }
         }
+        crate::trace::trace("inp_scaled", None, &x);
         let ctx = StepCtx { pos: &pos, rope };
         for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
             x = block.forward(&x, &ctx, layer_kv)?;
         }
-        self.final_norm.forward(&x)
+        let x = self.final_norm.forward(&x)?;
+        crate::trace::trace("result_norm", None, &x);
+        Ok(x)
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let mut y = self.head.forward(hidden)?;
+        crate::trace::trace("result_output", None, &y);
         if let Some(cap) = self.config.final_softcap {
             y = ((y / cap as f64)?.tanh()? * cap as f64)?;
         }

@@ -1,0 +1,195 @@
+//! Element-wise functions and reductions with llama.cpp's x86 (AVX-512 build) rounding.
+//!
+//! Small quantized models are chaotic in one specific way: every matrix product quantizes its
+//! input to int8, so a one-ulp difference upstream flips a rounding and moves the output by a
+//! whole quantization step. Agreeing with llama.cpp token for token therefore needs the same
+//! arithmetic, not merely accurate arithmetic. Each function here states the operation order
+//! it reproduces; `exp_ref`/`silu_ref` in the tests are the mathematically exact versions they
+//! are checked against.
+
+/// `exp(x)` as ggml's vectorised `ggml_v_expf` computes it (range reduction to `2^n * e^b`,
+/// a degree-5 polynomial in fused multiply-adds), one lane at a time. Max error ~1.5 ulp.
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    if n.is_nan() {
+        return f32::NAN;
+    }
+    scalef(j, n as i32)
+}
+
+/// `j * 2^n` with one rounding, as `vscalefps` does.
+#[inline(always)]
+fn scalef(j: f32, n: i32) -> f32 {
+    if (-126..=127).contains(&n) {
+        j * f32::from_bits(((n + 127) as u32) << 23)
+    } else if n > 127 {
+        // j is in [0.7, 1.5]: the product overflows exactly when it would for vscalef.
+        (j * 2f32.powi(127)) * 2f32.powi(n - 127)
+    } else {
+        // Subnormal results: scale in f64 (exact) and round once.
+        (j as f64 * 2f64.powi(n)) as f32
+    }
+}
+
+/// `x / (1 + exp(-x))` as `ggml_v_silu`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it: halves, then quarters, then pairs.
+#[inline(always)]
+pub fn reduce_add16(v: &[f32; 16]) -> f32 {
+    let mut a = [0f32; 8];
+    for i in 0..8 {
+        a[i] = v[i + 8] + v[i];
+    }
+    let mut b = [0f32; 4];
+    for i in 0..4 {
+        b[i] = a[i + 4] + a[i];
+    }
+    let c0 = b[0] + b[2];
+    let c1 = b[1] + b[3];
+    c0 + c1
+}
+
+/// Softmax of one row in place with ggml's `soft_max` order: scaled inputs, f32 max, `expf`
+/// above over 16-wide chunks each reduced with `reduce_add16` into an f64 sum, then every
+/// value multiplied by `(f32)(1 / sum)`. `-inf` entries (masked) come out as 0. Rows are
+/// treated as padded with `-inf` to a multiple of 16, as llama.cpp's padded KV cache is.
+pub fn softmax_row(x: &mut [f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for v in x.iter_mut() {
+        *v *= scale;
+        if *v > max {
+            max = *v;
+        }
+    }
+    let mut sum = 0f64;
+    for chunk in x.chunks_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (l, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = expf(*v - max);
+            *l = *v;
+        }
+        sum += reduce_add16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Dot product the way llamafile's tinyBLAS does an f16 batched product (`T >= 2` rows; pass
+/// f16-representable values to reproduce it exactly): 16 lanes, lane `l` accumulating elements `16i + l` with fused
+/// multiply-adds, then `reduce_add16`. The length is treated as zero-padded to 16.
+pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for (ca, cb) in a.chunks(16).zip(b.chunks(16)) {
+        for l in 0..ca.len() {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+        }
+    }
+    reduce_add16(&acc)
+}
+
+/// Dot product as `ggml_vec_dot_f16` does it for a single-row (decode) product: four 16-lane
+/// accumulators over 64-element steps, reduced `(s0 + s2) + (s1 + s3)` then `reduce_add16`,
+/// with a tail beyond the last full step added in f64.
+pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, accj) in acc.iter_mut().enumerate() {
+            for l in 0..16 {
+                let k = i + j * 16 + l;
+                accj[l] = a[k].mul_add(b[k], accj[l]);
+            }
+        }
+    }
+    let mut s = [0f32; 16];
+    for l in 0..16 {
+        s[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let mut sum = reduce_add16(&s) as f64;
+    for k in np..n {
+        sum += (a[k] * b[k]) as f64;
+    }
+    sum as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f32) -> i64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).abs()
+    }
+
+    #[test]
+    fn expf_is_within_two_ulps_of_exp() {
+        let mut worst = 0;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let exact = (x as f64).exp() as f32;
+            worst = worst.max(ulps(expf(x), exact));
+            x += 0.0137;
+        }
+        assert!(worst <= 2, "worst {worst} ulps");
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(-200.0), 0.0);
+        assert_eq!(expf(200.0), f32::INFINITY);
+        assert_eq!(expf(0.0), 1.0);
+    }
+
+    #[test]
+    fn silu_matches_formula() {
+        for i in -400..400 {
+            let x = i as f32 * 0.05;
+            let exact = (x as f64 / (1.0 + (-x as f64).exp())) as f32;
+            assert!(ulps(silu(x), exact) <= 3, "{x}");
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_masks() {
+        let mut row = vec![1.0, 2.0, f32::NEG_INFINITY, 3.0, 0.5];
+        softmax_row(&mut row, 0.5);
+        assert_eq!(row[2], 0.0);
+        let s: f32 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        let e: Vec<f64> = [0.5f64, 1.0, 1.5, 0.25].iter().map(|v| v.exp()).collect();
+        let z: f64 = e.iter().sum();
+        assert!((row[3] as f64 - e[2] / z).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dots_agree_with_f64() {
+        for n in [1usize, 15, 16, 17, 63, 64, 65, 200, 256] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot_batched(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
+            assert!((dot_single(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
+        }
+    }
+}
