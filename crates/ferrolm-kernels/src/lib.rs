@@ -4,6 +4,7 @@
 //! rounding), then multiplied with weight rows still in their block format. Each fast path has
 //! a slow reference in `reference` and a test comparing the two.
 
+pub mod kquant;
 pub mod numerics;
 pub mod q8;
 pub mod qdot;

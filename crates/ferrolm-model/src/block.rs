@@ -37,13 +37,18 @@ impl Block {
         trace("attn_norm", l, &n);
         let h = self.attn.forward(&n, &self.plan, ctx, kv, self.index)?;
         trace("attn_out", l, &h);
-        let x = (x + post(&self.post_attn_norm, h)?)?;
+        let h = post(&self.post_attn_norm, h)?;
+        trace("attn_post_norm", l, &h);
+        let x = (x + h)?;
         trace("ffn_inp", l, &x);
+        trace("sa_out", l, &x);
         let n = self.ffn_norm.forward(&x)?;
         trace("ffn_norm", l, &n);
         let h = self.ffn.forward(&n)?;
         trace("ffn_out", l, &h);
-        let x = (x + post(&self.post_ffn_norm, h)?)?;
+        let h = post(&self.post_ffn_norm, h)?;
+        trace("ffn_post_norm", l, &h);
+        let x = (x + h)?;
         trace("l_out", l, &x);
         Ok(x)
     }

@@ -207,6 +207,7 @@ pub fn attend(
     k_pos: &[usize],
     window: Option<usize>,
     precision: crate::kv::KvPrecision,
+    layer: Option<usize>,
 ) -> Vec<f32> {
     use ferrolm_kernels::numerics::{dot_batched, dot_single, softmax_row};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
@@ -225,6 +226,8 @@ pub fn attend(
         }
     }
     let mut row = vec![0f32; s];
+    let tracing = crate::trace::enabled();
+    let mut probs = if tracing { vec![0f32; h * t * s] } else { Vec::new() };
     for hh in 0..h {
         let g = hh / n_rep;
         for (ti, &qp) in q_pos.iter().enumerate() {
@@ -240,7 +243,16 @@ pub fn attend(
                     f32::NEG_INFINITY
                 };
             }
-            softmax_row(&mut row, a.scale);
+            softmax_row(
+                &mut row,
+                match a.scale_at {
+                    ScaleAt::Scores => a.scale,
+                    ScaleAt::Queries => 1.0,
+                },
+            );
+            if tracing {
+                probs[(hh * t + ti) * s..(hh * t + ti + 1) * s].copy_from_slice(&row);
+            }
             if precision == crate::kv::KvPrecision::F16 {
                 for p in row.iter_mut() {
                     *p = half::f16::from_f32(*p).to_f32();
@@ -250,6 +262,11 @@ pub fn attend(
             for (e, oe) in o.iter_mut().enumerate() {
                 *oe = dot(&vt[(g * d + e) * s..(g * d + e + 1) * s], &row);
             }
+        }
+    }
+    if tracing {
+        if let Ok(p) = Tensor::from_vec(probs, (h, t, s), &Device::Cpu) {
+            crate::trace::trace("kq_soft_max", layer, &p);
         }
     }
     out
@@ -335,7 +352,10 @@ impl Attention {
         let q = q.transpose(0, 1)?.contiguous()?;
         let k = k.transpose(0, 1)?.contiguous()?;
         let r = |x: Tensor| kv.precision.round(x);
-        let q = r(q)?; // (H, T, D)
+        let q = match a.scale_at {
+            ScaleAt::Queries => r((q * a.scale as f64)?)?,
+            ScaleAt::Scores => r(q)?,
+        }; // (H, T, D)
         let k = r(k)?; // (Hkv, T, D)
         let v = r(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
         let (k_all, v_all, pos_all) = kv.append(&k, &v, ctx.pos)?;
@@ -348,6 +368,7 @@ impl Attention {
             &pos_all,
             plan.window,
             kv.precision,
+            l,
         );
         kv.store(k_all, v_all, pos_all)?;
         let out = Tensor::from_vec(out, (t, h * d), x.device())?;

@@ -97,8 +97,16 @@ impl Linear for DenseLinear {
 pub struct KernelLinear {
     file: std::sync::Arc<ferrolm_format::GgufFile>,
     info: ferrolm_format::TensorInfo,
-    kind: ferrolm_kernels::QuantKind,
+    kind: KernelKind,
     bias: Option<Tensor>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum KernelKind {
+    /// 32-value blocks with Q8 activations.
+    Block(ferrolm_kernels::QuantKind),
+    /// 256-value K-quant super-blocks with Q8_K activations.
+    K(ferrolm_kernels::kquant::KQuantKind),
 }
 
 impl KernelLinear {
@@ -109,12 +117,16 @@ impl KernelLinear {
         bias: Option<Tensor>,
     ) -> Option<Self> {
         use ferrolm_format::GgmlType;
+        use ferrolm_kernels::kquant::KQuantKind;
+        use ferrolm_kernels::QuantKind;
         let kind = match info.ty {
-            GgmlType::Q4_0 => ferrolm_kernels::QuantKind::Q4_0,
-            GgmlType::Q4_1 => ferrolm_kernels::QuantKind::Q4_1,
-            GgmlType::Q5_0 => ferrolm_kernels::QuantKind::Q5_0,
-            GgmlType::Q5_1 => ferrolm_kernels::QuantKind::Q5_1,
-            GgmlType::Q8_0 => ferrolm_kernels::QuantKind::Q8_0,
+            GgmlType::Q4_0 => KernelKind::Block(QuantKind::Q4_0),
+            GgmlType::Q4_1 => KernelKind::Block(QuantKind::Q4_1),
+            GgmlType::Q5_0 => KernelKind::Block(QuantKind::Q5_0),
+            GgmlType::Q5_1 => KernelKind::Block(QuantKind::Q5_1),
+            GgmlType::Q8_0 => KernelKind::Block(QuantKind::Q8_0),
+            GgmlType::Q4_K => KernelKind::K(KQuantKind::Q4K),
+            GgmlType::Q6_K => KernelKind::K(KQuantKind::Q6K),
             _ => return None,
         };
         Some(Self {
@@ -132,14 +144,11 @@ impl Linear for KernelLinear {
         let mut dims = x.dims().to_vec();
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut y = vec![0f32; xs.len() / k * n];
-        ferrolm_kernels::matmul(
-            self.kind,
-            self.file.tensor_bytes(&self.info),
-            n,
-            k,
-            &xs,
-            &mut y,
-        );
+        let w = self.file.tensor_bytes(&self.info);
+        match self.kind {
+            KernelKind::Block(kind) => ferrolm_kernels::matmul(kind, w, n, k, &xs, &mut y),
+            KernelKind::K(kind) => ferrolm_kernels::kquant::matmul(kind, w, n, k, &xs, &mut y),
+        }
         *dims.last_mut().unwrap() = n;
         let y = Tensor::from_vec(y, dims, x.device())?;
         Ok(match &self.bias {

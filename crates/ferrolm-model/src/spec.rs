@@ -95,11 +95,24 @@ pub struct AttentionSpec {
     pub head_dim: usize,
     /// Multiplier on `q . k` (usually `1/sqrt(head_dim)`).
     pub scale: f32,
+    /// Where the multiplier is applied; it changes rounding, not the mathematics.
+    pub scale_at: ScaleAt,
     /// `cap * tanh(scores / cap)` before the softmax (Gemma 2).
     pub softcap: Option<f32>,
     /// RMSNorm over each head's q and k before RoPE (Gemma 3, Qwen 3).
     pub qk_norm: bool,
     pub bias: bool,
+}
+
+/// Where the attention scale is applied. With f16 attention operands the two differ in
+/// rounding (small scaled queries fall into f16's subnormal range), so each family uses its
+/// reference implementation's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleAt {
+    /// On the scores, inside the softmax (LLaMA and most families).
+    Scores,
+    /// On the queries before the product (Gemma's `query_pre_attn_scalar`).
+    Queries,
 }
 
 /// What differs from one layer to the next.

@@ -65,6 +65,7 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             n_kv_heads,
             head_dim,
             scale: 1.0 / (scale_dim as f32).sqrt(),
+            scale_at: ScaleAt::Queries,
             softcap: None,
             qk_norm: true,
             bias: false,

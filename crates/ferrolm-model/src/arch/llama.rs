@@ -29,6 +29,7 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             n_kv_heads,
             head_dim,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            scale_at: ScaleAt::Scores,
             softcap: None,
             qk_norm: false,
             bias: m.has_tensor("blk.0.attn_q.bias"),

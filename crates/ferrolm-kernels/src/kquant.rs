@@ -1,0 +1,464 @@
+//! K-quant weight rows (Q4_K, Q6_K; 256 values a super-block) times Q8_K activations.
+//!
+//! Two summation orders, both llama.cpp's, because llama.cpp itself uses two: products with
+//! eight or more activation rows go through its tiled kernel (one exact integer per
+//! super-block, scaled and added in order), fewer rows through `ggml_vec_dot_*_q8_K` (eight
+//! float lanes with fused multiply-adds). Which one a caller gets is decided by `matmul` from
+//! the row count, exactly as llama.cpp decides, so prefill and decode both agree with it.
+
+use crate::qdot::hsum8;
+use half::f16;
+use rayon::prelude::*;
+
+pub const QK_K: usize = 256;
+
+/// K-quant formats with kernels here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KQuantKind {
+    /// `d, dmin: f16, scales: [u8; 12] (8 x 6-bit scale + min), qs: [u8; 128]` (144 bytes).
+    Q4K,
+    /// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16` (210 bytes).
+    Q6K,
+}
+
+impl KQuantKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            KQuantKind::Q4K => 144,
+            KQuantKind::Q6K => 210,
+        }
+    }
+}
+
+/// One super-block of activations: `d` in f32, 256 int8 codes, and sums of each 16 codes.
+#[derive(Clone, Debug)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; 16],
+}
+
+/// `quantize_row_q8_K_ref`: scale `-127 / max` by the signed value of largest magnitude,
+/// round half to even, clamp at 127, `d = 1 / scale`.
+pub fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) {
+    assert_eq!(x.len() % QK_K, 0, "length {} is not a multiple of {QK_K}", x.len());
+    out.clear();
+    for xb in x.chunks_exact(QK_K) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut b = BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; 16],
+        };
+        if amax != 0.0 {
+            let iscale = -127.0f32 / max;
+            for (q, &v) in b.qs.iter_mut().zip(xb) {
+                // Round half to even through the magic-number add, as `nearest_int`.
+                let r = ((iscale * v) + 12_582_912.0) - 12_582_912.0;
+                *q = (r as i32).min(127) as i8;
+            }
+            for (j, s) in b.bsums.iter_mut().enumerate() {
+                *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+            }
+            b.d = 1.0 / iscale;
+        }
+        out.push(b);
+    }
+}
+
+/// A decoded weight super-block: unsigned codes, integer sub-block scales (and mins), f32 `d`.
+struct Decoded {
+    q: [u8; QK_K],
+    /// Per 32 values (Q4_K, 8 used) or per 16 values (Q6_K, 16 used).
+    scales: [i32; 16],
+    mins: [i32; 8],
+    d: f32,
+    dmin: f32,
+}
+
+fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
+    let rd16 = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+    match kind {
+        KQuantKind::Q4K => {
+            out.d = rd16(0);
+            out.dmin = rd16(2);
+            let s = &b[4..16];
+            for j in 0..8 {
+                let (sc, m) = if j < 4 {
+                    (s[j] & 63, s[j + 4] & 63)
+                } else {
+                    (
+                        (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+                        (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+                    )
+                };
+                out.scales[j] = sc as i32;
+                out.mins[j] = m as i32;
+            }
+            let qs = &b[16..144];
+            for c in 0..4 {
+                for l in 0..32 {
+                    let byte = qs[32 * c + l];
+                    out.q[64 * c + l] = byte & 0xF;
+                    out.q[64 * c + 32 + l] = byte >> 4;
+                }
+            }
+        }
+        KQuantKind::Q6K => {
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            out.d = rd16(208);
+            out.dmin = 0.0;
+            for (o, &s) in out.scales.iter_mut().zip(sc) {
+                *o = s as i8 as i32;
+            }
+            for half in 0..2 {
+                let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                let base = 128 * half;
+                for l in 0..32 {
+                    let h = qh[l];
+                    out.q[base + l] = (ql[l] & 0xF) | ((h & 3) << 4);
+                    out.q[base + 32 + l] = (ql[32 + l] & 0xF) | (((h >> 2) & 3) << 4);
+                    out.q[base + 64 + l] = (ql[l] >> 4) | (((h >> 4) & 3) << 4);
+                    out.q[base + 96 + l] = (ql[32 + l] >> 4) | (((h >> 6) & 3) << 4);
+                }
+            }
+        }
+    }
+}
+
+/// Sum of `code * q8` over `e` in `range`.
+#[inline(always)]
+fn isum(q: &[u8; QK_K], y: &BlockQ8K, range: std::ops::Range<usize>) -> i32 {
+    range.map(|e| q[e] as i32 * y.qs[e] as i32).sum()
+}
+
+/// Tiled order (llama.cpp's `tiled` K-quant kernel): per super-block one exact integer (`s1 = sum scale * raw`, `s2 = sum min *
+/// bsums`), `(f32(s1) * d - dmin * f32(s2)) * d_x` added to the running f32 total.
+fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded) -> f32 {
+    let mut total = 0f32;
+    for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
+        decode(kind, b, dec);
+        let r = match kind {
+            KQuantKind::Q4K => {
+                let (mut s1, mut s2) = (0i32, 0i32);
+                for s in 0..8 {
+                    s1 += dec.scales[s] * isum(&dec.q, y, 32 * s..32 * s + 32);
+                    s2 += dec.mins[s] * (y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32);
+                }
+                (-dec.dmin).mul_add(s2 as f32, s1 as f32 * dec.d)
+            }
+            KQuantKind::Q6K => {
+                let mut s1 = 0i32;
+                for s in 0..16 {
+                    let raw = isum(&dec.q, y, 16 * s..16 * s + 16) - 32 * y.bsums[s] as i32;
+                    s1 += dec.scales[s] * raw;
+                }
+                s1 as f32 * dec.d
+            }
+        };
+        // llama.cpp's build fuses this multiply-add.
+        total = r.mul_add(y.d, total);
+    }
+    total
+}
+
+/// `ggml_vec_dot_*_q8_K` order (AVX2): lane `k` of eight holds the integer sum over the
+/// elements `4k..4k+4` of every 32 (weighted by their sub-block scales); per super-block
+/// `acc_k = fma(d_x * d, f32(lane_k), acc_k)`; Q4_K's minimum terms go to four more lanes.
+fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut acc_m = [0f32; 4];
+    for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
+        decode(kind, b, dec);
+        let d = y.d * dec.d;
+        let mut lanes = [0i32; 8];
+        match kind {
+            KQuantKind::Q4K => {
+                let dmin = -y.d * dec.dmin;
+                for (l, am) in acc_m.iter_mut().enumerate() {
+                    let sb = |s: usize| y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32;
+                    let prod = dec.mins[2 * l] * sb(2 * l) + dec.mins[2 * l + 1] * sb(2 * l + 1);
+                    *am = dmin.mul_add(prod as f32, *am);
+                }
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    for s in 0..8 {
+                        *lane += dec.scales[s] * isum(&dec.q, y, 32 * s + 4 * k..32 * s + 4 * k + 4);
+                    }
+                }
+            }
+            KQuantKind::Q6K => {
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    for c in 0..8 {
+                        let e = 32 * c + 4 * k;
+                        *lane += dec.scales[e / 16] * isum(&dec.q, y, e..e + 4);
+                    }
+                    let sub = y.bsums[2 * k] as i32 * dec.scales[2 * k]
+                        + y.bsums[2 * k + 1] as i32 * dec.scales[2 * k + 1];
+                    *lane -= sub << 5;
+                }
+            }
+        }
+        for (a, &l) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(l as f32, *a);
+        }
+    }
+    let m = match kind {
+        KQuantKind::Q4K => {
+            let r = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
+            r[0] + r[1]
+        }
+        KQuantKind::Q6K => 0.0,
+    };
+    let h = hsum8(&acc);
+    if kind == KQuantKind::Q4K {
+        h + m
+    } else {
+        h
+    }
+}
+
+/// Q4_K in llama.cpp's x86 repacked layout (`q4_K_8x8`, used whenever the output count is a
+/// multiple of 8): integer sums per group of `group` values (64 in its 4-row gemm, 256 in its
+/// gemv), each added as `fma(f32(sum), d * d_x, acc)`; minimum terms in a second accumulator,
+/// subtracted at the end.
+fn dot_row_q4k_repacked(row: &[u8], x: &[BlockQ8K], group: usize, dec: &mut Decoded) -> f32 {
+    let (mut acc, mut acc_m) = (0f32, 0f32);
+    let per = group / 32;
+    for (b, y) in row.chunks_exact(KQuantKind::Q4K.block_bytes()).zip(x) {
+        decode(KQuantKind::Q4K, b, dec);
+        let (dd, dm) = (dec.d * y.d, dec.dmin * y.d);
+        for g in 0..QK_K / group {
+            let (mut i, mut im) = (0i32, 0i32);
+            for s in g * per..(g + 1) * per {
+                i += dec.scales[s] * isum(&dec.q, y, 32 * s..32 * s + 32);
+                im += dec.mins[s] * (y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32);
+            }
+            acc = (i as f32).mul_add(dd, acc);
+            acc_m = (im as f32).mul_add(dm, acc_m);
+        }
+    }
+    acc - acc_m
+}
+
+/// Which of llama.cpp's summation orders applies to output `j`'s product with activation
+/// row `i` of `m`, for a weight with `n` outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// `ggml_vec_dot_*_q8_K`.
+    Single,
+    /// The tiled kernel (8 or more rows).
+    Tiled,
+    /// Repacked Q4_K, integer groups of 64 (rows inside a multiple of 4).
+    Repacked64,
+    /// Repacked Q4_K, integer groups of 256 (the rows past the last multiple of 4).
+    Repacked256,
+}
+
+pub fn order_for(kind: KQuantKind, n: usize, m: usize, i: usize) -> Order {
+    if kind == KQuantKind::Q4K && n % 8 == 0 {
+        if i < m - m % 4 {
+            Order::Repacked64
+        } else {
+            Order::Repacked256
+        }
+    } else if m >= TILED_MIN_ROWS {
+        Order::Tiled
+    } else {
+        Order::Single
+    }
+}
+
+fn dot_row_in(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order, dec: &mut Decoded) -> f32 {
+    match order {
+        Order::Single => dot_row_single(kind, row, x, dec),
+        Order::Tiled => dot_row_tiled(kind, row, x, dec),
+        Order::Repacked64 => dot_row_q4k_repacked(row, x, 64, dec),
+        Order::Repacked256 => dot_row_q4k_repacked(row, x, 256, dec),
+    }
+}
+
+/// Row count from which llama.cpp uses its tiled kernel.
+pub const TILED_MIN_ROWS: usize = 8;
+
+fn new_decoded() -> Decoded {
+    Decoded {
+        q: [0; QK_K],
+        scales: [0; 16],
+        mins: [0; 8],
+        d: 0.0,
+        dmin: 0.0,
+    }
+}
+
+/// One weight row times one activation row in the given order.
+pub fn dot_row(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order) -> f32 {
+    let mut dec = new_decoded();
+    dot_row_in(kind, row, x, order, &mut dec)
+}
+
+/// `y (M, N) = x (M, K) . W^T` for `w` holding N rows of K values in `kind` super-blocks.
+pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+    assert_eq!(k % QK_K, 0, "row length {k} is not a multiple of {QK_K}");
+    let m = x.len() / k;
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    let row_bytes = k / QK_K * kind.block_bytes();
+    assert_eq!(w.len(), n * row_bytes);
+    let xq: Vec<Vec<BlockQ8K>> = x
+        .chunks_exact(k)
+        .map(|r| {
+            let mut q = Vec::with_capacity(k / QK_K);
+            quantize_q8_k(r, &mut q);
+            q
+        })
+        .collect();
+    const CHUNK: usize = 32;
+    let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (n0, n1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let mut dec = new_decoded();
+            let mut out = vec![0f32; m * (n1 - n0)];
+            for j in n0..n1 {
+                let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                for (i, xr) in xq.iter().enumerate() {
+                    let order = order_for(kind, n, m, i);
+                    out[i * (n1 - n0) + (j - n0)] = dot_row_in(kind, row, xr, order, &mut dec);
+                }
+            }
+            (n0, out)
+        })
+        .collect();
+    for (n0, out) in cols {
+        let width = out.len() / m.max(1);
+        for i in 0..m {
+            y[i * n + n0..i * n + n0 + width].copy_from_slice(&out[i * width..(i + 1) * width]);
+        }
+    }
+}
+
+/// Slow reference: dequantize (gguf-py's formulas) and multiply in f64.
+pub fn reference_dot(kind: KQuantKind, row: &[u8], x: &[f32]) -> f64 {
+    let mut dec = new_decoded();
+    let mut total = 0f64;
+    for (bi, b) in row.chunks_exact(kind.block_bytes()).enumerate() {
+        decode(kind, b, &mut dec);
+        for e in 0..QK_K {
+            let w = match kind {
+                KQuantKind::Q4K => {
+                    dec.d as f64 * dec.scales[e / 32] as f64 * dec.q[e] as f64
+                        - dec.dmin as f64 * dec.mins[e / 32] as f64
+                }
+                KQuantKind::Q6K => {
+                    dec.d as f64 * dec.scales[e / 16] as f64 * (dec.q[e] as f64 - 32.0)
+                }
+            };
+            total += w * x[bi * QK_K + e] as f64;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    fn random_row(kind: KQuantKind, blocks: usize, seed: &mut u64) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..blocks * kind.block_bytes())
+            .map(|_| rng(seed) as u8)
+            .collect();
+        // Keep the f16 scales finite and small.
+        for blk in b.chunks_exact_mut(kind.block_bytes()) {
+            let at: &[usize] = match kind {
+                KQuantKind::Q4K => &[0, 2],
+                KQuantKind::Q6K => &[208],
+            };
+            for &a in at {
+                let v = f16::from_f32((rng(seed) % 1000) as f32 * 1e-5);
+                blk[a..a + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn both_orders_match_the_f64_reference() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for kind in [KQuantKind::Q4K, KQuantKind::Q6K] {
+            for blocks in [1usize, 2, 5] {
+                let row = random_row(kind, blocks, &mut seed);
+                let x: Vec<f32> = (0..blocks * QK_K)
+                    .map(|_| (rng(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                    .collect();
+                let mut xq = Vec::new();
+                quantize_q8_k(&x, &mut xq);
+                let exact = reference_dot(kind, &row, &x);
+                let scale: f64 = reference_dot(kind, &row, &vec![1.0; x.len()]).abs() + 1.0;
+                for order in [Order::Single, Order::Tiled, Order::Repacked64, Order::Repacked256] {
+                    if kind != KQuantKind::Q4K && matches!(order, Order::Repacked64 | Order::Repacked256) {
+                        continue;
+                    }
+                    let got = dot_row(kind, &row, &xq, order) as f64;
+                    // The only error is the int8 rounding of x (<= 1/254 of the block max).
+                    assert!(
+                        (got - exact).abs() <= 0.02 * scale,
+                        "{kind:?} blocks {blocks} {order:?}: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8k_rounds_half_to_even_and_keeps_sums() {
+        let mut x = vec![0f32; QK_K];
+        x[0] = -127.0;
+        x[1] = 0.5;
+        x[2] = 1.5;
+        x[3] = 2.5;
+        let mut q = Vec::new();
+        quantize_q8_k(&x, &mut q);
+        assert_eq!(q[0].qs[0], -127); // scale -127/max = 1
+        assert_eq!(&q[0].qs[1..4], &[0, 2, 2]);
+        assert_eq!(q[0].bsums[0], -127 + 4);
+        assert_eq!(q[0].d, 1.0);
+        x[0] = 127.0; // scale -1: signs flip
+        quantize_q8_k(&x, &mut q);
+        assert_eq!(&q[0].qs[..4], &[-127, 0, -2, -2]);
+        assert_eq!(q[0].d, -1.0);
+    }
+
+    #[test]
+    fn matmul_picks_the_order_by_row_count() {
+        let mut seed = 42u64;
+        let (n, k) = (5, 512);
+        let w: Vec<u8> = (0..n).flat_map(|_| random_row(KQuantKind::Q4K, 2, &mut seed)).collect();
+        for m in [1usize, 7, 8, 9] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let mut y = vec![0f32; m * n];
+            matmul(KQuantKind::Q4K, &w, n, k, &x, &mut y);
+            for i in 0..m {
+                let mut xq = Vec::new();
+                quantize_q8_k(&x[i * k..(i + 1) * k], &mut xq);
+                for j in 0..n {
+                    let row = &w[j * 288..(j + 1) * 288];
+                    let order = order_for(KQuantKind::Q4K, n, m, i);
+                    assert_eq!(y[i * n + j], dot_row(KQuantKind::Q4K, row, &xq, order));
+                }
+            }
+        }
+    }
+}
