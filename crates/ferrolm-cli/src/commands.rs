@@ -138,15 +138,25 @@ pub fn logits(
     top: usize,
     ids: Option<Vec<u32>>,
     all: bool,
+    one_by_one: bool,
     text: Option<String>,
 ) -> Result<()> {
     let lm = open(m)?;
     let ids = prompt_ids(&lm, ids, text, false)?;
     let mut kv = new_cache(&lm, m)?;
-    let out = lm
-        .model
-        .forward(&ids, &mut kv, if all { Logits::All } else { Logits::Last })?;
-    let rows: Vec<Vec<f32>> = out.to_vec2()?;
+    let which = if all { Logits::All } else { Logits::Last };
+    let rows: Vec<Vec<f32>> = if one_by_one {
+        let mut rows = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            rows.extend(lm.model.forward(&[id], &mut kv, Logits::Last)?.to_vec2::<f32>()?);
+        }
+        if !all {
+            rows.drain(..rows.len() - 1);
+        }
+        rows
+    } else {
+        lm.model.forward(&ids, &mut kv, which)?.to_vec2()?
+    };
     let last = rows.last().ok_or_else(|| anyhow!("no logits"))?;
     let top: Vec<_> = top_k(last, top)
         .into_iter()

@@ -103,6 +103,9 @@ enum Cmd {
         /// Logits of every position over the full vocabulary.
         #[arg(long)]
         all: bool,
+        /// Feed the tokens one at a time (decode-path arithmetic) instead of as one batch.
+        #[arg(long)]
+        one_by_one: bool,
         text: Option<String>,
     },
     /// Generate a continuation of TEXT (or --ids), streaming it to stdout.
@@ -171,8 +174,9 @@ fn run() -> anyhow::Result<()> {
             top,
             ids,
             all,
+            one_by_one,
             text,
-        } => commands::logits(&m, top, ids, all, text),
+        } => commands::logits(&m, top, ids, all, one_by_one, text),
         Cmd::Generate {
             m,
             s,

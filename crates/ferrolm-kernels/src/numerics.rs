@@ -115,14 +115,26 @@ pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
 /// accumulators over 64-element steps, reduced `(s0 + s2) + (s1 + s3)` then `reduce_add16`,
 /// with a tail beyond the last full step added in f64.
 pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
+    dot_single_impl(a, b, false)
+}
+
+/// `dot_single` over vectors that llama.cpp stores zero-padded to a multiple of 64 (a row of
+/// the padded KV cache), so there is no tail: the last step runs in the vector lanes.
+pub fn dot_single_padded(a: &[f32], b: &[f32]) -> f32 {
+    dot_single_impl(a, b, true)
+}
+
+fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
     let n = a.len().min(b.len());
-    let np = n & !63;
+    let np = if padded { n.div_ceil(64) * 64 } else { n & !63 };
     let mut acc = [[0f32; 16]; 4];
     for i in (0..np).step_by(64) {
         for (j, accj) in acc.iter_mut().enumerate() {
-            for l in 0..16 {
+            for (l, al) in accj.iter_mut().enumerate() {
                 let k = i + j * 16 + l;
-                accj[l] = a[k].mul_add(b[k], accj[l]);
+                if k < n {
+                    *al = a[k].mul_add(b[k], *al);
+                }
             }
         }
     }
@@ -131,7 +143,7 @@ pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
         s[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
     }
     let mut sum = reduce_add16(&s) as f64;
-    for k in np..n {
+    for k in np.min(n)..n {
         sum += (a[k] * b[k]) as f64;
     }
     sum as f32
@@ -190,6 +202,7 @@ mod tests {
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot_batched(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
             assert!((dot_single(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
+            assert!((dot_single_padded(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
         }
     }
 }

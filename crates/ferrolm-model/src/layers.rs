@@ -209,11 +209,16 @@ pub fn attend(
     precision: crate::kv::KvPrecision,
     layer: Option<usize>,
 ) -> Vec<f32> {
-    use ferrolm_kernels::numerics::{dot_batched, dot_single, softmax_row};
+    use ferrolm_kernels::numerics::{dot_batched, dot_single, dot_single_padded, softmax_row};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
     let (t, s) = (q_pos.len(), k_pos.len());
     let n_rep = h / hkv;
-    let dot = if t >= 2 { dot_batched } else { dot_single };
+    // q . k runs over the head size; p . v over the (in llama.cpp, padded) cache length.
+    let (dot, dot_pv): (fn(&[f32], &[f32]) -> f32, fn(&[f32], &[f32]) -> f32) = if t >= 2 {
+        (dot_batched, dot_batched)
+    } else {
+        (dot_single, dot_single_padded)
+    };
     let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
     let mut out = vec![0f32; t * h * d];
     // V transposed per KV head, `(Hkv, D, S)`, so each output element is one dot product.
@@ -260,7 +265,7 @@ pub fn attend(
             }
             let o = &mut out[(ti * h + hh) * d..(ti * h + hh + 1) * d];
             for (e, oe) in o.iter_mut().enumerate() {
-                *oe = dot(&vt[(g * d + e) * s..(g * d + e + 1) * s], &row);
+                *oe = dot_pv(&vt[(g * d + e) * s..(g * d + e + 1) * s], &row);
             }
         }
     }
