@@ -54,6 +54,9 @@ struct Report {
     worst_centered: f32,
     /// Median over prompts of the raw max |difference|.
     median: f32,
+    /// Max |difference| of ours fed token by token against llama.cpp fed token by token
+    /// (the decode path), worst prompt.
+    worst_incremental: f32,
 }
 
 fn top20(v: &Value) -> Vec<(usize, f32)> {
@@ -82,6 +85,7 @@ fn compare(name: &str) -> Report {
         top1_clear_miss: vec![],
         worst_centered: 0.0,
         median: 0.0,
+        worst_incremental: 0.0,
     };
     let mut per_prompt = Vec::new();
     let prompts = g["prompts"].as_array().unwrap();
@@ -135,6 +139,24 @@ fn compare(name: &str) -> Report {
         }
         r.worst = r.worst.max(d);
         r.noise = r.noise.max(noise);
+        // The decode path: the same prompt one token at a time.
+        let mut kv1 = lm.model.new_cache(256);
+        let mut last = Vec::new();
+        for &id in &ids {
+            last = lm
+                .model
+                .forward(&[id], &mut kv1, Logits::Last)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        }
+        let di = incremental
+            .iter()
+            .map(|&(id, l)| (last[id] - l).abs())
+            .fold(0f32, f32::max);
+        r.worst_incremental = r.worst_incremental.max(di);
         // greedy continuation, ignoring end-of-sequence
         let want_gen = ids_of(&p["greedy24"]);
         let mut tok = ours;
@@ -168,8 +190,8 @@ fn compare(name: &str) -> Report {
     per_prompt.sort_by(f32::total_cmp);
     r.median = per_prompt[per_prompt.len() / 2];
     eprintln!(
-        "{name}: max|dlogit| over top-20: median {:.3}, worst {:.3} (centered {:.3}); llama.cpp batched vs token-by-token: up to {:.3}; top-1 differs on {} of {} prompts ({} with a top-2 margin >= 0.25; {} not produced by either llama.cpp run); mean greedy agreement {:.1}/24",
-        r.median, r.worst, r.worst_centered, r.noise, r.top1_miss.len(), prompts.len(), r.top1_clear_miss.len(), r.top1_foreign.len(), r.agree
+        "{name}: max|dlogit| over top-20: median {:.4}, worst {:.4} (centered {:.4}); token by token against llama.cpp token by token: worst {:.4}; llama.cpp batched vs token-by-token: up to {:.3}; top-1 differs on {} of {} prompts ({} with a top-2 margin >= 0.25; {} not produced by either llama.cpp run); mean greedy agreement {:.1}/24",
+        r.median, r.worst, r.worst_centered, r.worst_incremental, r.noise, r.top1_miss.len(), prompts.len(), r.top1_clear_miss.len(), r.top1_foreign.len(), r.agree
     );
     r
 }
@@ -223,7 +245,8 @@ fn perplexity_windows(name: &str, n: usize) {
     let (p_ours, p_theirs) = ((ours / count as f64).exp(), (theirs / count as f64).exp());
     let rel = (p_ours / p_theirs - 1.0).abs();
     eprintln!("{name}: perplexity over {n} windows of {ctx}: ferrolm {p_ours:.4}, llama.cpp {p_theirs:.4} ({:.3}% apart)", rel * 100.0);
-    assert!(rel < 0.01, "perplexity {p_ours} vs llama.cpp {p_theirs}");
+    // The issue asks for 1%; with the same arithmetic we are within 0.01%.
+    assert!(rel < 1e-4, "perplexity {p_ours} vs llama.cpp {p_theirs}");
 }
 
 fn windows_to_check() -> usize {
@@ -233,22 +256,21 @@ fn windows_to_check() -> usize {
         .unwrap_or(3)
 }
 
-/// The bounds every model must meet. llama.cpp's own batched and token-by-token runs of the
-/// same prompt differ by up to ~0.8 in logits and flip near-tied top-1 tokens (measured in the
-/// golden files), so near ties are reported, not asserted.
+/// The bounds every model must meet. ferrolm reproduces llama.cpp's arithmetic (see
+/// `ferrolm_kernels::numerics` and the kernels' summation orders): its batched path against
+/// llama.cpp's batched prompt evaluation, its single-token path against llama.cpp's decode.
+/// llama.cpp's own two paths differ by up to ~0.8 in logits on these prompts, so anything
+/// short of the same arithmetic would miss these bounds. The issue's bars (top-1 identical,
+/// worst difference <= 0.5, greedy agreement >= 16 of 24) are the looser outer limits.
 fn assert_report(r: &Report) {
+    assert!(r.top1_miss.is_empty(), "top-1 differs on {:?}", r.top1_miss);
+    assert!(r.worst <= 0.01, "max logit difference {} (batched)", r.worst);
     assert!(
-        r.top1_clear_miss.is_empty(),
-        "top-1 differs where llama.cpp's margin is clear: {:?}",
-        r.top1_clear_miss
+        r.worst_incremental <= 0.01,
+        "max logit difference {} (token by token)",
+        r.worst_incremental
     );
-    assert!(r.median <= 0.5, "median max logit difference {}", r.median);
-    assert!(
-        r.worst_centered <= 1.0,
-        "centered max logit difference {}",
-        r.worst_centered
-    );
-    assert!(r.agree >= 10.0, "mean greedy agreement {}", r.agree);
+    assert!(r.agree >= 23.5, "mean greedy agreement {}", r.agree);
 }
 
 #[test]
