@@ -1,4 +1,12 @@
-// Dumps every f32 tensor llama.cpp computes for one prompt: name, ne[0..3], data.
+// Dumps every f32 tensor llama.cpp computes for one prompt, in the format of ferrolm's
+// FERROLM_TRACE (u32 name length, name, i64 ne[4], f32 data), for scripts/compare_trace.py.
+//
+// Build against the llama.cpp of the llama-cpp-python sdist (see README, "Reference outputs"):
+//   LC=path/to/vendor/llama.cpp; LIB=path/to/build/bin
+//   g++ -O2 -std=c++17 scripts/llamacpp_dump.cpp -I$LC/include -I$LC/ggml/include \
+//       -L$LIB -lllama -lggml -lggml-base -Wl,-rpath,$LIB -o llamacpp_dump
+// Run: llamacpp_dump MODEL.gguf 1,2,3 theirs.bin [1 = feed the ids one at a time]
+// Flash attention is off, as in scripts/gen_golden_llamacpp.py.
 #include "llama.h"
 #include "ggml.h"
 #include "ggml-backend.h"

@@ -82,7 +82,7 @@ struct Decoded {
     dmin: f32,
 }
 
-fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
+fn decode_scales(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
     let rd16 = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
     match kind {
         KQuantKind::Q4K => {
@@ -101,6 +101,21 @@ fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
                 out.scales[j] = sc as i32;
                 out.mins[j] = m as i32;
             }
+        }
+        KQuantKind::Q6K => {
+            out.d = rd16(208);
+            out.dmin = 0.0;
+            for (o, &s) in out.scales.iter_mut().zip(&b[192..208]) {
+                *o = s as i8 as i32;
+            }
+        }
+    }
+}
+
+fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
+    decode_scales(kind, b, out);
+    match kind {
+        KQuantKind::Q4K => {
             let qs = &b[16..144];
             for c in 0..4 {
                 for l in 0..32 {
@@ -111,12 +126,7 @@ fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
             }
         }
         KQuantKind::Q6K => {
-            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-            out.d = rd16(208);
-            out.dmin = 0.0;
-            for (o, &s) in out.scales.iter_mut().zip(sc) {
-                *o = s as i8 as i32;
-            }
+            let (ql, qh) = (&b[0..128], &b[128..192]);
             for half in 0..2 {
                 let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
                 let base = 128 * half;
@@ -132,23 +142,115 @@ fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
     }
 }
 
-/// Sum of `code * q8` over `e` in `range`.
-#[inline(always)]
-fn isum(q: &[u8; QK_K], y: &BlockQ8K, range: std::ops::Range<usize>) -> i32 {
-    range.map(|e| q[e] as i32 * y.qs[e] as i32).sum()
+/// `lanes[c][k]`: the exact integer `sum code * q8` over elements `32c + 4k .. 32c + 4k + 4`.
+/// Every summation order below is built from these integers, so the SIMD and scalar producers
+/// give identical results.
+type Lanes = [[i32; 8]; 8];
+
+fn lanes_scalar(q: &[u8; QK_K], y: &BlockQ8K) -> Lanes {
+    let mut l = [[0i32; 8]; 8];
+    for (c, lc) in l.iter_mut().enumerate() {
+        for (k, v) in lc.iter_mut().enumerate() {
+            let e = 32 * c + 4 * k;
+            *v = (e..e + 4).map(|e| q[e] as i32 * y.qs[e] as i32).sum();
+        }
+    }
+    l
 }
 
-/// Tiled order (llama.cpp's `tiled` K-quant kernel): per super-block one exact integer (`s1 = sum scale * raw`, `s2 = sum min *
-/// bsums`), `(f32(s1) * d - dmin * f32(s2)) * d_x` added to the running f32 total.
-fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded) -> f32 {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn lanes_vnni(kind: KQuantKind, b: &[u8], y: &BlockQ8K) -> Lanes {
+    use std::arch::x86_64::*;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut codes = [_mm256_setzero_si256(); 8];
+    match kind {
+        KQuantKind::Q4K => {
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
+                codes[2 * c] = _mm256_and_si256(v, m4);
+                codes[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+        }
+        KQuantKind::Q6K => {
+            let m3 = _mm256_set1_epi8(3);
+            for half in 0..2 {
+                let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * half) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * half + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * half) as *const __m256i);
+                let hb = |shift: i32| {
+                    let h = match shift {
+                        0 => qh,
+                        2 => _mm256_srli_epi16(qh, 2),
+                        4 => _mm256_srli_epi16(qh, 4),
+                        _ => _mm256_srli_epi16(qh, 6),
+                    };
+                    _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)
+                };
+                let c0 = 4 * half;
+                codes[c0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), hb(0));
+                codes[c0 + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2));
+                codes[c0 + 2] =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb(4));
+                codes[c0 + 3] =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb(6));
+            }
+        }
+    }
+    let mut out = [[0i32; 8]; 8];
+    for c in 0..8 {
+        let yq = _mm256_loadu_si256(y.qs.as_ptr().add(32 * c) as *const __m256i);
+        let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[c], yq);
+        _mm256_storeu_si256(out[c].as_mut_ptr() as *mut __m256i, l);
+    }
+    out
+}
+
+fn use_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *V.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::env::var_os("FERROLM_NO_SIMD").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Decodes the block's scales into `dec` and returns its lanes against `y`.
+#[inline(always)]
+fn block_lanes(kind: KQuantKind, b: &[u8], y: &BlockQ8K, dec: &mut Decoded, simd: bool) -> Lanes {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        decode_scales(kind, b, dec);
+        // SAFETY: `simd` is only true when `use_vnni()` detected the features.
+        return unsafe { lanes_vnni(kind, b, y) };
+    }
+    let _ = simd;
+    decode(kind, b, dec);
+    lanes_scalar(&dec.q, y)
+}
+
+fn chunk_sum(l: &[i32; 8]) -> i32 {
+    l.iter().sum()
+}
+
+/// Tiled order (llama.cpp's `tiled` K-quant kernel): per super-block one exact integer
+/// (`s1 = sum scale * raw`, `s2 = sum min * bsums`), then
+/// `fma(f32(s1) * d - dmin * f32(s2), d_x, total)`.
+fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
     let mut total = 0f32;
     for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
-        decode(kind, b, dec);
+        let l = block_lanes(kind, b, y, dec, simd);
         let r = match kind {
             KQuantKind::Q4K => {
                 let (mut s1, mut s2) = (0i32, 0i32);
                 for s in 0..8 {
-                    s1 += dec.scales[s] * isum(&dec.q, y, 32 * s..32 * s + 32);
+                    s1 += dec.scales[s] * chunk_sum(&l[s]);
                     s2 += dec.mins[s] * (y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32);
                 }
                 (-dec.dmin).mul_add(s2 as f32, s1 as f32 * dec.d)
@@ -156,7 +258,8 @@ fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded
             KQuantKind::Q6K => {
                 let mut s1 = 0i32;
                 for s in 0..16 {
-                    let raw = isum(&dec.q, y, 16 * s..16 * s + 16) - 32 * y.bsums[s] as i32;
+                    let half = &l[s / 2][4 * (s % 2)..4 * (s % 2) + 4];
+                    let raw = half.iter().sum::<i32>() - 32 * y.bsums[s] as i32;
                     s1 += dec.scales[s] * raw;
                 }
                 s1 as f32 * dec.d
@@ -171,32 +274,31 @@ fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded
 /// `ggml_vec_dot_*_q8_K` order (AVX2): lane `k` of eight holds the integer sum over the
 /// elements `4k..4k+4` of every 32 (weighted by their sub-block scales); per super-block
 /// `acc_k = fma(d_x * d, f32(lane_k), acc_k)`; Q4_K's minimum terms go to four more lanes.
-fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded) -> f32 {
+fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_m = [0f32; 4];
     for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
-        decode(kind, b, dec);
+        let l = block_lanes(kind, b, y, dec, simd);
         let d = y.d * dec.d;
         let mut lanes = [0i32; 8];
         match kind {
             KQuantKind::Q4K => {
                 let dmin = -y.d * dec.dmin;
-                for (l, am) in acc_m.iter_mut().enumerate() {
+                for (i, am) in acc_m.iter_mut().enumerate() {
                     let sb = |s: usize| y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32;
-                    let prod = dec.mins[2 * l] * sb(2 * l) + dec.mins[2 * l + 1] * sb(2 * l + 1);
+                    let prod = dec.mins[2 * i] * sb(2 * i) + dec.mins[2 * i + 1] * sb(2 * i + 1);
                     *am = dmin.mul_add(prod as f32, *am);
                 }
                 for (k, lane) in lanes.iter_mut().enumerate() {
-                    for s in 0..8 {
-                        *lane += dec.scales[s] * isum(&dec.q, y, 32 * s + 4 * k..32 * s + 4 * k + 4);
+                    for (s, ls) in l.iter().enumerate() {
+                        *lane += dec.scales[s] * ls[k];
                     }
                 }
             }
             KQuantKind::Q6K => {
                 for (k, lane) in lanes.iter_mut().enumerate() {
-                    for c in 0..8 {
-                        let e = 32 * c + 4 * k;
-                        *lane += dec.scales[e / 16] * isum(&dec.q, y, e..e + 4);
+                    for (c, lc) in l.iter().enumerate() {
+                        *lane += dec.scales[2 * c + k / 4] * lc[k];
                     }
                     let sub = y.bsums[2 * k] as i32 * dec.scales[2 * k]
                         + y.bsums[2 * k + 1] as i32 * dec.scales[2 * k + 1];
@@ -204,22 +306,27 @@ fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decode
                 }
             }
         }
-        for (a, &l) in acc.iter_mut().zip(&lanes) {
-            *a = d.mul_add(l as f32, *a);
+        for (a, &v) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(v as f32, *a);
         }
     }
-    let m = match kind {
-        KQuantKind::Q4K => {
-            let r = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
-            r[0] + r[1]
-        }
-        KQuantKind::Q6K => 0.0,
-    };
     let h = hsum8(&acc);
-    if kind == KQuantKind::Q4K {
-        h + m
-    } else {
-        h
+    match kind {
+        KQuantKind::Q4K => h + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])),
+        KQuantKind::Q6K => h,
+    }
+}
+
+/// Row count from which llama.cpp uses its tiled kernel.
+pub const TILED_MIN_ROWS: usize = 8;
+
+fn new_decoded() -> Decoded {
+    Decoded {
+        q: [0; QK_K],
+        scales: [0; 16],
+        mins: [0; 8],
+        d: 0.0,
+        dmin: 0.0,
     }
 }
 
@@ -227,16 +334,16 @@ fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decode
 /// multiple of 8): integer sums per group of `group` values (64 in its 4-row gemm, 256 in its
 /// gemv), each added as `fma(f32(sum), d * d_x, acc)`; minimum terms in a second accumulator,
 /// subtracted at the end.
-fn dot_row_q4k_repacked(row: &[u8], x: &[BlockQ8K], group: usize, dec: &mut Decoded) -> f32 {
+fn dot_row_q4k_repacked(row: &[u8], x: &[BlockQ8K], group: usize, dec: &mut Decoded, simd: bool) -> f32 {
     let (mut acc, mut acc_m) = (0f32, 0f32);
     let per = group / 32;
     for (b, y) in row.chunks_exact(KQuantKind::Q4K.block_bytes()).zip(x) {
-        decode(KQuantKind::Q4K, b, dec);
+        let l = block_lanes(KQuantKind::Q4K, b, y, dec, simd);
         let (dd, dm) = (dec.d * y.d, dec.dmin * y.d);
         for g in 0..QK_K / group {
             let (mut i, mut im) = (0i32, 0i32);
             for s in g * per..(g + 1) * per {
-                i += dec.scales[s] * isum(&dec.q, y, 32 * s..32 * s + 32);
+                i += dec.scales[s] * chunk_sum(&l[s]);
                 im += dec.mins[s] * (y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32);
             }
             acc = (i as f32).mul_add(dd, acc);
@@ -274,32 +381,32 @@ pub fn order_for(kind: KQuantKind, n: usize, m: usize, i: usize) -> Order {
     }
 }
 
-fn dot_row_in(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order, dec: &mut Decoded) -> f32 {
+fn dot_row_in(
+    kind: KQuantKind,
+    row: &[u8],
+    x: &[BlockQ8K],
+    order: Order,
+    dec: &mut Decoded,
+    simd: bool,
+) -> f32 {
     match order {
-        Order::Single => dot_row_single(kind, row, x, dec),
-        Order::Tiled => dot_row_tiled(kind, row, x, dec),
-        Order::Repacked64 => dot_row_q4k_repacked(row, x, 64, dec),
-        Order::Repacked256 => dot_row_q4k_repacked(row, x, 256, dec),
-    }
-}
-
-/// Row count from which llama.cpp uses its tiled kernel.
-pub const TILED_MIN_ROWS: usize = 8;
-
-fn new_decoded() -> Decoded {
-    Decoded {
-        q: [0; QK_K],
-        scales: [0; 16],
-        mins: [0; 8],
-        d: 0.0,
-        dmin: 0.0,
+        Order::Single => dot_row_single(kind, row, x, dec, simd),
+        Order::Tiled => dot_row_tiled(kind, row, x, dec, simd),
+        Order::Repacked64 => dot_row_q4k_repacked(row, x, 64, dec, simd),
+        Order::Repacked256 => dot_row_q4k_repacked(row, x, 256, dec, simd),
     }
 }
 
 /// One weight row times one activation row in the given order.
 pub fn dot_row(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order) -> f32 {
     let mut dec = new_decoded();
-    dot_row_in(kind, row, x, order, &mut dec)
+    dot_row_in(kind, row, x, order, &mut dec, use_vnni())
+}
+
+/// `dot_row` through the portable integer path (for tests against the SIMD one).
+pub fn dot_row_scalar(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order) -> f32 {
+    let mut dec = new_decoded();
+    dot_row_in(kind, row, x, order, &mut dec, false)
 }
 
 /// `y (M, N) = x (M, K) . W^T` for `w` holding N rows of K values in `kind` super-blocks.
@@ -319,6 +426,7 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
         })
         .collect();
     const CHUNK: usize = 32;
+    let simd = use_vnni();
     let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
@@ -329,7 +437,8 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
                 let row = &w[j * row_bytes..(j + 1) * row_bytes];
                 for (i, xr) in xq.iter().enumerate() {
                     let order = order_for(kind, n, m, i);
-                    out[i * (n1 - n0) + (j - n0)] = dot_row_in(kind, row, xr, order, &mut dec);
+                    out[i * (n1 - n0) + (j - n0)] =
+                        dot_row_in(kind, row, xr, order, &mut dec, simd);
                 }
             }
             (n0, out)
@@ -417,6 +526,30 @@ mod tests {
                         (got - exact).abs() <= 0.02 * scale,
                         "{kind:?} blocks {blocks} {order:?}: {got} vs {exact}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_lanes_give_the_scalar_bits() {
+        let mut seed = 7u64;
+        for kind in [KQuantKind::Q4K, KQuantKind::Q6K] {
+            for blocks in [1usize, 3] {
+                for _ in 0..20 {
+                    let row = random_row(kind, blocks, &mut seed);
+                    let x: Vec<f32> = (0..blocks * QK_K)
+                        .map(|_| (rng(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                        .collect();
+                    let mut xq = Vec::new();
+                    quantize_q8_k(&x, &mut xq);
+                    for order in [Order::Single, Order::Tiled, Order::Repacked64, Order::Repacked256] {
+                        assert_eq!(
+                            dot_row(kind, &row, &xq, order).to_bits(),
+                            dot_row_scalar(kind, &row, &xq, order).to_bits(),
+                            "{kind:?} {order:?}"
+                        );
+                    }
                 }
             }
         }

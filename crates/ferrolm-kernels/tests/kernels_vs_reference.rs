@@ -2,7 +2,7 @@
 
 use ferrolm_format::{dequantize, GgmlType};
 use ferrolm_kernels::q8::{quantize_q8_1, QK};
-use ferrolm_kernels::qdot::{dot_row, matmul, QuantKind};
+use ferrolm_kernels::qdot::{dot_row, dot_row_scalar, matmul, QuantKind};
 use ferrolm_kernels::reference::{dequant_row, dot_row_ref};
 use half::f16;
 use proptest::prelude::*;
@@ -64,6 +64,16 @@ proptest! {
         // `s` is rounded through f16 as ggml stores it, so allow that rounding.
         let tol = 1e-3 * (1.0 + slow.abs()) + xq.iter().map(|b| (b.s as f64).abs() * 1e-3).sum::<f64>() * 0.05;
         prop_assert!((fast - slow).abs() <= tol, "fast {fast} slow {slow}");
+    }
+
+    /// The SIMD path must return the scalar body's bits (both follow llama.cpp's lane order).
+    #[test]
+    fn simd_dot_is_bit_identical_to_scalar(blocks in 1usize..24, seed in any::<u64>(), k in 0usize..5, xs in prop::collection::vec(-4.0f32..4.0, 32*24)) {
+        let kind = KINDS[k];
+        let row = random_row(kind, blocks, seed);
+        let mut xq = Vec::new();
+        quantize_q8_1(&xs[..blocks * QK], &mut xq);
+        prop_assert_eq!(dot_row(kind, &row, &xq).to_bits(), dot_row_scalar(kind, &row, &xq).to_bits());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Model {
     head: Box<dyn Linear>,
 }
 
+/// Largest number of tokens run through the blocks at once (llama.cpp's default `n_ubatch`).
+pub const UBATCH: usize = 512;
+
 /// Which positions' logits a forward call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -165,9 +168,27 @@ impl Model {
         Ok(y)
     }
 
+    /// Final hidden states `(T, C)` for `tokens`, run in micro-batches of at most `UBATCH`
+    /// tokens (bounded memory, and the batch shapes llama.cpp uses, so its arithmetic and
+    /// ours stay the same on long prompts).
+    pub fn forward_hidden_chunked(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Tensor> {
+        if tokens.len() <= UBATCH {
+            return self.forward_hidden(tokens, kv);
+        }
+        // Check the whole input against the context before running any of it.
+        if kv.next_pos + tokens.len() > kv.n_ctx {
+            kv.reserve(tokens.len())?;
+        }
+        let parts = tokens
+            .chunks(UBATCH)
+            .map(|c| self.forward_hidden(c, kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
     /// Runs `tokens` and returns logits `(1, V)` for the last one or `(T, V)` for all.
     pub fn forward(&self, tokens: &[u32], kv: &mut KvCache, which: Logits) -> Result<Tensor> {
-        let h = self.forward_hidden(tokens, kv)?;
+        let h = self.forward_hidden_chunked(tokens, kv)?;
         let h = match which {
             Logits::Last => h.narrow(0, h.dim(0)? - 1, 1)?,
             Logits::All => h,
@@ -178,7 +199,7 @@ impl Model {
     /// `log p(token | prefix)` for every token after the first, from all-position logits,
     /// computed in row chunks so a large vocabulary never needs `T x V` floats at once.
     pub fn score(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f32>> {
-        let h = self.forward_hidden(tokens, kv)?;
+        let h = self.forward_hidden_chunked(tokens, kv)?;
         let t = tokens.len();
         let mut out = Vec::with_capacity(t.saturating_sub(1));
         let chunk = 64;
