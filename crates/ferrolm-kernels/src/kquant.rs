@@ -425,12 +425,13 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
             q
         })
         .collect();
-    const CHUNK: usize = 32;
+    // A few chunks per thread: enough to balance, few enough that scheduling stays cheap.
+    let chunk = n.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(8).max(8);
     let simd = use_vnni();
-    let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(CHUNK))
+    let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
         .into_par_iter()
         .map(|c| {
-            let (n0, n1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
             let mut dec = new_decoded();
             let mut out = vec![0f32; m * (n1 - n0)];
             for j in n0..n1 {

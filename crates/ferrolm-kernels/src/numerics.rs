@@ -7,6 +7,43 @@
 //! it reproduces; `exp_ref`/`silu_ref` in the tests are the mathematically exact versions they
 //! are checked against.
 
+/// Whether this CPU has FMA: `f32::mul_add` then compiles to one instruction inside the
+/// `#[target_feature]` wrappers below instead of a libm call. Results are identical either way.
+pub fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("avx2")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Defines `pub fn $name` dispatching to a copy of `$body` compiled with FMA and AVX2 when the
+/// CPU has them (same arithmetic, same bits; only faster).
+macro_rules! fma_dispatch {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        pub fn $name($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn body($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "fma,avx2")]
+                unsafe fn fast($($a: $t),*) -> $r { body($($a),*) }
+                if has_fma() {
+                    // SAFETY: the features were detected at run time.
+                    return unsafe { fast($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+
 /// `exp(x)` as ggml's vectorised `ggml_v_expf` computes it (range reduction to `2^n * e^b`,
 /// a degree-5 polynomial in fused multiply-adds), one lane at a time. Max error ~1.5 ulp.
 #[inline(always)]
@@ -55,6 +92,15 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + expf(0.0 - x))
 }
 
+fma_dispatch! {
+/// `silu` over a slice, in place.
+pub fn silu_slice(x: &mut [f32]) -> () {
+    for v in x.iter_mut() {
+        *v = silu(*v);
+    }
+}
+}
+
 /// `_mm512_reduce_add_ps` as GCC expands it: halves, then quarters, then pairs.
 #[inline(always)]
 pub fn reduce_add16(v: &[f32; 16]) -> f32 {
@@ -71,11 +117,12 @@ pub fn reduce_add16(v: &[f32; 16]) -> f32 {
     c0 + c1
 }
 
+fma_dispatch! {
 /// Softmax of one row in place with ggml's `soft_max` order: scaled inputs, f32 max, `expf`
 /// above over 16-wide chunks each reduced with `reduce_add16` into an f64 sum, then every
 /// value multiplied by `(f32)(1 / sum)`. `-inf` entries (masked) come out as 0. Rows are
 /// treated as padded with `-inf` to a multiple of 16, as llama.cpp's padded KV cache is.
-pub fn softmax_row(x: &mut [f32], scale: f32) {
+pub fn softmax_row(x: &mut [f32], scale: f32) -> () {
     let mut max = f32::NEG_INFINITY;
     for v in x.iter_mut() {
         *v *= scale;
@@ -97,7 +144,9 @@ pub fn softmax_row(x: &mut [f32], scale: f32) {
         *v *= inv;
     }
 }
+}
 
+fma_dispatch! {
 /// Dot product the way llamafile's tinyBLAS does an f16 batched product (`T >= 2` rows; pass
 /// f16-representable values to reproduce it exactly): 16 lanes, lane `l` accumulating elements `16i + l` with fused
 /// multiply-adds, then `reduce_add16`. The length is treated as zero-padded to 16.
@@ -109,6 +158,7 @@ pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     reduce_add16(&acc)
+}
 }
 
 /// Dot product as `ggml_vec_dot_f16` does it for a single-row (decode) product: four 16-lane
@@ -124,7 +174,9 @@ pub fn dot_single_padded(a: &[f32], b: &[f32]) -> f32 {
     dot_single_impl(a, b, true)
 }
 
-fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
+fma_dispatch! {
+/// The body of `dot_single` and `dot_single_padded`.
+pub fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
     let n = a.len().min(b.len());
     let np = if padded { n.div_ceil(64) * 64 } else { n & !63 };
     let mut acc = [[0f32; 16]; 4];
@@ -147,6 +199,7 @@ fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
         sum += (a[k] * b[k]) as f64;
     }
     sum as f32
+}
 }
 
 #[cfg(test)]

@@ -257,11 +257,12 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
         })
         .collect();
     // Output columns in chunks, each thread walking its weight rows once for all M rows.
-    const CHUNK: usize = 64;
-    let mut cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(CHUNK))
+    // A few chunks per thread: enough to balance, few enough that scheduling stays cheap.
+    let chunk = n.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(8).max(8);
+    let mut cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
         .into_par_iter()
         .map(|c| {
-            let (n0, n1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
             let mut out = vec![0f32; m * (n1 - n0)];
             for j in n0..n1 {
                 let row = &w[j * row_bytes..(j + 1) * row_bytes];

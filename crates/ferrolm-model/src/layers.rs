@@ -56,9 +56,9 @@ pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
 pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => {
-            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let y: Vec<f32> = v.into_iter().map(ferrolm_kernels::numerics::silu).collect();
-            Tensor::from_vec(y, x.dims(), x.device())?
+            let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            ferrolm_kernels::numerics::silu_slice(&mut v);
+            Tensor::from_vec(v, x.dims(), x.device())?
         }
         Activation::GeluTanh => x.gelu()?,
         Activation::GeluTanhF16 => {
