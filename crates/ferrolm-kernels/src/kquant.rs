@@ -8,7 +8,6 @@
 
 use crate::qdot::hsum8;
 use half::f16;
-use rayon::prelude::*;
 
 pub const QK_K: usize = 256;
 
@@ -425,32 +424,12 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
             q
         })
         .collect();
-    // A few chunks per thread: enough to balance, few enough that scheduling stays cheap.
-    let chunk = n.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(8).max(8);
     let simd = use_vnni();
-    let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
-        .into_par_iter()
-        .map(|c| {
-            let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
-            let mut dec = new_decoded();
-            let mut out = vec![0f32; m * (n1 - n0)];
-            for j in n0..n1 {
-                let row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for (i, xr) in xq.iter().enumerate() {
-                    let order = order_for(kind, n, m, i);
-                    out[i * (n1 - n0) + (j - n0)] =
-                        dot_row_in(kind, row, xr, order, &mut dec, simd);
-                }
-            }
-            (n0, out)
-        })
-        .collect();
-    for (n0, out) in cols {
-        let width = out.len() / m.max(1);
-        for i in 0..m {
-            y[i * n + n0..i * n + n0 + width].copy_from_slice(&out[i * width..(i + 1) * width]);
-        }
-    }
+    crate::pool::par_columns(y, m, n, |j, i| {
+        let mut dec = new_decoded();
+        let row = &w[j * row_bytes..(j + 1) * row_bytes];
+        dot_row_in(kind, row, &xq[i], order_for(kind, n, m, i), &mut dec, simd)
+    });
 }
 
 /// Slow reference: dequantize (gguf-py's formulas) and multiply in f64.

@@ -6,6 +6,7 @@
 
 pub mod kquant;
 pub mod numerics;
+pub mod pool;
 pub mod q8;
 pub mod qdot;
 pub mod reference;

@@ -3,7 +3,6 @@
 
 use crate::q8::{quantize_q8_1, BlockQ8_1, QK};
 use half::f16;
-use rayon::prelude::*;
 
 /// Weight block formats these kernels take (32 values a block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,27 +255,7 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
             q
         })
         .collect();
-    // Output columns in chunks, each thread walking its weight rows once for all M rows.
-    // A few chunks per thread: enough to balance, few enough that scheduling stays cheap.
-    let chunk = n.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(8).max(8);
-    let mut cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
-        .into_par_iter()
-        .map(|c| {
-            let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
-            let mut out = vec![0f32; m * (n1 - n0)];
-            for j in n0..n1 {
-                let row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for (i, xr) in xq.iter().enumerate() {
-                    out[i * (n1 - n0) + (j - n0)] = dot_row(kind, row, xr);
-                }
-            }
-            (n0, out)
-        })
-        .collect();
-    for (n0, out) in cols.drain(..) {
-        let width = out.len() / m.max(1);
-        for i in 0..m {
-            y[i * n + n0..i * n + n0 + width].copy_from_slice(&out[i * width..(i + 1) * width]);
-        }
-    }
+    crate::pool::par_columns(y, m, n, |j, i| {
+        dot_row(kind, &w[j * row_bytes..(j + 1) * row_bytes], &xq[i])
+    });
 }

@@ -1,0 +1,282 @@
+//! A small thread pool for the many tiny parallel loops of a decode step.
+//!
+//! A decode step of a small model is a few hundred matrix products of tens of microseconds
+//! each; a general-purpose pool's fork/join (and its idle threads yielding to the scheduler)
+//! costs as much as the work. Here the calling thread takes part in every job, workers spin
+//! briefly on one atomic word between jobs and only then sleep, and a job is published with
+//! one store.
+//!
+//! Protocol: `state` packs `(generation, task count n, next task)` into one word. Publishing
+//! writes the job (a data pointer and a monomorphised trampoline) and then stores `(g, n, 0)`.
+//! A thread runs task `i` only after a compare-exchange from `(g, n, i)` to `(g, n, i + 1)`
+//! succeeds with `i < n`, which can only happen while job `g` is unfinished, so the job it read
+//! after seeing `g` is still alive (the publisher waits for all `n` tasks before returning and
+//! before writing another job).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+struct Inner {
+    state: AtomicU64,
+    data: AtomicUsize,
+    call: AtomicUsize,
+    done: AtomicUsize,
+    sleepers: AtomicUsize,
+    shutdown: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub struct Pool {
+    inner: Arc<Inner>,
+    threads: usize,
+    /// Serialises callers: one job at a time.
+    publish: Mutex<()>,
+}
+
+type Trampoline = unsafe fn(*const (), usize);
+
+unsafe fn trampoline<F: Fn(usize) + Sync>(data: *const (), i: usize) {
+    // SAFETY: `data` is the `&F` published by `run`, alive until `run` returns.
+    unsafe { (*(data as *const F))(i) }
+}
+
+const SPIN: usize = 1 << 16;
+const FIELD: u64 = (1 << 20) - 1;
+/// Largest task count of one job.
+pub const MAX_TASKS: usize = FIELD as usize;
+
+fn gen_of(s: u64) -> u64 {
+    s >> 40
+}
+
+impl Inner {
+    /// Claims and runs tasks of generation `g` until none are left. Returns whether any ran.
+    fn work(&self, g: u64) -> bool {
+        let data = self.data.load(Acquire) as *const ();
+        let call = self.call.load(Acquire);
+        let mut ran = false;
+        let mut s = self.state.load(Acquire);
+        loop {
+            let (sg, n, i) = (gen_of(s), (s >> 20) & FIELD, s & FIELD);
+            if sg != g || i >= n {
+                return ran;
+            }
+            match self.state.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
+                Ok(_) => {
+                    // SAFETY: the claim succeeded for generation `g` with `i < n`, so job `g`
+                    // is unfinished and `data`/`call` (read after seeing `g`) are its own.
+                    unsafe {
+                        let f: Trampoline = std::mem::transmute::<usize, Trampoline>(call);
+                        f(data, i as usize);
+                    }
+                    self.done.fetch_add(1, Release);
+                    ran = true;
+                    s = self.state.load(Acquire);
+                }
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    fn worker(self: Arc<Self>) {
+        let mut seen = gen_of(self.state.load(Acquire));
+        loop {
+            let mut spins = 0;
+            loop {
+                if self.shutdown.load(Acquire) {
+                    return;
+                }
+                let g = gen_of(self.state.load(Acquire));
+                if g != seen {
+                    seen = g;
+                    self.work(g);
+                    spins = 0;
+                    continue;
+                }
+                spins += 1;
+                if spins > SPIN {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.sleepers.fetch_add(1, SeqCst);
+            let g = gen_of(self.state.load(SeqCst));
+            if g == seen && !self.shutdown.load(SeqCst) {
+                let _g = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            self.sleepers.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all (the caller counts as one).
+    pub fn new(threads: usize) -> Pool {
+        let threads = threads.max(1);
+        let inner = Arc::new(Inner {
+            state: AtomicU64::new(0),
+            data: AtomicUsize::new(0),
+            call: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        for _ in 1..threads {
+            let w = inner.clone();
+            std::thread::Builder::new()
+                .name("ferrolm-worker".into())
+                .spawn(move || w.worker())
+                .expect("spawning a worker thread");
+        }
+        Pool {
+            inner,
+            threads,
+            publish: Mutex::new(()),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(0) .. f(n - 1)` across the pool and returns when all have finished.
+    pub fn run<F: Fn(usize) + Sync>(&self, n: usize, f: F) {
+        if n == 0 {
+            return;
+        }
+        if n == 1 || self.threads == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        assert!(n <= MAX_TASKS, "{n} tasks in one job");
+        let _one = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &self.inner;
+        let g = (gen_of(s.state.load(Acquire)) + 1) & ((1 << 24) - 1);
+        s.data.store(&f as *const F as usize, Release);
+        s.call.store(trampoline::<F> as Trampoline as usize, Release);
+        s.done.store(0, Release);
+        s.state.store((g << 40) | ((n as u64) << 20), SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        s.work(g);
+        while s.done.load(Acquire) < n {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, SeqCst);
+        let _l = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.wake.notify_all();
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+pub struct SharedOut(*mut f32);
+// SAFETY: users write disjoint indices only (see `par_columns`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Fills `y (m, n)` by output columns: `f(j, i)` gives element `(i, j)`. Columns are split into
+/// a few contiguous ranges per thread, so each task walks its weight rows once for all rows.
+pub fn par_columns(y: &mut [f32], m: usize, n: usize, f: impl Fn(usize, usize) -> f32 + Sync) {
+    assert_eq!(y.len(), m * n);
+    let pool = global();
+    let chunk = n
+        .div_ceil(pool.threads() * 4)
+        .next_multiple_of(8)
+        .max(8)
+        .min(n.max(1));
+    let out = SharedOut(y.as_mut_ptr());
+    pool.run(n.div_ceil(chunk), |c| {
+        let out = out;
+        for j in c * chunk..((c + 1) * chunk).min(n) {
+            for i in 0..m {
+                // SAFETY: (i, j) is in bounds, and each j belongs to exactly one task.
+                unsafe { *out.0.add(i * n + j) = f(j, i) };
+            }
+        }
+    });
+}
+
+/// The process-wide pool: `FERROLM_THREADS`, else `RAYON_NUM_THREADS`, else every core.
+pub fn global() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = ["FERROLM_THREADS", "RAYON_NUM_THREADS"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+        Pool::new(n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn every_task_runs_exactly_once_across_many_jobs() {
+        let pool = Pool::new(3);
+        for n in [1usize, 2, 3, 7, 64, 1000] {
+            let hits: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+            for _ in 0..50 {
+                pool.run(n, |i| {
+                    hits[i].fetch_add(1, Relaxed);
+                });
+            }
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 50), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn workers_wake_after_sleeping() {
+        let pool = Pool::new(2);
+        let sum = AtomicUsize::new(0);
+        pool.run(10, |i| {
+            sum.fetch_add(i, Relaxed);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        pool.run(10, |i| {
+            sum.fetch_add(i, Relaxed);
+        });
+        assert_eq!(sum.load(Relaxed), 90);
+    }
+
+    #[test]
+    fn concurrent_callers_are_serialised() {
+        let pool = Arc::new(Pool::new(2));
+        let total = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, t) = (pool.clone(), total.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        p.run(5, |_| {
+                            t.fetch_add(1, Relaxed);
+                        });
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(total.load(Relaxed), 4 * 100 * 5);
+    }
+}
