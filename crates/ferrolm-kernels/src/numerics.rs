@@ -202,6 +202,50 @@ pub fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
 }
 }
 
+fma_dispatch! {
+/// The accumulation half of `p . v` for one query row and many output elements at once:
+/// `acc` holds `lanes` rows of `d` (zeroed by the caller); cached position `j` (value row
+/// `v[j * stride..][..d]`) goes to lane `j % lanes`, in increasing `j`. With `lanes = 16` and
+/// `finish_batched`, each output equals `dot_batched` over the value column; with `lanes = 64`
+/// and `finish_single`, `dot_single_padded`. Zero probabilities (masked) are skipped: adding
+/// `0 * v` leaves a lane unchanged.
+pub fn pv_accumulate(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: usize, acc: &mut [f32]) -> () {
+    for (j, &p) in probs.iter().enumerate() {
+        if p == 0.0 {
+            continue;
+        }
+        let vr = &v[j * stride..j * stride + d];
+        let l = j % lanes;
+        let a = &mut acc[l * d..(l + 1) * d];
+        for (ae, &ve) in a.iter_mut().zip(vr) {
+            *ae = p.mul_add(ve, *ae);
+        }
+    }
+}
+}
+
+/// Reduces 16 lanes of `pv_accumulate` into `out` (tinyBLAS order).
+pub fn pv_finish_batched(acc: &[f32], d: usize, out: &mut [f32]) {
+    for (e, o) in out.iter_mut().enumerate().take(d) {
+        let mut l16 = [0f32; 16];
+        for (l, x) in l16.iter_mut().enumerate() {
+            *x = acc[l * d + e];
+        }
+        *o = reduce_add16(&l16);
+    }
+}
+
+/// Reduces 64 lanes of `pv_accumulate` into `out` (`ggml_vec_dot_f16` order).
+pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
+    for (e, o) in out.iter_mut().enumerate().take(d) {
+        let mut l16 = [0f32; 16];
+        for (l, x) in l16.iter_mut().enumerate() {
+            *x = (acc[l * d + e] + acc[(32 + l) * d + e]) + (acc[(16 + l) * d + e] + acc[(48 + l) * d + e]);
+        }
+        *o = reduce_add16(&l16);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +289,29 @@ mod tests {
         let e: Vec<f64> = [0.5f64, 1.0, 1.5, 0.25].iter().map(|v| v.exp()).collect();
         let z: f64 = e.iter().sum();
         assert!((row[3] as f64 - e[2] / z).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pv_accumulation_equals_the_column_dots() {
+        let (s, d) = (77usize, 5usize);
+        let v: Vec<f32> = (0..s * d).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 333.0).collect();
+        let mut p: Vec<f32> = (0..s).map(|j| ((j * 31 % 17) as f32) / 40.0).collect();
+        p[3] = 0.0;
+        for (lanes, batched) in [(16usize, true), (64, false)] {
+            let mut acc = vec![0f32; lanes * d];
+            pv_accumulate(&p, &v, d, d, lanes, &mut acc);
+            let mut out = vec![0f32; d];
+            if batched {
+                pv_finish_batched(&acc, d, &mut out);
+            } else {
+                pv_finish_single(&acc, d, &mut out);
+            }
+            for e in 0..d {
+                let col: Vec<f32> = (0..s).map(|j| v[j * d + e]).collect();
+                let want = if batched { dot_batched(&col, &p) } else { dot_single_padded(&col, &p) };
+                assert_eq!(out[e].to_bits(), want.to_bits(), "lanes {lanes} e {e}");
+            }
+        }
     }
 
     #[test]

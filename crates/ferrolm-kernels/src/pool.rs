@@ -186,6 +186,20 @@ pub struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    pub fn new(y: &mut [f32]) -> SharedOut {
+        SharedOut(y.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `start..start + len` must lie inside the slice given to `new`, which must outlive the
+    /// returned slice, and no two live slices may overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// Fills `y (m, n)` by output columns: `f(j, i)` gives element `(i, j)`. Columns are split into
 /// a few contiguous ranges per thread, so each task walks its weight rows once for all rows.
 pub fn par_columns(y: &mut [f32], m: usize, n: usize, f: impl Fn(usize, usize) -> f32 + Sync) {

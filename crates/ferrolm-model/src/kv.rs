@@ -3,7 +3,6 @@
 //! global layers grow contiguously, sliding-window layers drop keys no future query can see.
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
 
 /// Precision of cached keys and values. `F16` is llama.cpp's default: keys, values, and the
 /// operands of the two attention products (queries, probabilities) are rounded to f16, so
@@ -16,21 +15,22 @@ pub enum KvPrecision {
 }
 
 impl KvPrecision {
-    pub fn round(self, x: Tensor) -> Result<Tensor> {
-        Ok(match self {
-            KvPrecision::F32 => x,
-            KvPrecision::F16 => x
-                .to_dtype(candle_core::DType::F16)?
-                .to_dtype(candle_core::DType::F32)?,
-        })
+    /// Rounds values in place to this precision (f16 round-to-nearest-even, as ggml stores).
+    pub fn round_slice(self, x: &mut [f32]) {
+        if self == KvPrecision::F16 {
+            for v in x {
+                *v = half::f16::from_f32(*v).to_f32();
+            }
+        }
     }
 }
 
-/// One layer's cache. `k`, `v`: `(Hkv, S, D)`; `pos[s]` is the position of slot `s`.
+/// One layer's cache: rows of `Hkv * D` values per cached position, in slot order
+/// (`k[s * Hkv * D + g * D + e]`); `pos[s]` is the position of slot `s`.
 #[derive(Clone, Default)]
 pub struct LayerKv {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
     pub pos: Vec<usize>,
     /// `Some(W)`: rotating (keeps the last `W - 1` positions between calls).
     pub window: Option<usize>,
@@ -45,42 +45,29 @@ impl LayerKv {
         self.pos.is_empty()
     }
 
-    /// Appends new keys/values `(Hkv, T, D)` and returns the full `(k, v, pos)` to attend over.
-    pub fn append(
-        &mut self,
-        k: &Tensor,
-        v: &Tensor,
-        pos: &[usize],
-    ) -> Result<(Tensor, Tensor, Vec<usize>)> {
-        let (k_all, v_all) = match (&self.k, &self.v) {
-            (Some(ko), Some(vo)) => (Tensor::cat(&[ko, k], 1)?, Tensor::cat(&[vo, v], 1)?),
-            _ => (k.clone(), v.clone()),
-        };
-        let mut pos_all = self.pos.clone();
-        pos_all.extend_from_slice(pos);
-        Ok((k_all, v_all, pos_all))
+    /// Appends new rows (`T` rows of `Hkv * D`, already rounded to the cache precision).
+    pub fn append(&mut self, k: &[f32], v: &[f32], pos: &[usize]) {
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+        self.pos.extend_from_slice(pos);
     }
 
-    /// Stores the attended `(k, v, pos)` back, trimmed to what a rotating layer still needs.
-    pub fn store(&mut self, k: Tensor, v: Tensor, pos: Vec<usize>) -> Result<()> {
-        let keep_from = match (self.window, pos.iter().max()) {
-            (Some(w), Some(&max)) => pos
-                .iter()
-                .position(|&p| p + w > max + 1)
-                .unwrap_or(pos.len()),
-            _ => 0,
+    /// Drops what a rotating layer will never attend to again (call after attending).
+    pub fn trim(&mut self) {
+        let (Some(w), Some(&max)) = (self.window, self.pos.iter().max()) else {
+            return;
         };
+        let keep_from = self
+            .pos
+            .iter()
+            .position(|&p| p + w > max + 1)
+            .unwrap_or(self.pos.len());
         if keep_from > 0 {
-            let n = pos.len() - keep_from;
-            self.k = Some(k.narrow(1, keep_from, n)?.contiguous()?);
-            self.v = Some(v.narrow(1, keep_from, n)?.contiguous()?);
-            self.pos = pos[keep_from..].to_vec();
-        } else {
-            self.k = Some(k);
-            self.v = Some(v);
-            self.pos = pos;
+            let row = self.k.len() / self.pos.len().max(1);
+            self.k.drain(..keep_from * row);
+            self.v.drain(..keep_from * row);
+            self.pos.drain(..keep_from);
         }
-        Ok(())
     }
 }
 

@@ -192,54 +192,50 @@ impl StepCtx<'_> {
     }
 }
 
-/// Attention of `q: (H, T, D)` over `k, v: (Hkv, S, D)` with llama.cpp's arithmetic:
-/// `q . k` (operands f16-rounded under `KvPrecision::F16`), scaled softmax with masked
-/// entries at `-inf`, probabilities rounded like the values, then `p . v`. Sums follow
-/// llama.cpp's batched order when `T >= 2` and its single-row order for `T = 1`, which is
-/// where llama.cpp disagrees with itself. Returns `(T, H * D)`.
-#[allow(clippy::too_many_arguments)]
+/// Attention of `q: (T, H, D)` over the layer's cache (which already holds this call's keys
+/// and values) with llama.cpp's arithmetic: `q . k` (operands f16-rounded under
+/// `KvPrecision::F16`), scaled softmax with masked entries at `-inf`, probabilities rounded like
+/// the values, then `p . v`. Sums follow llama.cpp's batched order when `T >= 2` and its
+/// single-row order for `T = 1`, which is where llama.cpp disagrees with itself. Heads run in
+/// parallel. Returns `(T, H * D)`.
 pub fn attend(
     a: &AttentionSpec,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    kv: &LayerKv,
     q_pos: &[usize],
-    k_pos: &[usize],
     window: Option<usize>,
-    precision: crate::kv::KvPrecision,
     layer: Option<usize>,
 ) -> Vec<f32> {
-    use ferrolm_kernels::numerics::{dot_batched, dot_single, dot_single_padded, softmax_row};
-    let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
-    let (t, s) = (q_pos.len(), k_pos.len());
-    let n_rep = h / hkv;
-    // q . k runs over the head size; p . v over the (in llama.cpp, padded) cache length.
-    let (dot, dot_pv): (fn(&[f32], &[f32]) -> f32, fn(&[f32], &[f32]) -> f32) = if t >= 2 {
-        (dot_batched, dot_batched)
-    } else {
-        (dot_single, dot_single_padded)
+    use ferrolm_kernels::numerics::{
+        dot_batched, dot_single, pv_accumulate, pv_finish_batched, pv_finish_single, softmax_row,
     };
+    use ferrolm_kernels::pool::{global, SharedOut};
+    let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+    let (t, s) = (q_pos.len(), kv.len());
+    let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
+    let stride = hkv * d;
+    let n_rep = h / hkv;
+    let batched = t >= 2;
+    let lanes = if batched { 16 } else { 64 };
     let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
-    let mut out = vec![0f32; t * h * d];
-    // V transposed per KV head, `(Hkv, D, S)`, so each output element is one dot product.
-    let mut vt = vec![0f32; hkv * d * s];
-    for g in 0..hkv {
-        for j in 0..s {
-            for e in 0..d {
-                vt[(g * d + e) * s + j] = v[(g * s + j) * d + e];
-            }
-        }
-    }
-    let mut row = vec![0f32; s];
+    let scale = match a.scale_at {
+        ScaleAt::Scores => a.scale,
+        ScaleAt::Queries => 1.0,
+    };
     let tracing = crate::trace::enabled();
+    let mut out = vec![0f32; t * h * d];
     let mut probs = if tracing { vec![0f32; h * t * s] } else { Vec::new() };
-    for hh in 0..h {
+    let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
+    global().run(h, |hh| {
         let g = hh / n_rep;
+        let mut row = vec![0f32; s];
+        let mut acc = vec![0f32; lanes * d];
         for (ti, &qp) in q_pos.iter().enumerate() {
-            let qv = &q[(hh * t + ti) * d..(hh * t + ti + 1) * d];
+            let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
             for (j, &kp) in k_pos.iter().enumerate() {
                 row[j] = if visible(qp, kp) {
-                    let mut sc = dot(&k[(g * s + j) * d..(g * s + j + 1) * d], qv);
+                    let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
+                    let mut sc = if batched { dot_batched(kr, qv) } else { dot_single(kr, qv) };
                     if let Some(cap) = a.softcap {
                         sc = (sc * (1.0 / cap)).tanh() * cap;
                     }
@@ -248,27 +244,23 @@ pub fn attend(
                     f32::NEG_INFINITY
                 };
             }
-            softmax_row(
-                &mut row,
-                match a.scale_at {
-                    ScaleAt::Scores => a.scale,
-                    ScaleAt::Queries => 1.0,
-                },
-            );
+            softmax_row(&mut row, scale);
             if tracing {
-                probs[(hh * t + ti) * s..(hh * t + ti + 1) * s].copy_from_slice(&row);
+                // SAFETY: head `hh` writes only its own rows of `probs`.
+                unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
             }
-            if precision == crate::kv::KvPrecision::F16 {
-                for p in row.iter_mut() {
-                    *p = half::f16::from_f32(*p).to_f32();
-                }
-            }
-            let o = &mut out[(ti * h + hh) * d..(ti * h + hh + 1) * d];
-            for (e, oe) in o.iter_mut().enumerate() {
-                *oe = dot_pv(&vt[(g * d + e) * s..(g * d + e + 1) * s], &row);
+            kv.precision.round_slice(&mut row);
+            acc.iter_mut().for_each(|x| *x = 0.0);
+            pv_accumulate(&row, &v[g * d..], stride, d, lanes, &mut acc);
+            // SAFETY: head `hh` writes only its own `D` values of each output row.
+            let o = unsafe { o_ptr.slice((ti * h + hh) * d, d) };
+            if batched {
+                pv_finish_batched(&acc, d, o);
+            } else {
+                pv_finish_single(&acc, d, o);
             }
         }
-    }
+    });
     if tracing {
         if let Ok(p) = Tensor::from_vec(probs, (h, t, s), &Device::Cpu) {
             crate::trace::trace("kq_soft_max", layer, &p);
@@ -354,28 +346,21 @@ impl Attention {
             trace("Kcur", l, &k);
             trace("Vcur", l, &v);
         }
-        let q = q.transpose(0, 1)?.contiguous()?;
-        let k = k.transpose(0, 1)?.contiguous()?;
-        let r = |x: Tensor| kv.precision.round(x);
-        let q = match a.scale_at {
-            ScaleAt::Queries => r((q * a.scale as f64)?)?,
-            ScaleAt::Scores => r(q)?,
-        }; // (H, T, D)
-        let k = r(k)?; // (Hkv, T, D)
-        let v = r(v.transpose(0, 1)?.contiguous()?)?; // (Hkv, T, D)
-        let (k_all, v_all, pos_all) = kv.append(&k, &v, ctx.pos)?;
-        let out = attend(
-            a,
-            &q.flatten_all()?.to_vec1()?,
-            &k_all.flatten_all()?.to_vec1()?,
-            &v_all.flatten_all()?.to_vec1()?,
-            ctx.pos,
-            &pos_all,
-            plan.window,
-            kv.precision,
-            l,
-        );
-        kv.store(k_all, v_all, pos_all)?;
+        // (T, H, D) and (T, Hkv, D) rows, rounded to the cache precision as llama.cpp does.
+        let mut qv: Vec<f32> = match a.scale_at {
+            ScaleAt::Queries => (q * a.scale as f64)?,
+            ScaleAt::Scores => q,
+        }
+        .flatten_all()?
+        .to_vec1()?;
+        let mut kv_new: Vec<f32> = k.flatten_all()?.to_vec1()?;
+        let mut v_new: Vec<f32> = v.flatten_all()?.to_vec1()?;
+        kv.precision.round_slice(&mut qv);
+        kv.precision.round_slice(&mut kv_new);
+        kv.precision.round_slice(&mut v_new);
+        kv.append(&kv_new, &v_new, ctx.pos);
+        let out = attend(a, &qv, kv, ctx.pos, plan.window, l);
+        kv.trim();
         let out = Tensor::from_vec(out, (t, h * d), x.device())?;
         trace("kqv_out", l, &out);
         self.o.forward(&out)
