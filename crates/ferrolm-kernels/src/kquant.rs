@@ -40,6 +40,24 @@ pub struct BlockQ8K {
 /// `quantize_row_q8_K_ref`: scale `-127 / max` by the signed value of largest magnitude,
 /// round half to even, clamp at 127, `d = 1 / scale`.
 pub fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "sse4.1,avx2")]
+        unsafe fn fast(x: &[f32], out: &mut Vec<BlockQ8K>) {
+            quantize_q8_k_body(x, out)
+        }
+        if std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            // SAFETY: detected at run time; same arithmetic.
+            return unsafe { fast(x, out) };
+        }
+    }
+    quantize_q8_k_body(x, out)
+}
+
+#[inline(always)]
+fn quantize_q8_k_body(x: &[f32], out: &mut Vec<BlockQ8K>) {
     assert_eq!(x.len() % QK_K, 0, "length {} is not a multiple of {QK_K}", x.len());
     out.clear();
     for xb in x.chunks_exact(QK_K) {

@@ -16,6 +16,26 @@ pub struct BlockQ8_1 {
 
 /// Quantizes `x` (length a multiple of 32) into `out`.
 pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "sse4.1,avx2,f16c")]
+        unsafe fn fast(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+            quantize_body(x, out)
+        }
+        if std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the features were detected at run time; the arithmetic is the same
+            // (round-half-even is one instruction there instead of a libm call).
+            return unsafe { fast(x, out) };
+        }
+    }
+    quantize_body(x, out)
+}
+
+#[inline(always)]
+fn quantize_body(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     debug_assert_eq!(x.len() % QK, 0);
     out.clear();
     for chunk in x.chunks_exact(QK) {

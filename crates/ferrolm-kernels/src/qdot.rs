@@ -131,68 +131,76 @@ fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     hsum8(&acc) + summs
 }
 
-/// The same sums as `dot_row_body`, lane for lane, with AVX-512 VNNI on 256-bit vectors:
-/// `vpdpbusd` forms exactly the eight 4-value integer lanes, so the float steps (and the result)
-/// are identical to the scalar body's.
+/// The same sums as `dot_row_body`, lane for lane, for `R` weight rows at once (sharing the
+/// activation loads; `R` independent accumulator chains), with AVX-512 VNNI on 256-bit
+/// vectors: `vpdpbusd` forms exactly the eight 4-value integer lanes, so the float steps (and
+/// the results) are identical to the scalar body's.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_row_vnni(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_vnni<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
     use std::arch::x86_64::*;
     let bb = kind.block_bytes();
-    let nb = x.len().min(row.len() / bb);
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
+    let nb = rows.iter().fold(x.len(), |n, r| n.min(r.len() / bb));
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [0f32; R];
     let low = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi8(1);
-    let p = row.as_ptr();
+    let h2f = |p: *const u8| -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    };
+    let nib = |qs: *const u8| {
+        let q = _mm_loadu_si128(qs as *const __m128i);
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        _mm256_set_m128i(hi, lo)
+    };
+    let hbits = |qh: u32| _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10));
     for (i, y) in x.iter().enumerate().take(nb) {
-        let blk = p.add(i * bb);
-        let d = rd16(std::slice::from_raw_parts(blk, 2), 0);
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        // Unsigned weight codes, and the offset that makes them signed levels.
-        let nib = |qs: *const u8| {
-            let q = _mm_loadu_si128(qs as *const __m128i);
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            _mm256_set_m128i(hi, lo)
+        // Sum of the activation codes per lane, for the formats with an offset.
+        let ysum = match kind {
+            QuantKind::Q4_0 | QuantKind::Q5_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq),
+            _ => _mm256_setzero_si256(),
         };
-        let hbits = |qh: u32| _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10));
-        let lanes = match kind {
-            QuantKind::Q8_0 => {
-                let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(yq, w))
-            }
-            _ => {
-                let (codes, offset) = match kind {
-                    QuantKind::Q4_0 => (nib(blk.add(2)), 8),
-                    QuantKind::Q4_1 => (nib(blk.add(4)), 0),
-                    QuantKind::Q5_0 => {
-                        let qh = (blk.add(2) as *const u32).read_unaligned();
-                        (_mm256_or_si256(nib(blk.add(6)), hbits(qh)), 16)
-                    }
-                    _ => {
-                        let qh = (blk.add(4) as *const u32).read_unaligned();
-                        (_mm256_or_si256(nib(blk.add(8)), hbits(qh)), 0)
-                    }
-                };
-                let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
-                if offset == 0 {
-                    l
-                } else {
-                    let ysum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq);
-                    _mm256_sub_epi32(l, _mm256_mullo_epi32(ysum, _mm256_set1_epi32(offset)))
+        for r in 0..R {
+            let blk = rows[r].as_ptr().add(i * bb);
+            let d = h2f(blk);
+            let lanes = match kind {
+                QuantKind::Q8_0 => {
+                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(yq, w))
                 }
+                QuantKind::Q4_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib(blk.add(4)), yq),
+                QuantKind::Q5_1 => {
+                    let qh = (blk.add(4) as *const u32).read_unaligned();
+                    let codes = _mm256_or_si256(nib(blk.add(8)), hbits(qh));
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq)
+                }
+                QuantKind::Q4_0 => {
+                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib(blk.add(2)), yq);
+                    _mm256_sub_epi32(l, _mm256_slli_epi32(ysum, 3))
+                }
+                QuantKind::Q5_0 => {
+                    let qh = (blk.add(2) as *const u32).read_unaligned();
+                    let codes = _mm256_or_si256(nib(blk.add(6)), hbits(qh));
+                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
+                    _mm256_sub_epi32(l, _mm256_slli_epi32(ysum, 4))
+                }
+            };
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc[r]);
+            if kind.has_min() {
+                summs[r] = h2f(blk.add(2)).mul_add(y.s, summs[r]);
             }
-        };
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc);
-        if kind.has_min() {
-            let m = rd16(std::slice::from_raw_parts(blk, 4), 2);
-            summs = m.mul_add(y.s, summs);
         }
     }
-    let mut a = [0f32; 8];
-    _mm256_storeu_ps(a.as_mut_ptr(), acc);
-    hsum8(&a) + summs
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), acc[r]);
+        out[r] = hsum8(&a) + summs[r];
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -209,6 +217,7 @@ fn has_vnni() -> bool {
             std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("f16c")
                 && std::env::var_os("FERROLM_NO_SIMD").is_none()
         })
     }
@@ -223,7 +232,7 @@ pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     {
         if has_vnni() {
             // SAFETY: the features were detected at run time.
-            return unsafe { dot_row_vnni(kind, row, x) };
+            return unsafe { dot_rows_vnni::<1>(kind, [row], x)[0] };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -255,7 +264,17 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
             q
         })
         .collect();
-    crate::pool::par_columns(y, m, n, |j, i| {
-        dot_row(kind, &w[j * row_bytes..(j + 1) * row_bytes], &xq[i])
+    let pool = crate::pool::global();
+    let chunk = n.div_ceil(pool.threads() * 4).next_multiple_of(8).max(8);
+    let out = crate::pool::SharedOut::new(y);
+    let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+    pool.run(n.div_ceil(chunk), |c| {
+        let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        for j in j0..j1 {
+            for (i, xr) in xq.iter().enumerate() {
+                // SAFETY: column j of every row belongs to this task only.
+                unsafe { out.slice(i * n + j, 1)[0] = dot_row(kind, row(j), xr) };
+            }
+        }
     });
 }
