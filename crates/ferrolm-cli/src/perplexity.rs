@@ -34,6 +34,7 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
     }
     let mut nll = 0f64;
     let mut scored = 0usize;
+    let mut window_nll = Vec::new();
     let n_windows = tokens.len().div_ceil(per_window);
     for (wi, chunk) in tokens.chunks(per_window).enumerate() {
         let mut window = Vec::with_capacity(ctx);
@@ -46,9 +47,10 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
             .model
             .new_cache_with(window.len(), crate::commands::precision(m));
         let lp = lm.model.score(&window, &mut kv)?;
+        window_nll.push(-lp.iter().sum::<f64>());
         // With a BOS, the first file token is scored from the BOS; without, a window's first is not scored.
         for l in lp {
-            nll -= l as f64;
+            nll -= l;
             scored += 1;
         }
         if !m.json {
@@ -67,7 +69,7 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
     if m.json {
         println!(
             "{}",
-            json!({ "tokens_scored": scored, "mean_nll": mean, "ppl": mean.exp(), "ctx": ctx, "windows": n_windows })
+            json!({ "tokens_scored": scored, "mean_nll": mean, "ppl": mean.exp(), "ctx": ctx, "windows": n_windows, "window_nll": window_nll })
         );
     } else {
         eprintln!();

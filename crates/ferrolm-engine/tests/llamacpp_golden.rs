@@ -230,12 +230,13 @@ fn perplexity_windows(name: &str, n: usize) {
     };
     let per = ctx - usize::from(bos.is_some());
     let (mut ours, mut theirs, mut count) = (0f64, 0f64, 0usize);
+    let n = n.min(toks.len().div_ceil(per));
     for (w, chunk) in toks.chunks(per).take(n).enumerate() {
         let mut window: Vec<u32> = bos.into_iter().collect();
         window.extend_from_slice(chunk);
         let mut kv = lm.model.new_cache(window.len());
         let lp = lm.model.score(&window, &mut kv).unwrap();
-        let nll: f64 = lp.iter().map(|&x| -(x as f64)).sum();
+        let nll: f64 = -lp.iter().sum::<f64>();
         let gw = &ppl["windows"][w];
         assert_eq!(lp.len() as u64, gw["tokens_scored"].as_u64().unwrap());
         ours += nll;
@@ -244,16 +245,17 @@ fn perplexity_windows(name: &str, n: usize) {
     }
     let (p_ours, p_theirs) = ((ours / count as f64).exp(), (theirs / count as f64).exp());
     let rel = (p_ours / p_theirs - 1.0).abs();
-    eprintln!("{name}: perplexity over {n} windows of {ctx}: ferrolm {p_ours:.4}, llama.cpp {p_theirs:.4} ({:.3}% apart)", rel * 100.0);
-    // The issue asks for 1%; with the same arithmetic we are within 0.01%.
-    assert!(rel < 1e-4, "perplexity {p_ours} vs llama.cpp {p_theirs}");
+    eprintln!("{name}: perplexity over {n} windows of {ctx}: ferrolm {p_ours:.10}, llama.cpp {p_theirs:.10} (relative difference {rel:.1e})");
+    // The issue asks for 1%; with the same arithmetic (and log-softmax in f64 on both sides)
+    // the figures agree to rounding.
+    assert!(rel < 1e-6, "perplexity {p_ours} vs llama.cpp {p_theirs}");
 }
 
 fn windows_to_check() -> usize {
     std::env::var("FERROLM_PPL_WINDOWS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(usize::MAX)
 }
 
 /// The bounds every model must meet. ferrolm reproduces llama.cpp's arithmetic (see

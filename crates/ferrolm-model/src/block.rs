@@ -44,7 +44,7 @@ impl Block {
         trace("sa_out", l, &x);
         let n = self.ffn_norm.forward(&x)?;
         trace("ffn_norm", l, &n);
-        let h = self.ffn.forward(&n)?;
+        let h = self.ffn.forward(&n, l)?;
         trace("ffn_out", l, &h);
         let h = post(&self.post_ffn_norm, h)?;
         trace("ffn_post_norm", l, &h);

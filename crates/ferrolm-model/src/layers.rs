@@ -77,16 +77,31 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
-/// llama.cpp's table GELU: f16 input, f16 output, exact outside (-10, 10).
+/// llama.cpp's table GELU: f16 input, f16 output, exact outside (-10, 10). The table holds
+/// `f16(gelu(x))` for every f16 `x`, computed as ggml's initialisation computes it (its build
+/// contracts `1 + a*x*x` into a fused multiply-add, which decides some f16 roundings).
 pub fn gelu_tanh_f16(x: f32) -> f32 {
     use half::f16;
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
     if x <= -10.0 {
-        0.0
-    } else if x >= 10.0 {
-        x
-    } else {
-        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+        return 0.0;
     }
+    if x >= 10.0 {
+        return x;
+    }
+    let table = TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const A: f32 = 0.044_715;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = f16::from_bits(bits).to_f32();
+                let inner = (A * x).mul_add(x, 1.0);
+                f16::from_f32(0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh()))
+            })
+            .collect()
+    });
+    table[f16::from_f32(x).to_bits() as usize].to_f32()
 }
 
 /// Per-position `(cos, sin)` pairs for one RoPE spec, computed as llama.cpp does: angle
@@ -153,8 +168,8 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    /// `x: (T, C) -> (T, C)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x: (T, C) -> (T, C)`; `layer` names traced tensors.
+    pub fn forward(&self, x: &Tensor, layer: Option<usize>) -> Result<Tensor> {
         let h = match (self.spec, &self.gate) {
             (Ffn::Gated { act }, Some(gate)) => {
                 (activate(act, &gate.forward(x)?)? * self.up.forward(x)?)?
@@ -162,6 +177,7 @@ impl FeedForward {
             (Ffn::Plain { act }, _) => activate(act, &self.up.forward(x)?)?,
             (Ffn::Gated { .. }, None) => anyhow::bail!("gated feed-forward without a gate weight"),
         };
+        trace("ffn_act", layer, &h);
         self.down.forward(&h)
     }
 }

@@ -9,7 +9,7 @@ use crate::linear::Linear;
 use crate::spec::*;
 use crate::weights::{Embedding, GgufWeights, Slot};
 use anyhow::{bail, Result};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use ferrolm_format::GgufFile;
 use std::sync::Arc;
 
@@ -19,6 +19,13 @@ pub struct Model {
     blocks: Vec<Block>,
     final_norm: Norm,
     head: Box<dyn Linear>,
+}
+
+/// `log softmax(row)[at]`, accumulated in f64.
+pub fn log_softmax_at(row: &[f32], at: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row[at] as f64 - max - sum.ln()
 }
 
 /// Largest number of tokens run through the blocks at once (llama.cpp's default `n_ubatch`).
@@ -196,9 +203,9 @@ impl Model {
         self.logits(&h)
     }
 
-    /// `log p(token | prefix)` for every token after the first, from all-position logits,
+    /// `log p(token | prefix)` (in f64) for every token after the first, from all-position logits,
     /// computed in row chunks so a large vocabulary never needs `T x V` floats at once.
-    pub fn score(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f32>> {
+    pub fn score(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f64>> {
         let h = self.forward_hidden_chunked(tokens, kv)?;
         let t = tokens.len();
         let mut out = Vec::with_capacity(t.saturating_sub(1));
@@ -207,10 +214,9 @@ impl Model {
         while start + 1 < t {
             let n = chunk.min(t - 1 - start);
             let logits = self.logits(&h.narrow(0, start, n)?)?;
-            let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let rows: Vec<Vec<f32>> = lsm.to_vec2()?;
+            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
             for (i, row) in rows.iter().enumerate() {
-                out.push(row[tokens[start + i + 1] as usize]);
+                out.push(log_softmax_at(row, tokens[start + i + 1] as usize));
             }
             start += n;
         }
