@@ -220,8 +220,7 @@ fn pull_into(e: &CatalogEntry, dir: &Path, tmp: &Path, quiet: bool) -> Result<Pa
             let err = String::from_utf8_lossy(&out.stderr);
             let last = err
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .trim()
                 .to_string();

@@ -385,7 +385,7 @@ pub enum Order {
 }
 
 pub fn order_for(kind: KQuantKind, n: usize, m: usize, i: usize) -> Order {
-    if kind == KQuantKind::Q4K && n % 8 == 0 {
+    if kind == KQuantKind::Q4K && n.is_multiple_of(8) {
         if i < m - m % 4 {
             Order::Repacked64
         } else {

@@ -4,6 +4,9 @@
 //! rounding), then multiplied with weight rows still in their block format. Each fast path has
 //! a slow reference in `reference` and a test comparing the two.
 
+// Index loops below spell out llama.cpp's lane arithmetic; iterator chains would hide it.
+#![allow(clippy::needless_range_loop)]
+
 pub mod kquant;
 pub mod numerics;
 pub mod pool;

@@ -21,6 +21,8 @@ struct Inner {
     data: AtomicUsize,
     call: AtomicUsize,
     done: AtomicUsize,
+    /// A task of the current job panicked (re-raised on the calling thread).
+    panicked: AtomicBool,
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
     lock: Mutex<()>,
@@ -66,9 +68,13 @@ impl Inner {
                 Ok(_) => {
                     // SAFETY: the claim succeeded for generation `g` with `i < n`, so job `g`
                     // is unfinished and `data`/`call` (read after seeing `g`) are its own.
-                    unsafe {
+                    let task = std::panic::AssertUnwindSafe(|| unsafe {
                         let f: Trampoline = std::mem::transmute::<usize, Trampoline>(call);
                         f(data, i as usize);
+                    });
+                    // A panicking task still counts as done, so the caller never hangs.
+                    if std::panic::catch_unwind(task).is_err() {
+                        self.panicked.store(true, SeqCst);
                     }
                     self.done.fetch_add(1, Release);
                     ran = true;
@@ -120,6 +126,7 @@ impl Pool {
             data: AtomicUsize::new(0),
             call: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -168,6 +175,9 @@ impl Pool {
         while s.done.load(Acquire) < n {
             std::hint::spin_loop();
         }
+        if s.panicked.swap(false, SeqCst) {
+            panic!("a task of a parallel loop panicked");
+        }
     }
 }
 
@@ -212,11 +222,10 @@ pub fn par_columns(y: &mut [f32], m: usize, n: usize, f: impl Fn(usize, usize) -
         .min(n.max(1));
     let out = SharedOut(y.as_mut_ptr());
     pool.run(n.div_ceil(chunk), |c| {
-        let out = out;
         for j in c * chunk..((c + 1) * chunk).min(n) {
             for i in 0..m {
                 // SAFETY: (i, j) is in bounds, and each j belongs to exactly one task.
-                unsafe { *out.0.add(i * n + j) = f(j, i) };
+                unsafe { out.slice(i * n + j, 1)[0] = f(j, i) };
             }
         }
     });
@@ -256,6 +265,24 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Relaxed) == 50), "n = {n}");
         }
+    }
+
+    #[test]
+    fn a_panicking_task_is_reported_not_hung() {
+        let pool = Pool::new(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(8, |i| {
+                if i == 5 {
+                    panic!("task 5");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let count = AtomicUsize::new(0);
+        pool.run(8, |_| {
+            count.fetch_add(1, Relaxed);
+        });
+        assert_eq!(count.load(Relaxed), 8);
     }
 
     #[test]

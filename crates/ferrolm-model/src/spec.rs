@@ -156,7 +156,7 @@ impl ModelConfig {
         if a.n_heads == 0 || a.n_kv_heads == 0 || a.head_dim == 0 {
             bail!("model config: head counts and head size must be positive (heads {}, kv heads {}, head size {})", a.n_heads, a.n_kv_heads, a.head_dim);
         }
-        if a.n_heads % a.n_kv_heads != 0 {
+        if !a.n_heads.is_multiple_of(a.n_kv_heads) {
             bail!(
                 "model config: {} attention heads are not a multiple of {} KV heads",
                 a.n_heads,

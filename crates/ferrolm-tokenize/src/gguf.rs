@@ -18,7 +18,7 @@ pub fn vocab_spec(h: &GgufHeader) -> Result<VocabSpec, TokenizeError> {
     let model = h
         .get("tokenizer.ggml.model")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| TokenizeError::MissingMetadata("tokenizer.ggml.model"))?
+        .ok_or(TokenizeError::MissingMetadata("tokenizer.ggml.model"))?
         .to_string();
     Ok(VocabSpec {
         model,
@@ -27,7 +27,7 @@ pub fn vocab_spec(h: &GgufHeader) -> Result<VocabSpec, TokenizeError> {
             .and_then(|v| v.as_str())
             .map(str::to_string),
         tokens: strings(h, "tokenizer.ggml.tokens")
-            .ok_or_else(|| TokenizeError::MissingMetadata("tokenizer.ggml.tokens"))?,
+            .ok_or(TokenizeError::MissingMetadata("tokenizer.ggml.tokens"))?,
         scores: h
             .get("tokenizer.ggml.scores")
             .and_then(|v| v.as_array())
