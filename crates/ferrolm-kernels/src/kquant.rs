@@ -259,6 +259,7 @@ fn chunk_sum(l: &[i32; 8]) -> i32 {
 /// Tiled order (llama.cpp's `tiled` K-quant kernel): per super-block one exact integer
 /// (`s1 = sum scale * raw`, `s2 = sum min * bsums`), then
 /// `fma(f32(s1) * d - dmin * f32(s2), d_x, total)`.
+#[inline(always)]
 fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
     let mut total = 0f32;
     for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
@@ -291,6 +292,7 @@ fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded
 /// `ggml_vec_dot_*_q8_K` order (AVX2): lane `k` of eight holds the integer sum over the
 /// elements `4k..4k+4` of every 32 (weighted by their sub-block scales); per super-block
 /// `acc_k = fma(d_x * d, f32(lane_k), acc_k)`; Q4_K's minimum terms go to four more lanes.
+#[inline(always)]
 fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_m = [0f32; 4];
@@ -351,6 +353,7 @@ fn new_decoded() -> Decoded {
 /// multiple of 8): integer sums per group of `group` values (64 in its 4-row gemm, 256 in its
 /// gemv), each added as `fma(f32(sum), d * d_x, acc)`; minimum terms in a second accumulator,
 /// subtracted at the end.
+#[inline(always)]
 fn dot_row_q4k_repacked(row: &[u8], x: &[BlockQ8K], group: usize, dec: &mut Decoded, simd: bool) -> f32 {
     let (mut acc, mut acc_m) = (0f32, 0f32);
     let per = group / 32;
@@ -399,6 +402,37 @@ pub fn order_for(kind: KQuantKind, n: usize, m: usize, i: usize) -> Order {
 }
 
 fn dot_row_in(
+    kind: KQuantKind,
+    row: &[u8],
+    x: &[BlockQ8K],
+    order: Order,
+    dec: &mut Decoded,
+    simd: bool,
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when `use_vnni()` detected these features.
+        return unsafe { dot_row_in_vnni(kind, row, x, order, dec) };
+    }
+    dot_row_in_body(kind, row, x, order, dec, false)
+}
+
+/// `dot_row_in_body` compiled with the features the SIMD lanes need, so `mul_add` is one
+/// instruction and the lane producer inlines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_row_in_vnni(
+    kind: KQuantKind,
+    row: &[u8],
+    x: &[BlockQ8K],
+    order: Order,
+    dec: &mut Decoded,
+) -> f32 {
+    dot_row_in_body(kind, row, x, order, dec, true)
+}
+
+#[inline(always)]
+fn dot_row_in_body(
     kind: KQuantKind,
     row: &[u8],
     x: &[BlockQ8K],
