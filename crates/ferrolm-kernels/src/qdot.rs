@@ -203,6 +203,95 @@ unsafe fn dot_rows_vnni<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[
     out
 }
 
+/// One weight row against many activation rows (`xs`, at most 64): each weight block is
+/// unpacked once and used for every row, with one accumulator chain per row. Per output the
+/// operations are exactly `dot_rows_vnni`'s, so the bits are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const MAX: usize = 64;
+    assert!(xs.len() <= MAX && out.len() >= xs.len());
+    let bb = kind.block_bytes();
+    let nb = xs.iter().fold(row.len() / bb, |n, x| n.min(x.len()));
+    let mut acc = [_mm256_setzero_ps(); MAX];
+    let mut summs = [0f32; MAX];
+    let low = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi8(1);
+    let h2f = |p: *const u8| -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    };
+    let nib = |qs: *const u8| {
+        let q = _mm_loadu_si128(qs as *const __m128i);
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        _mm256_set_m128i(hi, lo)
+    };
+    let hbits = |qh: u32| _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10));
+    for b in 0..nb {
+        let blk = row.as_ptr().add(b * bb);
+        let d = h2f(blk);
+        let m = if kind.has_min() { h2f(blk.add(2)) } else { 0.0 };
+        // Unsigned codes (with the offset applied per row below), or |w| and sign for Q8_0.
+        let (codes, offset) = match kind {
+            QuantKind::Q8_0 => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0),
+            QuantKind::Q4_0 => (nib(blk.add(2)), 3),
+            QuantKind::Q4_1 => (nib(blk.add(4)), 0),
+            QuantKind::Q5_0 => {
+                let qh = (blk.add(2) as *const u32).read_unaligned();
+                (_mm256_or_si256(nib(blk.add(6)), hbits(qh)), 4)
+            }
+            QuantKind::Q5_1 => {
+                let qh = (blk.add(4) as *const u32).read_unaligned();
+                (_mm256_or_si256(nib(blk.add(8)), hbits(qh)), 0)
+            }
+        };
+        let wabs = _mm256_abs_epi8(codes);
+        for (i, x) in xs.iter().enumerate() {
+            let y = &x[b];
+            let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let lanes = match kind {
+                QuantKind::Q8_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(yq, codes)),
+                _ => {
+                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
+                    if offset == 0 {
+                        l
+                    } else {
+                        let ysum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq);
+                        let sh = _mm_cvtsi32_si128(offset);
+                        _mm256_sub_epi32(l, _mm256_sll_epi32(ysum, sh))
+                    }
+                }
+            };
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc[i]);
+            if kind.has_min() {
+                summs[i] = m.mul_add(y.s, summs[i]);
+            }
+        }
+    }
+    for i in 0..xs.len() {
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), acc[i]);
+        out[i] = hsum8(&a) + summs[i];
+    }
+}
+
+/// `dot_row` of one weight row against each of `xs`, into `out` (same bits as one at a time).
+pub fn dot_row_many(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        for (xc, oc) in xs.chunks(64).zip(out.chunks_mut(64)) {
+            // SAFETY: the features were detected at run time.
+            unsafe { dot_row_many_vnni(kind, row, xc, oc) };
+        }
+        return;
+    }
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        *o = dot_row(kind, row, x);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_row_avx2(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
@@ -270,6 +359,17 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
     pool.run(n.div_ceil(chunk), |c| {
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        if m >= 2 {
+            let mut col = vec![0f32; m];
+            for j in j0..j1 {
+                dot_row_many(kind, row(j), &xq, &mut col);
+                for (i, v) in col.iter().enumerate() {
+                    // SAFETY: column j of every row belongs to this task only.
+                    unsafe { out.slice(i * n + j, 1)[0] = *v };
+                }
+            }
+            return;
+        }
         for j in j0..j1 {
             for (i, xr) in xq.iter().enumerate() {
                 // SAFETY: column j of every row belongs to this task only.

@@ -2,7 +2,7 @@
 
 use ferrolm_format::{dequantize, GgmlType};
 use ferrolm_kernels::q8::{quantize_q8_1, QK};
-use ferrolm_kernels::qdot::{dot_row, dot_row_scalar, matmul, QuantKind};
+use ferrolm_kernels::qdot::{dot_row, dot_row_many, dot_row_scalar, matmul, QuantKind};
 use ferrolm_kernels::reference::{dequant_row, dot_row_ref};
 use half::f16;
 use proptest::prelude::*;
@@ -74,6 +74,18 @@ proptest! {
         let mut xq = Vec::new();
         quantize_q8_1(&xs[..blocks * QK], &mut xq);
         prop_assert_eq!(dot_row(kind, &row, &xq).to_bits(), dot_row_scalar(kind, &row, &xq).to_bits());
+        // Many activation rows against one weight row (the prefill path), 70 rows: two tiles.
+        let xs: Vec<Vec<_>> = (0..70).map(|r| {
+            let mut q = Vec::new();
+            let shifted: Vec<f32> = xs[..blocks * QK].iter().enumerate().map(|(i, v)| v * (1.0 + ((i + r) % 7) as f32 * 0.1)).collect();
+            quantize_q8_1(&shifted, &mut q);
+            q
+        }).collect();
+        let mut many = vec![0f32; 70];
+        dot_row_many(kind, &row, &xs, &mut many);
+        for (x, got) in xs.iter().zip(&many) {
+            prop_assert_eq!(got.to_bits(), dot_row_scalar(kind, &row, x).to_bits());
+        }
     }
 
     #[test]
