@@ -137,8 +137,9 @@ fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
 /// the results) are identical to the scalar body's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_vnni<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
+unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
     use std::arch::x86_64::*;
+    let kind = KIND_OF[K as usize];
     let bb = kind.block_bytes();
     let nb = rows.iter().fold(x.len(), |n, r| n.min(r.len() / bb));
     let mut acc = [_mm256_setzero_ps(); R];
@@ -201,6 +202,31 @@ unsafe fn dot_rows_vnni<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[
         out[r] = hsum8(&a) + summs[r];
     }
     out
+}
+
+const KIND_OF: [QuantKind; 5] = [
+    QuantKind::Q4_0,
+    QuantKind::Q4_1,
+    QuantKind::Q5_0,
+    QuantKind::Q5_1,
+    QuantKind::Q8_0,
+];
+
+/// `dot_rows_vnni` specialised per format (the format is a constant inside the block loop).
+///
+/// # Safety
+/// The CPU must have the features `dot_rows_vnni` enables.
+#[cfg(target_arch = "x86_64")]
+unsafe fn dot_rows_dispatch<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
+    unsafe {
+        match kind {
+            QuantKind::Q4_0 => dot_rows_vnni::<R, 0>(rows, x),
+            QuantKind::Q4_1 => dot_rows_vnni::<R, 1>(rows, x),
+            QuantKind::Q5_0 => dot_rows_vnni::<R, 2>(rows, x),
+            QuantKind::Q5_1 => dot_rows_vnni::<R, 3>(rows, x),
+            QuantKind::Q8_0 => dot_rows_vnni::<R, 4>(rows, x),
+        }
+    }
 }
 
 /// One weight row against many activation rows (`xs`, at most 64): each weight block is
@@ -321,7 +347,7 @@ pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     {
         if has_vnni() {
             // SAFETY: the features were detected at run time.
-            return unsafe { dot_rows_vnni::<1>(kind, [row], x)[0] };
+            return unsafe { dot_rows_dispatch::<1>(kind, [row], x)[0] };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
