@@ -146,11 +146,128 @@ pub fn softmax_row(x: &mut [f32], scale: f32) -> () {
 }
 }
 
+/// AVX-512 versions of the two dot orders (the same operations, lane for lane).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `reduce_add16` on a register.
+    #[inline(always)]
+    pub unsafe fn reduce(v: __m512) -> f32 {
+        unsafe {
+            let a = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+            let b = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+            let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+            _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: &[f32], at: usize, n: usize) -> __m512 {
+        unsafe {
+            if at + 16 <= n {
+                _mm512_loadu_ps(p.as_ptr().add(at))
+            } else {
+                let k: __mmask16 = ((1u32 << (n - at)) - 1) as __mmask16;
+                _mm512_maskz_loadu_ps(k, p.as_ptr().add(at))
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        unsafe {
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < n {
+                acc = _mm512_fmadd_ps(load(a, i, n), load(b, i, n), acc);
+                i += 16;
+            }
+            reduce(acc)
+        }
+    }
+
+    /// `dot_single_impl` for `padded == false`, or for `padded` when `n` is a multiple of 64.
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn dot_single(a: &[f32], b: &[f32], padded: bool) -> f32 {
+        let n = a.len().min(b.len());
+        let np = if padded { n.div_ceil(64) * 64 } else { n & !63 };
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i < np {
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    let at = i + 16 * j;
+                    if at < n {
+                        *aj = _mm512_fmadd_ps(load(a, at, n), load(b, at, n), *aj);
+                    }
+                }
+                i += 64;
+            }
+            let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+            let mut sum = reduce(s) as f64;
+            for k in np.min(n)..n {
+                sum += (a[k] * b[k]) as f64;
+            }
+            sum as f32
+        }
+    }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::env::var_os("FERROLM_NO_SIMD").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `dot_batched` (AVX-512 when present; same bits).
+pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: detected at run time.
+        return unsafe { avx512::dot_batched(a, b) };
+    }
+    dot_batched_portable(a, b)
+}
+
+/// Dot product as `ggml_vec_dot_f16` does it for a single-row (decode) product: four 16-lane
+/// accumulators over 64-element steps, reduced `(s0 + s2) + (s1 + s3)` then `reduce_add16`,
+/// with a tail beyond the last full step added in f64.
+pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: detected at run time.
+        return unsafe { avx512::dot_single(a, b, false) };
+    }
+    dot_single_impl(a, b, false)
+}
+
+/// `dot_single` over vectors that llama.cpp stores zero-padded to a multiple of 64 (a row of
+/// the padded KV cache), so there is no tail: the last step runs in the vector lanes.
+pub fn dot_single_padded(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: detected at run time.
+        return unsafe { avx512::dot_single(a, b, true) };
+    }
+    dot_single_impl(a, b, true)
+}
+
 fma_dispatch! {
 /// Dot product the way llamafile's tinyBLAS does an f16 batched product (`T >= 2` rows; pass
 /// f16-representable values to reproduce it exactly): 16 lanes, lane `l` accumulating elements `16i + l` with fused
 /// multiply-adds, then `reduce_add16`. The length is treated as zero-padded to 16.
-pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_batched_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     for (ca, cb) in a.chunks(16).zip(b.chunks(16)) {
         for l in 0..ca.len() {
@@ -159,19 +276,6 @@ pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
     }
     reduce_add16(&acc)
 }
-}
-
-/// Dot product as `ggml_vec_dot_f16` does it for a single-row (decode) product: four 16-lane
-/// accumulators over 64-element steps, reduced `(s0 + s2) + (s1 + s3)` then `reduce_add16`,
-/// with a tail beyond the last full step added in f64.
-pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
-    dot_single_impl(a, b, false)
-}
-
-/// `dot_single` over vectors that llama.cpp stores zero-padded to a multiple of 64 (a row of
-/// the padded KV cache), so there is no tail: the last step runs in the vector lanes.
-pub fn dot_single_padded(a: &[f32], b: &[f32]) -> f32 {
-    dot_single_impl(a, b, true)
 }
 
 fma_dispatch! {
@@ -323,6 +427,9 @@ mod tests {
             assert!((dot_batched(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
             assert!((dot_single(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
             assert!((dot_single_padded(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
+            assert_eq!(dot_batched(&a, &b).to_bits(), dot_batched_portable(&a, &b).to_bits(), "{n}");
+            assert_eq!(dot_single(&a, &b).to_bits(), dot_single_impl(&a, &b, false).to_bits(), "{n}");
+            assert_eq!(dot_single_padded(&a, &b).to_bits(), dot_single_impl(&a, &b, true).to_bits(), "{n}");
         }
     }
 }
