@@ -223,20 +223,6 @@ unsafe fn lanes_vnni(kind: KQuantKind, b: &[u8], y: &BlockQ8K) -> Lanes {
     out
 }
 
-fn use_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *V.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::env::var_os("FERROLM_NO_SIMD").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// Decodes the block's scales into `dec` and returns its lanes against `y`.
 #[inline(always)]
@@ -244,7 +230,7 @@ fn block_lanes(kind: KQuantKind, b: &[u8], y: &BlockQ8K, dec: &mut Decoded, simd
     #[cfg(target_arch = "x86_64")]
     if simd {
         decode_scales(kind, b, dec);
-        // SAFETY: `simd` is only true when `use_vnni()` detected the features.
+        // SAFETY: `simd` is only true when `crate::cpu::features().vnni` detected the features.
         return unsafe { lanes_vnni(kind, b, y) };
     }
     let _ = simd;
@@ -411,7 +397,7 @@ fn dot_row_in(
 ) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is only true when `use_vnni()` detected these features.
+        // SAFETY: `simd` is only true when `crate::cpu::features().vnni` detected these features.
         return unsafe { dot_row_in_vnni(kind, row, x, order, dec) };
     }
     dot_row_in_body(kind, row, x, order, dec, false)
@@ -451,7 +437,7 @@ fn dot_row_in_body(
 /// One weight row times one activation row in the given order.
 pub fn dot_row(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order) -> f32 {
     let mut dec = new_decoded();
-    dot_row_in(kind, row, x, order, &mut dec, use_vnni())
+    dot_row_in(kind, row, x, order, &mut dec, crate::cpu::features().vnni)
 }
 
 /// `dot_row` through the portable integer path (for tests against the SIMD one).
@@ -476,7 +462,7 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
             q
         })
         .collect();
-    let simd = use_vnni();
+    let simd = crate::cpu::features().vnni;
     crate::pool::par_columns(y, m, n, |j, i| {
         let mut dec = new_decoded();
         let row = &w[j * row_bytes..(j + 1) * row_bytes];

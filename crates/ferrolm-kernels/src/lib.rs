@@ -7,6 +7,7 @@
 // Index loops below spell out llama.cpp's lane arithmetic; iterator chains would hide it.
 #![allow(clippy::needless_range_loop)]
 
+pub mod cpu;
 pub mod kquant;
 pub mod numerics;
 pub mod pool;

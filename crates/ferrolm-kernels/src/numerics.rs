@@ -10,16 +10,7 @@
 /// Whether this CPU has FMA: `f32::mul_add` then compiles to one instruction inside the
 /// `#[target_feature]` wrappers below instead of a libm call. Results are identical either way.
 pub fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *F.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("avx2")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::cpu::features().fma
 }
 
 /// Defines `pub fn $name` dispatching to a copy of `$body` compiled with FMA and AVX2 when the
@@ -215,25 +206,11 @@ mod avx512 {
     }
 }
 
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *F.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::env::var_os("FERROLM_NO_SIMD").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// `dot_batched` (AVX-512 when present; same bits).
 pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if crate::cpu::features().avx512 {
         // SAFETY: detected at run time.
         return unsafe { avx512::dot_batched(a, b) };
     }
@@ -245,7 +222,7 @@ pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
 /// with a tail beyond the last full step added in f64.
 pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if crate::cpu::features().avx512 {
         // SAFETY: detected at run time.
         return unsafe { avx512::dot_single(a, b, false) };
     }
@@ -256,7 +233,7 @@ pub fn dot_single(a: &[f32], b: &[f32]) -> f32 {
 /// the padded KV cache), so there is no tail: the last step runs in the vector lanes.
 pub fn dot_single_padded(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if crate::cpu::features().avx512 {
         // SAFETY: detected at run time.
         return unsafe { avx512::dot_single(a, b, true) };
     }

@@ -144,19 +144,8 @@ unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[Bloc
     let nb = rows.iter().fold(x.len(), |n, r| n.min(r.len() / bb));
     let mut acc = [_mm256_setzero_ps(); R];
     let mut summs = [0f32; R];
-    let low = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi8(1);
-    let h2f = |p: *const u8| -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    };
-    let nib = |qs: *const u8| {
-        let q = _mm_loadu_si128(qs as *const __m128i);
-        let lo = _mm_and_si128(q, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-        _mm256_set_m128i(hi, lo)
-    };
-    let hbits = |qh: u32| _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10));
+    let (h2f, nib, hbits) = (simd::h2f, simd::nib, simd::hbits);
     for (i, y) in x.iter().enumerate().take(nb) {
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         // Sum of the activation codes per lane, for the formats with an offset.
@@ -204,6 +193,39 @@ unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[Bloc
     out
 }
 
+/// Block unpacking shared by the VNNI kernels (inlined into their feature-enabled bodies).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// An f16 at `p` as f32.
+    #[inline(always)]
+    pub unsafe fn h2f(p: *const u8) -> f32 {
+        unsafe {
+            let bits = (p as *const u16).read_unaligned();
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
+    }
+
+    /// 16 bytes of nibbles at `qs` -> 32 codes: low nibbles, then high nibbles.
+    #[inline(always)]
+    pub unsafe fn nib(qs: *const u8) -> __m256i {
+        unsafe {
+            let low = _mm_set1_epi8(0x0F);
+            let q = _mm_loadu_si128(qs as *const __m128i);
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// The fifth bits of the Q5 formats as `0x10` bytes.
+    #[inline(always)]
+    pub unsafe fn hbits(qh: u32) -> __m256i {
+        unsafe { _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10)) }
+    }
+}
+
 const KIND_OF: [QuantKind; 5] = [
     QuantKind::Q4_0,
     QuantKind::Q4_1,
@@ -242,19 +264,8 @@ unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], 
     let nb = xs.iter().fold(row.len() / bb, |n, x| n.min(x.len()));
     let mut acc = [_mm256_setzero_ps(); MAX];
     let mut summs = [0f32; MAX];
-    let low = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi8(1);
-    let h2f = |p: *const u8| -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    };
-    let nib = |qs: *const u8| {
-        let q = _mm_loadu_si128(qs as *const __m128i);
-        let lo = _mm_and_si128(q, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-        _mm256_set_m128i(hi, lo)
-    };
-    let hbits = |qh: u32| _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10));
+    let (h2f, nib, hbits) = (simd::h2f, simd::nib, simd::hbits);
     for b in 0..nb {
         let blk = row.as_ptr().add(b * bb);
         let d = h2f(blk);
@@ -306,7 +317,7 @@ unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], 
 /// `dot_row` of one weight row against each of `xs`, into `out` (same bits as one at a time).
 pub fn dot_row_many(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_vnni() {
+    if crate::cpu::features().vnni {
         for (xc, oc) in xs.chunks(64).zip(out.chunks_mut(64)) {
             // SAFETY: the features were detected at run time.
             unsafe { dot_row_many_vnni(kind, row, xc, oc) };
@@ -324,28 +335,13 @@ unsafe fn dot_row_avx2(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     dot_row_body(kind, row, x)
 }
 
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *VNNI.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("f16c")
-                && std::env::var_os("FERROLM_NO_SIMD").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// `row . x` for one weight row (`x.len()` blocks), with the best SIMD level of this CPU.
 /// Every level returns the same bits.
 pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_vnni() {
+        if crate::cpu::features().vnni {
             // SAFETY: the features were detected at run time.
             return unsafe { dot_rows_dispatch::<1>(kind, [row], x)[0] };
         }
