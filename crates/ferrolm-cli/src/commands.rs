@@ -148,7 +148,11 @@ pub fn logits(
     let rows: Vec<Vec<f32>> = if one_by_one {
         let mut rows = Vec::with_capacity(ids.len());
         for &id in &ids {
-            rows.extend(lm.model.forward(&[id], &mut kv, Logits::Last)?.to_vec2::<f32>()?);
+            rows.extend(
+                lm.model
+                    .forward(&[id], &mut kv, Logits::Last)?
+                    .to_vec2::<f32>()?,
+            );
         }
         if !all {
             rows.drain(..rows.len() - 1);

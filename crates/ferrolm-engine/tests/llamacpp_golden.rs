@@ -266,7 +266,11 @@ fn windows_to_check() -> usize {
 /// worst difference <= 0.5, greedy agreement >= 16 of 24) are the looser outer limits.
 fn assert_report(r: &Report) {
     assert!(r.top1_miss.is_empty(), "top-1 differs on {:?}", r.top1_miss);
-    assert!(r.worst <= 0.01, "max logit difference {} (batched)", r.worst);
+    assert!(
+        r.worst <= 0.01,
+        "max logit difference {} (batched)",
+        r.worst
+    );
     assert!(
         r.worst_incremental <= 0.01,
         "max logit difference {} (token by token)",

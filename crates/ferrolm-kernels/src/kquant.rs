@@ -58,7 +58,12 @@ pub fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) {
 
 #[inline(always)]
 fn quantize_q8_k_body(x: &[f32], out: &mut Vec<BlockQ8K>) {
-    assert_eq!(x.len() % QK_K, 0, "length {} is not a multiple of {QK_K}", x.len());
+    assert_eq!(
+        x.len() % QK_K,
+        0,
+        "length {} is not a multiple of {QK_K}",
+        x.len()
+    );
     out.clear();
     for xb in x.chunks_exact(QK_K) {
         let (mut max, mut amax) = (0f32, 0f32);
@@ -223,7 +228,6 @@ unsafe fn lanes_vnni(kind: KQuantKind, b: &[u8], y: &BlockQ8K) -> Lanes {
     out
 }
 
-
 /// Decodes the block's scales into `dec` and returns its lanes against `y`.
 #[inline(always)]
 fn block_lanes(kind: KQuantKind, b: &[u8], y: &BlockQ8K, dec: &mut Decoded, simd: bool) -> Lanes {
@@ -246,7 +250,13 @@ fn chunk_sum(l: &[i32; 8]) -> i32 {
 /// (`s1 = sum scale * raw`, `s2 = sum min * bsums`), then
 /// `fma(f32(s1) * d - dmin * f32(s2), d_x, total)`.
 #[inline(always)]
-fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
+fn dot_row_tiled(
+    kind: KQuantKind,
+    row: &[u8],
+    x: &[BlockQ8K],
+    dec: &mut Decoded,
+    simd: bool,
+) -> f32 {
     let mut total = 0f32;
     for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
         let l = block_lanes(kind, b, y, dec, simd);
@@ -279,7 +289,13 @@ fn dot_row_tiled(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded
 /// elements `4k..4k+4` of every 32 (weighted by their sub-block scales); per super-block
 /// `acc_k = fma(d_x * d, f32(lane_k), acc_k)`; Q4_K's minimum terms go to four more lanes.
 #[inline(always)]
-fn dot_row_single(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], dec: &mut Decoded, simd: bool) -> f32 {
+fn dot_row_single(
+    kind: KQuantKind,
+    row: &[u8],
+    x: &[BlockQ8K],
+    dec: &mut Decoded,
+    simd: bool,
+) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_m = [0f32; 4];
     for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
@@ -340,7 +356,13 @@ fn new_decoded() -> Decoded {
 /// gemv), each added as `fma(f32(sum), d * d_x, acc)`; minimum terms in a second accumulator,
 /// subtracted at the end.
 #[inline(always)]
-fn dot_row_q4k_repacked(row: &[u8], x: &[BlockQ8K], group: usize, dec: &mut Decoded, simd: bool) -> f32 {
+fn dot_row_q4k_repacked(
+    row: &[u8],
+    x: &[BlockQ8K],
+    group: usize,
+    dec: &mut Decoded,
+    simd: bool,
+) -> f32 {
     let (mut acc, mut acc_m) = (0f32, 0f32);
     let per = group / 32;
     for (b, y) in row.chunks_exact(KQuantKind::Q4K.block_bytes()).zip(x) {
@@ -534,8 +556,15 @@ mod tests {
                 quantize_q8_k(&x, &mut xq);
                 let exact = reference_dot(kind, &row, &x);
                 let scale: f64 = reference_dot(kind, &row, &vec![1.0; x.len()]).abs() + 1.0;
-                for order in [Order::Single, Order::Tiled, Order::Repacked64, Order::Repacked256] {
-                    if kind != KQuantKind::Q4K && matches!(order, Order::Repacked64 | Order::Repacked256) {
+                for order in [
+                    Order::Single,
+                    Order::Tiled,
+                    Order::Repacked64,
+                    Order::Repacked256,
+                ] {
+                    if kind != KQuantKind::Q4K
+                        && matches!(order, Order::Repacked64 | Order::Repacked256)
+                    {
                         continue;
                     }
                     let got = dot_row(kind, &row, &xq, order) as f64;
@@ -561,7 +590,12 @@ mod tests {
                         .collect();
                     let mut xq = Vec::new();
                     quantize_q8_k(&x, &mut xq);
-                    for order in [Order::Single, Order::Tiled, Order::Repacked64, Order::Repacked256] {
+                    for order in [
+                        Order::Single,
+                        Order::Tiled,
+                        Order::Repacked64,
+                        Order::Repacked256,
+                    ] {
                         assert_eq!(
                             dot_row(kind, &row, &xq, order).to_bits(),
                             dot_row_scalar(kind, &row, &xq, order).to_bits(),
@@ -596,9 +630,13 @@ mod tests {
     fn matmul_picks_the_order_by_row_count() {
         let mut seed = 42u64;
         let (n, k) = (5, 512);
-        let w: Vec<u8> = (0..n).flat_map(|_| random_row(KQuantKind::Q4K, 2, &mut seed)).collect();
+        let w: Vec<u8> = (0..n)
+            .flat_map(|_| random_row(KQuantKind::Q4K, 2, &mut seed))
+            .collect();
         for m in [1usize, 7, 8, 9] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
             let mut y = vec![0f32; m * n];
             matmul(KQuantKind::Q4K, &w, n, k, &x, &mut y);
             for i in 0..m {

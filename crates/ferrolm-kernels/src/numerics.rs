@@ -43,7 +43,7 @@ pub fn expf(x: f32) -> f32 {
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
     let u = b * b;
@@ -206,7 +206,6 @@ mod avx512 {
     }
 }
 
-
 /// `dot_batched` (AVX-512 when present; same bits).
 pub fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -321,7 +320,8 @@ pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
     for (e, o) in out.iter_mut().enumerate().take(d) {
         let mut l16 = [0f32; 16];
         for (l, x) in l16.iter_mut().enumerate() {
-            *x = (acc[l * d + e] + acc[(32 + l) * d + e]) + (acc[(16 + l) * d + e] + acc[(48 + l) * d + e]);
+            *x = (acc[l * d + e] + acc[(32 + l) * d + e])
+                + (acc[(16 + l) * d + e] + acc[(48 + l) * d + e]);
         }
         *o = reduce_add16(&l16);
     }
@@ -375,7 +375,9 @@ mod tests {
     #[test]
     fn pv_accumulation_equals_the_column_dots() {
         let (s, d) = (77usize, 5usize);
-        let v: Vec<f32> = (0..s * d).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 333.0).collect();
+        let v: Vec<f32> = (0..s * d)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 333.0)
+            .collect();
         let mut p: Vec<f32> = (0..s).map(|j| ((j * 31 % 17) as f32) / 40.0).collect();
         p[3] = 0.0;
         for (lanes, batched) in [(16usize, true), (64, false)] {
@@ -389,7 +391,11 @@ mod tests {
             }
             for e in 0..d {
                 let col: Vec<f32> = (0..s).map(|j| v[j * d + e]).collect();
-                let want = if batched { dot_batched(&col, &p) } else { dot_single_padded(&col, &p) };
+                let want = if batched {
+                    dot_batched(&col, &p)
+                } else {
+                    dot_single_padded(&col, &p)
+                };
                 assert_eq!(out[e].to_bits(), want.to_bits(), "lanes {lanes} e {e}");
             }
         }
@@ -403,10 +409,25 @@ mod tests {
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot_batched(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
             assert!((dot_single(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
-            assert!((dot_single_padded(&a, &b) as f64 - exact).abs() < 1e-4, "{n}");
-            assert_eq!(dot_batched(&a, &b).to_bits(), dot_batched_portable(&a, &b).to_bits(), "{n}");
-            assert_eq!(dot_single(&a, &b).to_bits(), dot_single_impl(&a, &b, false).to_bits(), "{n}");
-            assert_eq!(dot_single_padded(&a, &b).to_bits(), dot_single_impl(&a, &b, true).to_bits(), "{n}");
+            assert!(
+                (dot_single_padded(&a, &b) as f64 - exact).abs() < 1e-4,
+                "{n}"
+            );
+            assert_eq!(
+                dot_batched(&a, &b).to_bits(),
+                dot_batched_portable(&a, &b).to_bits(),
+                "{n}"
+            );
+            assert_eq!(
+                dot_single(&a, &b).to_bits(),
+                dot_single_impl(&a, &b, false).to_bits(),
+                "{n}"
+            );
+            assert_eq!(
+                dot_single_padded(&a, &b).to_bits(),
+                dot_single_impl(&a, &b, true).to_bits(),
+                "{n}"
+            );
         }
     }
 }

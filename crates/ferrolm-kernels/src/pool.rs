@@ -164,7 +164,8 @@ impl Pool {
         let s = &self.inner;
         let g = (gen_of(s.state.load(Acquire)) + 1) & ((1 << 24) - 1);
         s.data.store(&f as *const F as usize, Release);
-        s.call.store(trampoline::<F> as Trampoline as usize, Release);
+        s.call
+            .store(trampoline::<F> as Trampoline as usize, Release);
         s.done.store(0, Release);
         s.state.store((g << 40) | ((n as u64) << 20), SeqCst);
         if s.sleepers.load(SeqCst) > 0 {

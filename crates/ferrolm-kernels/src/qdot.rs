@@ -101,7 +101,12 @@ fn levels(kind: QuantKind, blk: &[u8], out: &mut [i8; QK]) -> (f32, f32) {
 /// `hsum_float_8` of ggml: upper half onto lower, then `(r0 + r2) + (r1 + r3)`.
 #[inline(always)]
 pub fn hsum8(acc: &[f32; 8]) -> f32 {
-    let r = [acc[4] + acc[0], acc[5] + acc[1], acc[6] + acc[2], acc[7] + acc[3]];
+    let r = [
+        acc[4] + acc[0],
+        acc[5] + acc[1],
+        acc[6] + acc[2],
+        acc[7] + acc[3],
+    ];
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
@@ -137,7 +142,10 @@ fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
 /// the results) are identical to the scalar body's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
+unsafe fn dot_rows_vnni<const R: usize, const K: u8>(
+    rows: [&[u8]; R],
+    x: &[BlockQ8_1],
+) -> [f32; R] {
     use std::arch::x86_64::*;
     let kind = KIND_OF[K as usize];
     let bb = kind.block_bytes();
@@ -150,7 +158,9 @@ unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[Bloc
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         // Sum of the activation codes per lane, for the formats with an offset.
         let ysum = match kind {
-            QuantKind::Q4_0 | QuantKind::Q5_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq),
+            QuantKind::Q4_0 | QuantKind::Q5_0 => {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq)
+            }
             _ => _mm256_setzero_si256(),
         };
         for r in 0..R {
@@ -159,7 +169,11 @@ unsafe fn dot_rows_vnni<const R: usize, const K: u8>(rows: [&[u8]; R], x: &[Bloc
             let lanes = match kind {
                 QuantKind::Q8_0 => {
                     let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(yq, w))
+                    _mm256_dpbusd_epi32(
+                        _mm256_setzero_si256(),
+                        _mm256_abs_epi8(w),
+                        _mm256_sign_epi8(yq, w),
+                    )
                 }
                 QuantKind::Q4_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib(blk.add(4)), yq),
                 QuantKind::Q5_1 => {
@@ -239,7 +253,11 @@ const KIND_OF: [QuantKind; 5] = [
 /// # Safety
 /// The CPU must have the features `dot_rows_vnni` enables.
 #[cfg(target_arch = "x86_64")]
-unsafe fn dot_rows_dispatch<const R: usize>(kind: QuantKind, rows: [&[u8]; R], x: &[BlockQ8_1]) -> [f32; R] {
+unsafe fn dot_rows_dispatch<const R: usize>(
+    kind: QuantKind,
+    rows: [&[u8]; R],
+    x: &[BlockQ8_1],
+) -> [f32; R] {
     unsafe {
         match kind {
             QuantKind::Q4_0 => dot_rows_vnni::<R, 0>(rows, x),
@@ -289,7 +307,9 @@ unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], 
             let y = &x[b];
             let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let lanes = match kind {
-                QuantKind::Q8_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(yq, codes)),
+                QuantKind::Q8_0 => {
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(yq, codes))
+                }
                 _ => {
                     let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
                     if offset == 0 {
@@ -334,7 +354,6 @@ pub fn dot_row_many(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], out: &mu
 unsafe fn dot_row_avx2(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     dot_row_body(kind, row, x)
 }
-
 
 /// `row . x` for one weight row (`x.len()` blocks), with the best SIMD level of this CPU.
 /// Every level returns the same bits.

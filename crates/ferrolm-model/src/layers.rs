@@ -240,7 +240,11 @@ pub fn attend(
     };
     let tracing = crate::trace::enabled();
     let mut out = vec![0f32; t * h * d];
-    let mut probs = if tracing { vec![0f32; h * t * s] } else { Vec::new() };
+    let mut probs = if tracing {
+        vec![0f32; h * t * s]
+    } else {
+        Vec::new()
+    };
     let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
     global().run(h, |hh| {
         let g = hh / n_rep;
@@ -251,7 +255,11 @@ pub fn attend(
             for (j, &kp) in k_pos.iter().enumerate() {
                 row[j] = if visible(qp, kp) {
                     let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
-                    let mut sc = if batched { dot_batched(kr, qv) } else { dot_single(kr, qv) };
+                    let mut sc = if batched {
+                        dot_batched(kr, qv)
+                    } else {
+                        dot_single(kr, qv)
+                    };
                     if let Some(cap) = a.softcap {
                         sc = (sc * (1.0 / cap)).tanh() * cap;
                     }
