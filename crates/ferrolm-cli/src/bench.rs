@@ -1,5 +1,5 @@
-//! `ferrolm bench`: prefill of `p` tokens in one batch, then `n` greedy decode steps; medians
-//! over repeats, in tokens per second.
+//! `ferrolm bench`: prefill of `p` tokens in one batch, then `n` greedy decode steps, both after
+//! `depth` tokens already in the context (untimed); medians over repeats, in tokens per second.
 
 use crate::commands::open;
 use crate::ModelOpts;
@@ -19,7 +19,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
+pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize, depth: usize) -> Result<()> {
     if p == 0 {
         bail!("-p must be at least 1");
     }
@@ -27,7 +27,7 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
     let vocab = lm.model.config.vocab_size as u64;
     // Deterministic pseudo-random prompt, as llama-bench uses random tokens.
     let mut state = 0x9E3779B97F4A7C15u64;
-    let prompt: Vec<u32> = (0..p)
+    let prompt: Vec<u32> = (0..p + depth)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -39,9 +39,13 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
     for r in 0..repeats.max(1) {
         let mut kv = lm
             .model
-            .new_cache_with(p + n, crate::commands::precision(m));
+            .new_cache_with(depth + p + n, crate::commands::precision(m));
+        let (context, prompt) = prompt.split_at(depth);
+        if depth > 0 {
+            lm.model.forward(context, &mut kv, Logits::Last)?;
+        }
         let t0 = Instant::now();
-        let logits = lm.model.forward(&prompt, &mut kv, Logits::Last)?;
+        let logits = lm.model.forward(prompt, &mut kv, Logits::Last)?;
         let t_pp = t0.elapsed().as_secs_f64();
         let mut tok = argmax(&logits.squeeze(0)?.to_vec1()?);
         let t1 = Instant::now();
@@ -70,12 +74,17 @@ pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize) -> Result<()> {
     if m.json {
         println!(
             "{}",
-            json!({ "model": lm.name, "p": p, "n": n, "repeats": repeats, "threads": threads, "pp_tok_s": pp, "tg_tok_s": tg })
+            json!({ "model": lm.name, "p": p, "n": n, "depth": depth, "repeats": repeats, "threads": threads, "pp_tok_s": pp, "tg_tok_s": tg })
         );
     } else {
         println!(
-            "{}: pp{p} {pp:.1} tok/s, tg{n} {tg:.1} tok/s (median of {repeats})",
-            lm.name
+            "{}: pp{p} {pp:.1} tok/s, tg{n} {tg:.1} tok/s (median of {repeats}{})",
+            lm.name,
+            if depth > 0 {
+                format!(", at depth {depth}")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -151,6 +151,9 @@ enum Cmd {
         /// Repetitions (the median is reported).
         #[arg(short = 'r', long, default_value_t = 3)]
         repeats: usize,
+        /// Tokens already in the context before each measurement (llama-bench's `-d`).
+        #[arg(short = 'd', long, default_value_t = 0)]
+        depth: usize,
     },
     /// Architecture, sizes, tensor types, context and template of a model.
     Info {
@@ -186,7 +189,13 @@ fn run() -> anyhow::Result<()> {
         } => commands::generate(&m, &s, chat, ids, text),
         Cmd::Chat { m, s, system } => chat::run(&m, &s, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
-        Cmd::Bench { m, p, n, repeats } => bench::run(&m, p, n, repeats),
+        Cmd::Bench {
+            m,
+            p,
+            n,
+            repeats,
+            depth,
+        } => bench::run(&m, p, n, repeats, depth),
         Cmd::Info { m } => commands::info(&m),
         Cmd::Pull { name, list } => commands::pull(name, list),
     }
