@@ -150,6 +150,15 @@ impl Pool {
         self.threads
     }
 
+    /// How many of `n` output columns one task takes: a few tasks per thread, enough to
+    /// balance and few enough that scheduling stays cheap.
+    pub fn column_chunk(&self, n: usize) -> usize {
+        n.div_ceil(self.threads * 4)
+            .next_multiple_of(8)
+            .max(8)
+            .min(n.max(1))
+    }
+
     /// Runs `f(0) .. f(n - 1)` across the pool and returns when all have finished.
     pub fn run<F: Fn(usize) + Sync>(&self, n: usize, f: F) {
         if n == 0 {
@@ -216,11 +225,7 @@ impl SharedOut {
 pub fn par_columns(y: &mut [f32], m: usize, n: usize, f: impl Fn(usize, usize) -> f32 + Sync) {
     assert_eq!(y.len(), m * n);
     let pool = global();
-    let chunk = n
-        .div_ceil(pool.threads() * 4)
-        .next_multiple_of(8)
-        .max(8)
-        .min(n.max(1));
+    let chunk = pool.column_chunk(n);
     let out = SharedOut(y.as_mut_ptr());
     pool.run(n.div_ceil(chunk), |c| {
         for j in c * chunk..((c + 1) * chunk).min(n) {

@@ -136,80 +136,41 @@ fn dot_row_body(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     hsum8(&acc) + summs
 }
 
-/// The same sums as `dot_row_body`, lane for lane, for `R` weight rows at once (sharing the
-/// activation loads; `R` independent accumulator chains), with AVX-512 VNNI on 256-bit
-/// vectors: `vpdpbusd` forms exactly the eight 4-value integer lanes, so the float steps (and
-/// the results) are identical to the scalar body's.
+/// The same sums as `dot_row_body`, lane for lane, with AVX-512 VNNI on 256-bit vectors:
+/// `vpdpbusd` forms exactly the eight 4-value integer lanes, so the float steps (and the
+/// result) are identical to the scalar body's. `K` indexes `KIND_OF`, so the format is a
+/// constant inside the block loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_vnni<const R: usize, const K: u8>(
-    rows: [&[u8]; R],
-    x: &[BlockQ8_1],
-) -> [f32; R] {
+unsafe fn dot_row_vnni<const K: u8>(row: &[u8], x: &[BlockQ8_1]) -> f32 {
     use std::arch::x86_64::*;
     let kind = KIND_OF[K as usize];
     let bb = kind.block_bytes();
-    let nb = rows.iter().fold(x.len(), |n, r| n.min(r.len() / bb));
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut summs = [0f32; R];
-    let ones = _mm256_set1_epi8(1);
-    let (h2f, nib, hbits) = (simd::h2f, simd::nib, simd::hbits);
+    let nb = x.len().min(row.len() / bb);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
     for (i, y) in x.iter().enumerate().take(nb) {
-        let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        // Sum of the activation codes per lane, for the formats with an offset.
-        let ysum = match kind {
-            QuantKind::Q4_0 | QuantKind::Q5_0 => {
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq)
-            }
-            _ => _mm256_setzero_si256(),
-        };
-        for r in 0..R {
-            let blk = rows[r].as_ptr().add(i * bb);
-            let d = h2f(blk);
-            let lanes = match kind {
-                QuantKind::Q8_0 => {
-                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    _mm256_dpbusd_epi32(
-                        _mm256_setzero_si256(),
-                        _mm256_abs_epi8(w),
-                        _mm256_sign_epi8(yq, w),
-                    )
-                }
-                QuantKind::Q4_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib(blk.add(4)), yq),
-                QuantKind::Q5_1 => {
-                    let qh = (blk.add(4) as *const u32).read_unaligned();
-                    let codes = _mm256_or_si256(nib(blk.add(8)), hbits(qh));
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq)
-                }
-                QuantKind::Q4_0 => {
-                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib(blk.add(2)), yq);
-                    _mm256_sub_epi32(l, _mm256_slli_epi32(ysum, 3))
-                }
-                QuantKind::Q5_0 => {
-                    let qh = (blk.add(2) as *const u32).read_unaligned();
-                    let codes = _mm256_or_si256(nib(blk.add(6)), hbits(qh));
-                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
-                    _mm256_sub_epi32(l, _mm256_slli_epi32(ysum, 4))
-                }
-            };
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc[r]);
-            if kind.has_min() {
-                summs[r] = h2f(blk.add(2)).mul_add(y.s, summs[r]);
-            }
+        let blk = row.as_ptr().add(i * bb);
+        let (codes, shift) = simd::codes(kind, blk);
+        let lanes = simd::lanes(kind, codes, shift, &y.qs);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(simd::h2f(blk) * y.d),
+            _mm256_cvtepi32_ps(lanes),
+            acc,
+        );
+        if kind.has_min() {
+            summs = simd::h2f(blk.add(2)).mul_add(y.s, summs);
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), acc[r]);
-        out[r] = hsum8(&a) + summs[r];
-    }
-    out
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    hsum8(&a) + summs
 }
 
 /// Block unpacking shared by the VNNI kernels (inlined into their feature-enabled bodies).
 #[cfg(target_arch = "x86_64")]
 mod simd {
+    use super::QuantKind;
     use std::arch::x86_64::*;
 
     /// An f16 at `p` as f32.
@@ -238,6 +199,49 @@ mod simd {
     pub unsafe fn hbits(qh: u32) -> __m256i {
         unsafe { _mm256_and_si256(_mm256_movm_epi8(qh), _mm256_set1_epi8(0x10)) }
     }
+
+    /// A weight block's 32 codes: unsigned codes and the log2 of the offset that makes them
+    /// signed levels (Q4_0: 8, Q5_0: 16), or Q8_0's signed bytes as they are.
+    #[inline(always)]
+    pub unsafe fn codes(kind: QuantKind, blk: *const u8) -> (__m256i, i32) {
+        unsafe {
+            match kind {
+                QuantKind::Q8_0 => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0),
+                QuantKind::Q4_0 => (nib(blk.add(2)), 3),
+                QuantKind::Q4_1 => (nib(blk.add(4)), 0),
+                QuantKind::Q5_0 => {
+                    let qh = (blk.add(2) as *const u32).read_unaligned();
+                    (_mm256_or_si256(nib(blk.add(6)), hbits(qh)), 4)
+                }
+                QuantKind::Q5_1 => {
+                    let qh = (blk.add(4) as *const u32).read_unaligned();
+                    (_mm256_or_si256(nib(blk.add(8)), hbits(qh)), 0)
+                }
+            }
+        }
+    }
+
+    /// The eight exact integer lanes `sum(level * q)` over elements `4k..4k+4` of a block.
+    #[inline(always)]
+    pub unsafe fn lanes(kind: QuantKind, codes: __m256i, shift: i32, qs: &[i8; 32]) -> __m256i {
+        unsafe {
+            let yq = _mm256_loadu_si256(qs.as_ptr() as *const __m256i);
+            let zero = _mm256_setzero_si256();
+            if kind == QuantKind::Q8_0 {
+                return _mm256_dpbusd_epi32(
+                    zero,
+                    _mm256_abs_epi8(codes),
+                    _mm256_sign_epi8(yq, codes),
+                );
+            }
+            let l = _mm256_dpbusd_epi32(zero, codes, yq);
+            if shift == 0 {
+                return l;
+            }
+            let ysum = _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), yq);
+            _mm256_sub_epi32(l, _mm256_sll_epi32(ysum, _mm_cvtsi32_si128(shift)))
+        }
+    }
 }
 
 const KIND_OF: [QuantKind; 5] = [
@@ -248,30 +252,26 @@ const KIND_OF: [QuantKind; 5] = [
     QuantKind::Q8_0,
 ];
 
-/// `dot_rows_vnni` specialised per format (the format is a constant inside the block loop).
+/// `dot_row_vnni` specialised per format.
 ///
 /// # Safety
-/// The CPU must have the features `dot_rows_vnni` enables.
+/// The CPU must have the features `dot_row_vnni` enables.
 #[cfg(target_arch = "x86_64")]
-unsafe fn dot_rows_dispatch<const R: usize>(
-    kind: QuantKind,
-    rows: [&[u8]; R],
-    x: &[BlockQ8_1],
-) -> [f32; R] {
+unsafe fn dot_row_vnni_for(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     unsafe {
         match kind {
-            QuantKind::Q4_0 => dot_rows_vnni::<R, 0>(rows, x),
-            QuantKind::Q4_1 => dot_rows_vnni::<R, 1>(rows, x),
-            QuantKind::Q5_0 => dot_rows_vnni::<R, 2>(rows, x),
-            QuantKind::Q5_1 => dot_rows_vnni::<R, 3>(rows, x),
-            QuantKind::Q8_0 => dot_rows_vnni::<R, 4>(rows, x),
+            QuantKind::Q4_0 => dot_row_vnni::<0>(row, x),
+            QuantKind::Q4_1 => dot_row_vnni::<1>(row, x),
+            QuantKind::Q5_0 => dot_row_vnni::<2>(row, x),
+            QuantKind::Q5_1 => dot_row_vnni::<3>(row, x),
+            QuantKind::Q8_0 => dot_row_vnni::<4>(row, x),
         }
     }
 }
 
 /// One weight row against many activation rows (`xs`, at most 64): each weight block is
 /// unpacked once and used for every row, with one accumulator chain per row. Per output the
-/// operations are exactly `dot_rows_vnni`'s, so the bits are the same.
+/// operations are exactly `dot_row_vnni`'s, so the bits are the same.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], out: &mut [f32]) {
@@ -282,45 +282,18 @@ unsafe fn dot_row_many_vnni(kind: QuantKind, row: &[u8], xs: &[Vec<BlockQ8_1>], 
     let nb = xs.iter().fold(row.len() / bb, |n, x| n.min(x.len()));
     let mut acc = [_mm256_setzero_ps(); MAX];
     let mut summs = [0f32; MAX];
-    let ones = _mm256_set1_epi8(1);
-    let (h2f, nib, hbits) = (simd::h2f, simd::nib, simd::hbits);
     for b in 0..nb {
         let blk = row.as_ptr().add(b * bb);
-        let d = h2f(blk);
-        let m = if kind.has_min() { h2f(blk.add(2)) } else { 0.0 };
-        // Unsigned codes (with the offset applied per row below), or |w| and sign for Q8_0.
-        let (codes, offset) = match kind {
-            QuantKind::Q8_0 => (_mm256_loadu_si256(blk.add(2) as *const __m256i), 0),
-            QuantKind::Q4_0 => (nib(blk.add(2)), 3),
-            QuantKind::Q4_1 => (nib(blk.add(4)), 0),
-            QuantKind::Q5_0 => {
-                let qh = (blk.add(2) as *const u32).read_unaligned();
-                (_mm256_or_si256(nib(blk.add(6)), hbits(qh)), 4)
-            }
-            QuantKind::Q5_1 => {
-                let qh = (blk.add(4) as *const u32).read_unaligned();
-                (_mm256_or_si256(nib(blk.add(8)), hbits(qh)), 0)
-            }
+        let d = simd::h2f(blk);
+        let m = if kind.has_min() {
+            simd::h2f(blk.add(2))
+        } else {
+            0.0
         };
-        let wabs = _mm256_abs_epi8(codes);
+        let (codes, shift) = simd::codes(kind, blk);
         for (i, x) in xs.iter().enumerate() {
             let y = &x[b];
-            let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let lanes = match kind {
-                QuantKind::Q8_0 => {
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(yq, codes))
-                }
-                _ => {
-                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, yq);
-                    if offset == 0 {
-                        l
-                    } else {
-                        let ysum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, yq);
-                        let sh = _mm_cvtsi32_si128(offset);
-                        _mm256_sub_epi32(l, _mm256_sll_epi32(ysum, sh))
-                    }
-                }
-            };
+            let lanes = simd::lanes(kind, codes, shift, &y.qs);
             acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(lanes), acc[i]);
             if kind.has_min() {
                 summs[i] = m.mul_add(y.s, summs[i]);
@@ -362,7 +335,7 @@ pub fn dot_row(kind: QuantKind, row: &[u8], x: &[BlockQ8_1]) -> f32 {
     {
         if crate::cpu::features().vnni {
             // SAFETY: the features were detected at run time.
-            return unsafe { dot_rows_dispatch::<1>(kind, [row], x)[0] };
+            return unsafe { dot_row_vnni_for(kind, row, x) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -395,7 +368,7 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
         })
         .collect();
     let pool = crate::pool::global();
-    let chunk = n.div_ceil(pool.threads() * 4).next_multiple_of(8).max(8);
+    let chunk = pool.column_chunk(n);
     let out = crate::pool::SharedOut::new(y);
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
     pool.run(n.div_ceil(chunk), |c| {

@@ -40,6 +40,7 @@ impl Block {
         let h = post(&self.post_attn_norm, h)?;
         trace("attn_post_norm", l, &h);
         let x = (x + h)?;
+        // llama.cpp names this `ffn_inp` in LLaMA graphs and `sa_out` in Gemma's.
         trace("ffn_inp", l, &x);
         trace("sa_out", l, &x);
         let n = self.ffn_norm.forward(&x)?;

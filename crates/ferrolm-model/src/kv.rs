@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 /// Precision of cached keys and values. `F16` is llama.cpp's default: keys, values, and the
 /// operands of the two attention products (queries, probabilities) are rounded to f16, so
-/// results agree with it; the values are kept in f32 tensors for now.
+/// results agree with it; the rounded values are stored as f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPrecision {
     #[default]

@@ -71,12 +71,6 @@ pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Tanh GELU in f32 (the formula of the reference implementations).
-pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
-}
-
 /// llama.cpp's table GELU: f16 input, f16 output, exact outside (-10, 10). The table holds
 /// `f16(gelu(x))` for every f16 `x`, computed as ggml's initialisation computes it (its build
 /// contracts `1 + a*x*x` into a fused multiply-add, which decides some f16 roundings).
@@ -291,36 +285,6 @@ pub fn attend(
         }
     }
     out
-}
-
-/// Additive mask `(T, S)`: 0 where query `t` may see key `s`, `-inf` elsewhere.
-pub fn attention_mask(
-    q_pos: &[usize],
-    k_pos: &[usize],
-    window: Option<usize>,
-) -> Result<Option<Tensor>> {
-    let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
-    let all = q_pos
-        .iter()
-        .all(|&qp| k_pos.iter().all(|&kp| visible(qp, kp)));
-    if all {
-        return Ok(None);
-    }
-    let mut m = Vec::with_capacity(q_pos.len() * k_pos.len());
-    for &qp in q_pos {
-        for &kp in k_pos {
-            m.push(if visible(qp, kp) {
-                0f32
-            } else {
-                f32::NEG_INFINITY
-            });
-        }
-    }
-    Ok(Some(Tensor::from_vec(
-        m,
-        (q_pos.len(), k_pos.len()),
-        &Device::Cpu,
-    )?))
 }
 
 impl Attention {
