@@ -1,11 +1,12 @@
-//! `ferrolm bench`: prefill of `p` tokens in one batch, then `n` greedy decode steps, both after
-//! `depth` tokens already in the context (untimed); medians over repeats, in tokens per second.
+//! `ferrolm bench`, measured as `llama-bench` measures: every test starts from an empty cache,
+//! fills `depth` tokens of context (untimed), then times either a prompt of `p` tokens in one
+//! batch (`pp<p>`) or `n` single-token decode steps (`tg<n>`). One untimed warm-up run first;
+//! medians over repeats, in tokens per second.
 
 use crate::commands::open;
 use crate::ModelOpts;
 use anyhow::{bail, Result};
 use ferrolm_model::Logits;
-use ferrolm_sample::argmax;
 use serde_json::json;
 use std::time::Instant;
 
@@ -19,72 +20,115 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn run(m: &ModelOpts, p: usize, n: usize, repeats: usize, depth: usize) -> Result<()> {
-    if p == 0 {
-        bail!("-p must be at least 1");
+/// One measurement: a prompt of `len` tokens (`prompt == true`) or `len` decode steps.
+#[derive(Clone, Copy)]
+struct Test {
+    prompt: bool,
+    len: usize,
+    depth: usize,
+}
+
+impl Test {
+    fn name(&self) -> String {
+        let kind = if self.prompt { "pp" } else { "tg" };
+        if self.depth > 0 {
+            format!("{kind}{} @ d{}", self.len, self.depth)
+        } else {
+            format!("{kind}{}", self.len)
+        }
     }
-    let lm = open(m)?;
-    let vocab = lm.model.config.vocab_size as u64;
-    // Deterministic pseudo-random prompt, as llama-bench uses random tokens.
-    let mut state = 0x9E3779B97F4A7C15u64;
-    let prompt: Vec<u32> = (0..p + depth)
+}
+
+/// Deterministic pseudo-random tokens (llama-bench also feeds random tokens).
+fn tokens(count: usize, vocab: u64, seed: u64) -> Vec<u32> {
+    let mut state = 0x9E3779B97F4A7C15u64 ^ seed;
+    (0..count)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state % vocab) as u32
         })
-        .collect();
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for r in 0..repeats.max(1) {
-        let mut kv = lm
-            .model
-            .new_cache_with(depth + p + n, crate::commands::precision(m));
-        let (context, prompt) = prompt.split_at(depth);
-        if depth > 0 {
-            lm.model.forward(context, &mut kv, Logits::Last)?;
+        .collect()
+}
+
+pub fn run(
+    m: &ModelOpts,
+    ps: &[usize],
+    ns: &[usize],
+    repeats: usize,
+    depths: &[usize],
+) -> Result<()> {
+    let lm = open(m)?;
+    let model = &lm.model;
+    let vocab = model.config.vocab_size as u64;
+    let mut tests = Vec::new();
+    for &depth in depths {
+        tests.extend(ps.iter().filter(|&&p| p > 0).map(|&len| Test {
+            prompt: true,
+            len,
+            depth,
+        }));
+        tests.extend(ns.iter().filter(|&&n| n > 0).map(|&len| Test {
+            prompt: false,
+            len,
+            depth,
+        }));
+    }
+    if tests.is_empty() {
+        bail!("nothing to measure: give -p and/or -n greater than 0");
+    }
+    let precision = crate::commands::precision(m);
+    let once = |t: &Test| -> Result<f64> {
+        let mut kv = model.new_cache_with(t.depth + t.len, precision);
+        let input = tokens(t.depth + t.len, vocab, t.len as u64);
+        let (context, rest) = input.split_at(t.depth);
+        if t.depth > 0 {
+            model.forward_hidden_chunked(context, &mut kv)?;
         }
         let t0 = Instant::now();
-        let logits = lm.model.forward(prompt, &mut kv, Logits::Last)?;
-        let t_pp = t0.elapsed().as_secs_f64();
-        let mut tok = argmax(&logits.squeeze(0)?.to_vec1()?);
-        let t1 = Instant::now();
-        for _ in 0..n {
-            let l = lm.model.forward(&[tok], &mut kv, Logits::Last)?;
-            tok = argmax(&l.squeeze(0)?.to_vec1()?);
+        if t.prompt {
+            model.forward(rest, &mut kv, Logits::Last)?;
+        } else {
+            for &tok in rest {
+                model.forward(&[tok], &mut kv, Logits::Last)?;
+            }
         }
-        let t_tg = t1.elapsed().as_secs_f64();
-        pp.push(p as f64 / t_pp);
-        if n > 0 {
-            tg.push(n as f64 / t_tg);
+        Ok(t.len as f64 / t0.elapsed().as_secs_f64())
+    };
+    let mut results = Vec::new();
+    for t in &tests {
+        // Warm-up: page the weights in and let the thread pool settle.
+        once(&Test {
+            len: t.len.min(16),
+            depth: 0,
+            ..*t
+        })?;
+        let mut runs = Vec::new();
+        for _ in 0..repeats.max(1) {
+            runs.push(once(t)?);
         }
+        let med = median(runs.clone());
         if !m.json {
-            eprintln!(
-                "run {}: pp{p} {:.1} tok/s, tg{n} {:.1} tok/s",
-                r + 1,
-                p as f64 / t_pp,
-                if n > 0 { n as f64 / t_tg } else { 0.0 }
+            let list: Vec<String> = runs.iter().map(|r| format!("{r:.1}")).collect();
+            println!(
+                "{}: {} {med:.1} tok/s (median of {}: {})",
+                lm.name,
+                t.name(),
+                runs.len(),
+                list.join(", ")
             );
         }
+        results.push(json!({
+            "test": t.name(), "kind": if t.prompt { "pp" } else { "tg" }, "n": t.len,
+            "depth": t.depth, "tok_s": med, "runs": runs,
+        }));
     }
-    let (pp, tg) = (median(pp), if tg.is_empty() { 0.0 } else { median(tg) });
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok());
     if m.json {
+        let threads = ferrolm_kernels::pool::global().threads();
         println!(
             "{}",
-            json!({ "model": lm.name, "p": p, "n": n, "depth": depth, "repeats": repeats, "threads": threads, "pp_tok_s": pp, "tg_tok_s": tg })
-        );
-    } else {
-        println!(
-            "{}: pp{p} {pp:.1} tok/s, tg{n} {tg:.1} tok/s (median of {repeats}{})",
-            lm.name,
-            if depth > 0 {
-                format!(", at depth {depth}")
-            } else {
-                String::new()
-            }
+            json!({ "model": lm.name, "threads": threads, "repeats": repeats, "tests": results })
         );
     }
     Ok(())

@@ -142,18 +142,19 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         m: ModelOpts,
-        /// Prompt tokens, prefilled in one batch.
-        #[arg(short = 'p', default_value_t = 512)]
-        p: usize,
-        /// Greedy decode steps.
-        #[arg(short = 'n', default_value_t = 128)]
-        n: usize,
+        /// Prompt lengths to time, each prefilled in one batch (comma-separated; 0 for none).
+        #[arg(short = 'p', value_delimiter = ',', default_value = "512")]
+        p: Vec<usize>,
+        /// Decode lengths to time, one token a step (comma-separated; 0 for none).
+        #[arg(short = 'n', value_delimiter = ',', default_value = "128")]
+        n: Vec<usize>,
         /// Repetitions (the median is reported).
         #[arg(short = 'r', long, default_value_t = 3)]
         repeats: usize,
-        /// Tokens already in the context before each measurement (llama-bench's `-d`).
-        #[arg(short = 'd', long, default_value_t = 0)]
-        depth: usize,
+        /// Tokens already in the context before each measurement (llama-bench's `-d`;
+        /// comma-separated).
+        #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
+        depth: Vec<usize>,
     },
     /// Architecture, sizes, tensor types, context and template of a model.
     Info {
@@ -195,7 +196,7 @@ fn run() -> anyhow::Result<()> {
             n,
             repeats,
             depth,
-        } => bench::run(&m, p, n, repeats, depth),
+        } => bench::run(&m, &p, &n, repeats, &depth),
         Cmd::Info { m } => commands::info(&m),
         Cmd::Pull { name, list } => commands::pull(name, list),
     }

@@ -371,8 +371,37 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     let chunk = pool.column_chunk(n);
     let out = crate::pool::SharedOut::new(y);
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+    let tiled = m >= 2 && crate::cpu::features().vnni;
+    let acts: Vec<Vec<crate::gemm::ActBlock>> = if tiled {
+        xq.iter()
+            .map(|x| {
+                let mut a = Vec::new();
+                crate::gemm::prepare_acts(kind, x, &mut a);
+                a
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     pool.run(n.div_ceil(chunk), |c| {
-        let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        let (j0, mut j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        if tiled {
+            let jt = j0 + (j1 - j0) / crate::gemm::TILE_ROWS * crate::gemm::TILE_ROWS;
+            // SAFETY: columns j0..j1 belong to this task only.
+            unsafe { crate::gemm::rows_times_acts(kind, w, &acts, n, j0, jt, out) };
+            if jt == j1 {
+                return;
+            }
+            let mut col = vec![0f32; m];
+            for j in jt..j1 {
+                dot_row_many(kind, row(j), &xq, &mut col);
+                for (i, v) in col.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { out.slice(i * n + j, 1)[0] = *v };
+                }
+            }
+            j1 = jt;
+        }
         if m >= 2 {
             let mut col = vec![0f32; m];
             for j in j0..j1 {
