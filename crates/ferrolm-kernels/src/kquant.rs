@@ -95,13 +95,13 @@ fn quantize_q8_k_body(x: &[f32], out: &mut Vec<BlockQ8K>) {
 }
 
 /// A decoded weight super-block: unsigned codes, integer sub-block scales (and mins), f32 `d`.
-struct Decoded {
-    q: [u8; QK_K],
+pub(crate) struct Decoded {
+    pub(crate) q: [u8; QK_K],
     /// Per 32 values (Q4_K, 8 used) or per 16 values (Q6_K, 16 used).
-    scales: [i32; 16],
-    mins: [i32; 8],
-    d: f32,
-    dmin: f32,
+    pub(crate) scales: [i32; 16],
+    pub(crate) mins: [i32; 8],
+    pub(crate) d: f32,
+    pub(crate) dmin: f32,
 }
 
 fn decode_scales(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
@@ -134,7 +134,7 @@ fn decode_scales(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
     }
 }
 
-fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
+pub(crate) fn decode(kind: KQuantKind, b: &[u8], out: &mut Decoded) {
     decode_scales(kind, b, out);
     match kind {
         KQuantKind::Q4K => {
@@ -341,7 +341,7 @@ fn dot_row_single(
 /// Row count from which llama.cpp uses its tiled kernel.
 pub const TILED_MIN_ROWS: usize = 8;
 
-fn new_decoded() -> Decoded {
+pub(crate) fn new_decoded() -> Decoded {
     Decoded {
         q: [0; QK_K],
         scales: [0; 16],
@@ -476,15 +476,35 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
     assert_eq!(y.len(), m * n);
     let row_bytes = k / QK_K * kind.block_bytes();
     assert_eq!(w.len(), n * row_bytes);
-    let xq: Vec<Vec<BlockQ8K>> = x
-        .chunks_exact(k)
-        .map(|r| {
-            let mut q = Vec::with_capacity(k / QK_K);
-            quantize_q8_k(r, &mut q);
-            q
-        })
-        .collect();
+    let xq: Vec<Vec<BlockQ8K>> = crate::pool::global().map(m, |i| {
+        let mut q = Vec::with_capacity(k / QK_K);
+        quantize_q8_k(&x[i * k..(i + 1) * k], &mut q);
+        q
+    });
     let simd = crate::cpu::features().vnni;
+    if simd && m >= 2 && order_for(kind, n, m, 0) != Order::Single {
+        // Many rows: 16-row tiles (the ragged tail row by row), the same bits.
+        let pool = crate::pool::global();
+        let chunk = pool.column_chunk(n).next_multiple_of(crate::kgemm::ROWS);
+        let out = crate::pool::SharedOut::new(y);
+        pool.run(n.div_ceil(chunk), |c| {
+            let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+            let jt = j0 + (j1 - j0) / crate::kgemm::ROWS * crate::kgemm::ROWS;
+            let order_of = |i: usize| order_for(kind, n, m, i);
+            // SAFETY: columns j0..j1 belong to this task only.
+            unsafe { crate::kgemm::rows_times_acts(kind, w, &xq, n, (j0, jt), order_of, out) };
+            let mut dec = new_decoded();
+            for j in jt..j1 {
+                let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                for (i, x) in xq.iter().enumerate() {
+                    let v = dot_row_in(kind, row, x, order_of(i), &mut dec, simd);
+                    // SAFETY: as above.
+                    unsafe { out.slice(i * n + j, 1)[0] = v };
+                }
+            }
+        });
+        return;
+    }
     crate::pool::par_columns(y, m, n, |j, i| {
         let mut dec = new_decoded();
         let row = &w[j * row_bytes..(j + 1) * row_bytes];

@@ -8,6 +8,8 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod cpu;
+pub mod gemm;
+pub mod kgemm;
 pub mod kquant;
 pub mod numerics;
 pub mod pool;

@@ -137,6 +137,36 @@ pub fn softmax_row(x: &mut [f32], scale: f32) -> () {
 }
 }
 
+/// Rounds every value to the nearest f16 (ties to even) and back, in place: what storing to
+/// and loading from an f16 buffer does. Sixteen at a time with F16C/AVX-512 conversions where
+/// present (the same rounding), one at a time otherwise.
+pub fn round_f16_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the features were detected at run time.
+        unsafe { round_f16_avx512(x) };
+        return;
+    }
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn round_f16_avx512(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let v = _mm512_loadu_ps(c.as_ptr());
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        _mm512_storeu_ps(c.as_mut_ptr(), _mm512_cvtph_ps(h));
+    }
+    for v in chunks.into_remainder() {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
 /// AVX-512 versions of the two dot orders (the same operations, lane for lane).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -330,6 +360,39 @@ pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_rounding_matches_the_half_crate_on_every_class_of_value() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut xs: Vec<f32> = (0..10_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                f32::from_bits(seed as u32)
+            })
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            1e-8,
+            -6.1e-5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        xs.extend((0..100).map(|i| 1.0 + i as f32 * 2f32.powi(-11))); // ties
+        let mut fast = xs.clone();
+        round_f16_slice(&mut fast);
+        for (a, &x) in fast.iter().zip(&xs) {
+            let want = half::f16::from_f32(x).to_f32();
+            assert!(
+                a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan()),
+                "{x:e}"
+            );
+        }
+    }
 
     fn ulps(a: f32, b: f32) -> i64 {
         (a.to_bits() as i64 - b.to_bits() as i64).abs()

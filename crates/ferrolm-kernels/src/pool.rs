@@ -237,6 +237,29 @@ pub fn par_columns(y: &mut [f32], m: usize, n: usize, f: impl Fn(usize, usize) -
     });
 }
 
+/// A pointer to `Vec` elements that tasks fill at disjoint indices.
+struct SendPtr<T>(*mut T);
+// SAFETY: tasks write disjoint elements only (see `map`).
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl Pool {
+    /// `[f(0), .., f(n - 1)]`, computed across the pool in contiguous runs.
+    pub fn map<T: Send + Default>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        let mut out: Vec<T> = (0..n).map(|_| T::default()).collect();
+        let ptr = SendPtr(out.as_mut_ptr());
+        let chunk = n.div_ceil(self.threads * 2).max(1);
+        self.run(n.div_ceil(chunk), |c| {
+            let p = &ptr;
+            for i in c * chunk..((c + 1) * chunk).min(n) {
+                // SAFETY: `i < n` lies in `out`, and each index belongs to one task.
+                unsafe { *p.0.add(i) = f(i) };
+            }
+        });
+        out
+    }
+}
+
 /// The process-wide pool: `FERROLM_THREADS`, else `RAYON_NUM_THREADS`, else every core.
 pub fn global() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();

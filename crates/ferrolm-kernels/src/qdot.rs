@@ -359,27 +359,22 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     assert_eq!(y.len(), m * n);
     let row_bytes = k / QK * kind.block_bytes();
     assert_eq!(w.len(), n * row_bytes);
-    let xq: Vec<Vec<BlockQ8_1>> = x
-        .chunks_exact(k)
-        .map(|r| {
-            let mut q = Vec::with_capacity(k / QK);
-            quantize_q8_1(r, &mut q);
-            q
-        })
-        .collect();
     let pool = crate::pool::global();
+    let xq: Vec<Vec<BlockQ8_1>> = pool.map(m, |i| {
+        let mut q = Vec::with_capacity(k / QK);
+        quantize_q8_1(&x[i * k..(i + 1) * k], &mut q);
+        q
+    });
     let chunk = pool.column_chunk(n);
     let out = crate::pool::SharedOut::new(y);
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
     let tiled = m >= 2 && crate::cpu::features().vnni;
     let acts: Vec<Vec<crate::gemm::ActBlock>> = if tiled {
-        xq.iter()
-            .map(|x| {
-                let mut a = Vec::new();
-                crate::gemm::prepare_acts(kind, x, &mut a);
-                a
-            })
-            .collect()
+        pool.map(m, |i| {
+            let mut a = Vec::new();
+            crate::gemm::prepare_acts(kind, &xq[i], &mut a);
+            a
+        })
     } else {
         Vec::new()
     };

@@ -18,9 +18,7 @@ impl KvPrecision {
     /// Rounds values in place to this precision (f16 round-to-nearest-even, as ggml stores).
     pub fn round_slice(self, x: &mut [f32]) {
         if self == KvPrecision::F16 {
-            for v in x {
-                *v = half::f16::from_f32(*v).to_f32();
-            }
+            ferrolm_kernels::numerics::round_f16_slice(x);
         }
     }
 }

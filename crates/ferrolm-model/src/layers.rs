@@ -240,13 +240,30 @@ pub fn attend(
         Vec::new()
     };
     let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
-    global().run(h, |hh| {
+    // Tasks are (head, run of queries), so few heads still fill every thread.
+    let q_chunk = t
+        .div_ceil((global().threads() * 4).div_ceil(h))
+        .clamp(1, 64);
+    let chunks = t.div_ceil(q_chunk);
+    global().run(h * chunks, |task| {
+        let (hh, qc) = (task / chunks, task % chunks);
         let g = hh / n_rep;
         let mut row = vec![0f32; s];
         let mut acc = vec![0f32; lanes * d];
-        for (ti, &qp) in q_pos.iter().enumerate() {
+        for ti in qc * q_chunk..((qc + 1) * q_chunk).min(t) {
+            let qp = q_pos[ti];
             let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
-            for (j, &kp) in k_pos.iter().enumerate() {
+            // Visible keys lie in lo..hi; whole 16-wide chunks outside it are masked, and
+            // their softmax terms are exact zeros, so only c0..c1 is computed.
+            let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
+            let hi = k_pos
+                .iter()
+                .rposition(|&kp| visible(qp, kp))
+                .map_or(lo, |j| j + 1);
+            let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
+            row.iter_mut().for_each(|x| *x = 0.0);
+            for j in c0..c1 {
+                let kp = k_pos[j];
                 row[j] = if visible(qp, kp) {
                     let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
                     let mut sc = if batched {
@@ -262,15 +279,17 @@ pub fn attend(
                     f32::NEG_INFINITY
                 };
             }
-            softmax_row(&mut row, scale);
+            if c1 > c0 {
+                softmax_row(&mut row[c0..c1], scale);
+            }
             if tracing {
-                // SAFETY: head `hh` writes only its own rows of `probs`.
+                // SAFETY: (head, query) rows of `probs` belong to one task each.
                 unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
             }
-            kv.precision.round_slice(&mut row);
+            kv.precision.round_slice(&mut row[c0..c1]);
             acc.iter_mut().for_each(|x| *x = 0.0);
-            pv_accumulate(&row, &v[g * d..], stride, d, lanes, &mut acc);
-            // SAFETY: head `hh` writes only its own `D` values of each output row.
+            pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, &mut acc);
+            // SAFETY: (head, query) output rows belong to one task each.
             let o = unsafe { o_ptr.slice((ti * h + hh) * d, d) };
             if batched {
                 pv_finish_batched(&acc, d, o);
