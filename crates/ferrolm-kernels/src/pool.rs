@@ -260,6 +260,25 @@ impl Pool {
     }
 }
 
+/// Splits `y` into runs of whole rows (`row` floats each) and calls `f(first_row, run)` for
+/// each run across the pool; small inputs run as one piece on the caller.
+pub fn par_rows(y: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = y.len() / row.max(1);
+    let pool = global();
+    if y.len() < 16_384 || rows < 2 || pool.threads() == 1 {
+        f(0, y);
+        return;
+    }
+    let runs = (pool.threads() * 2).min(rows);
+    let per = rows.div_ceil(runs);
+    let out = SharedOut(y.as_mut_ptr());
+    pool.run(rows.div_ceil(per), |r| {
+        let (r0, r1) = (r * per, ((r + 1) * per).min(rows));
+        // SAFETY: runs of rows are disjoint and inside `y`.
+        f(r0, unsafe { out.slice(r0 * row, (r1 - r0) * row) });
+    });
+}
+
 /// The process-wide pool: `FERROLM_THREADS`, else `RAYON_NUM_THREADS`, else every core.
 pub fn global() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();

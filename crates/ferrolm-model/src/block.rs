@@ -2,11 +2,9 @@
 //! the spec enums in `ModelConfig` and the per-layer `LayerPlan`.
 
 use crate::kv::LayerKv;
-use crate::layers::{Attention, FeedForward, Norm, StepCtx};
+use crate::layers::{sized, trace_rows, Attention, FeedForward, Norm, Scratch, StepCtx};
 use crate::spec::LayerPlan;
-use crate::trace::trace;
 use anyhow::Result;
-use candle_core::Tensor;
 
 pub struct Block {
     /// Layer number, for tracing.
@@ -21,36 +19,53 @@ pub struct Block {
     pub post_ffn_norm: Option<Norm>,
 }
 
-fn post(norm: &Option<Norm>, x: Tensor) -> Result<Tensor> {
-    match norm {
-        Some(n) => n.forward(&x),
-        None => Ok(x),
-    }
+/// `x += h`, in parallel over rows when large.
+fn add_into(x: &mut [f32], h: &[f32], c: usize) {
+    ferrolm_kernels::pool::par_rows(x, c, |r0, run| {
+        for (xv, &hv) in run.iter_mut().zip(&h[r0 * c..]) {
+            *xv += hv;
+        }
+    });
 }
 
 impl Block {
-    /// `x: (T, C) -> (T, C)`: pre-norm residual sub-layers, with post-norms when the
-    /// placement is `Sandwich` (they are `None` otherwise).
-    pub fn forward(&self, x: &Tensor, ctx: &StepCtx, kv: &mut LayerKv) -> Result<Tensor> {
+    /// `x: (T, C)` in place: pre-norm residual sub-layers, with post-norms when the
+    /// placement is `Sandwich` (they are `None` otherwise). Works in `s`'s buffers.
+    pub fn forward_rows(
+        &self,
+        x: &mut [f32],
+        ctx: &StepCtx,
+        kv: &mut LayerKv,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let l = Some(self.index);
-        let n = self.attn_norm.forward(x)?;
-        trace("attn_norm", l, &n);
-        let h = self.attn.forward(&n, &self.plan, ctx, kv, self.index)?;
-        trace("attn_out", l, &h);
-        let h = post(&self.post_attn_norm, h)?;
-        trace("attn_post_norm", l, &h);
-        let x = (x + h)?;
+        let c = self.attn_norm.dim();
+        let t = x.len() / c;
+        self.attn_norm.rows(x, sized(&mut s.n, t * c));
+        trace_rows("attn_norm", l, &s.n[..t * c], &[t, c]);
+        self.attn
+            .forward_rows(t, &self.plan, ctx, kv, self.index, s)?;
+        let h = &mut s.h[..t * c];
+        trace_rows("attn_out", l, h, &[t, c]);
+        if let Some(n) = &self.post_attn_norm {
+            n.rows_in_place(h);
+            trace_rows("attn_post_norm", l, h, &[t, c]);
+        }
+        add_into(x, h, c);
         // llama.cpp names this `ffn_inp` in LLaMA graphs and `sa_out` in Gemma's.
-        trace("ffn_inp", l, &x);
-        trace("sa_out", l, &x);
-        let n = self.ffn_norm.forward(&x)?;
-        trace("ffn_norm", l, &n);
-        let h = self.ffn.forward(&n, l)?;
-        trace("ffn_out", l, &h);
-        let h = post(&self.post_ffn_norm, h)?;
-        trace("ffn_post_norm", l, &h);
-        let x = (x + h)?;
-        trace("l_out", l, &x);
-        Ok(x)
+        trace_rows("ffn_inp", l, x, &[t, c]);
+        trace_rows("sa_out", l, x, &[t, c]);
+        self.ffn_norm.rows(x, sized(&mut s.n, t * c));
+        trace_rows("ffn_norm", l, &s.n[..t * c], &[t, c]);
+        self.ffn.forward_rows(t, l, s)?;
+        let h = &mut s.h[..t * c];
+        trace_rows("ffn_out", l, h, &[t, c]);
+        if let Some(n) = &self.post_ffn_norm {
+            n.rows_in_place(h);
+            trace_rows("ffn_post_norm", l, h, &[t, c]);
+        }
+        add_into(x, h, c);
+        trace_rows("l_out", l, x, &[t, c]);
+        Ok(())
     }
 }

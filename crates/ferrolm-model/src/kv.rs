@@ -76,6 +76,8 @@ pub struct KvCache {
     pub n_ctx: usize,
     /// Next position to fill.
     pub next_pos: usize,
+    /// The forward pass's working buffers for this sequence (reused across calls).
+    pub scratch: crate::layers::Scratch,
 }
 
 impl KvCache {
@@ -96,6 +98,7 @@ impl KvCache {
             layers,
             n_ctx,
             next_pos: 0,
+            scratch: Default::default(),
         }
     }
 

@@ -11,33 +11,70 @@ use candle_core::{Device, Tensor};
 /// RMSNorm or LayerNorm over the last dimension; weights already carry any load-time fix-ups.
 pub struct Norm {
     pub spec: NormSpec,
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
 }
 
 impl Norm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        Ok(match self.spec.kind {
-            NormKind::Rms => {
-                let dims = x.dims().to_vec();
-                let c = *dims.last().unwrap_or(&1);
-                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                let w: Vec<f32> = self.weight.to_vec1()?;
-                let mut y = vec![0f32; xs.len()];
-                for (xr, yr) in xs.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-                    rms_norm_row(xr, &w, self.spec.eps, yr);
-                }
-                Tensor::from_vec(y, dims, x.device())?
-            }
-            NormKind::Layer => {
-                let bias = match &self.bias {
-                    Some(b) => b.clone(),
-                    None => self.weight.zeros_like()?,
-                };
-                candle_nn::ops::layer_norm(&x, &self.weight, &bias, self.spec.eps)?
-            }
+    pub fn new(spec: NormSpec, weight: &Tensor, bias: Option<&Tensor>) -> Result<Norm> {
+        Ok(Norm {
+            spec,
+            w: weight.flatten_all()?.to_vec1()?,
+            b: match bias {
+                Some(b) => Some(b.flatten_all()?.to_vec1()?),
+                None => None,
+            },
         })
+    }
+
+    /// Width of the normalised rows.
+    pub fn dim(&self) -> usize {
+        self.w.len()
+    }
+
+    fn row(&self, x: &[f32], y: &mut [f32]) {
+        match self.spec.kind {
+            NormKind::Rms => rms_norm_row(x, &self.w, self.spec.eps, y),
+            NormKind::Layer => layer_norm_row(x, &self.w, self.b.as_deref(), self.spec.eps, y),
+        }
+    }
+
+    /// Normalises each row of `x` into `y` (rows in parallel when there are many).
+    pub fn rows(&self, x: &[f32], y: &mut [f32]) {
+        let c = self.dim();
+        ferrolm_kernels::pool::par_rows(y, c, |r0, run| {
+            for (i, yr) in run.chunks_exact_mut(c).enumerate() {
+                self.row(&x[(r0 + i) * c..(r0 + i + 1) * c], yr);
+            }
+        });
+    }
+
+    /// Normalises each row of `x` in place.
+    pub fn rows_in_place(&self, x: &mut [f32]) {
+        let c = self.dim();
+        ferrolm_kernels::pool::par_rows(x, c, |_, run| {
+            let mut tmp = vec![0f32; c];
+            for xr in run.chunks_exact_mut(c) {
+                self.row(xr, &mut tmp);
+                xr.copy_from_slice(&tmp);
+            }
+        });
+    }
+}
+
+/// LayerNorm of one row as ggml computes it: mean and variance summed in f64, then
+/// `(x - mean) * (1 / sqrt(var + eps)) * w + b`.
+pub fn layer_norm_row(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, y: &mut [f32]) {
+    let n = x.len() as f64;
+    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+    let var: f64 = x
+        .iter()
+        .map(|&v| ((v - mean) * (v - mean)) as f64)
+        .sum::<f64>()
+        / n;
+    let scale = 1.0f32 / (var as f32 + eps).sqrt();
+    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+        *y = (x - mean) * scale * w[i] + b.map_or(0.0, |b| b[i]);
     }
 }
 
@@ -53,22 +90,46 @@ pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
-pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
-    Ok(match act {
-        Activation::Silu => {
-            let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            ferrolm_kernels::numerics::silu_slice(&mut v);
-            Tensor::from_vec(v, x.dims(), x.device())?
+/// Applies `act` in place.
+pub fn activate_slice(act: Activation, x: &mut [f32]) {
+    match act {
+        Activation::Silu => ferrolm_kernels::numerics::silu_slice(x),
+        Activation::GeluTanhF16 => x.iter_mut().for_each(|v| *v = gelu_tanh_f16(*v)),
+        Activation::GeluTanh => x.iter_mut().for_each(|v| {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            let u = SQRT_2_OVER_PI * (*v + 0.044_715 * *v * *v * *v);
+            *v = 0.5 * *v * (1.0 + u.tanh());
+        }),
+        Activation::Gelu => x
+            .iter_mut()
+            .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2) as f32)),
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+/// The error function in f64 (series below 2, continued fraction above; ~1e-15).
+fn erf(x: f64) -> f64 {
+    (1.0 - erfc_pos(x.abs())).copysign(x)
+}
+
+/// `erfc(x)` for `x >= 0` by its series (x small) or continued fraction (x large).
+fn erfc_pos(x: f64) -> f64 {
+    if x < 2.0 {
+        // Maclaurin series of erf.
+        let (mut term, mut sum, x2) = (x, x, x * x);
+        for n in 1..60 {
+            term *= -x2 / n as f64;
+            sum += term / (2 * n + 1) as f64;
         }
-        Activation::GeluTanh => x.gelu()?,
-        Activation::GeluTanhF16 => {
-            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let y: Vec<f32> = v.into_iter().map(gelu_tanh_f16).collect();
-            Tensor::from_vec(y, x.dims(), x.device())?
+        1.0 - sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // Lentz's continued fraction for erfc.
+        let mut f = x;
+        for n in (1..60).rev() {
+            f = x + (n as f64 / 2.0) / f;
         }
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::Relu => x.relu()?,
-    })
+        (-x * x).exp() / (f * std::f64::consts::PI.sqrt())
+    }
 }
 
 /// llama.cpp's table GELU: f16 input, f16 output, exact outside (-10, 10). The table holds
@@ -161,18 +222,70 @@ pub struct FeedForward {
     pub down: Box<dyn Linear>,
 }
 
+/// Per-sequence working buffers for the block's slice path, grown on demand and reused, so a
+/// decode step allocates nothing here.
+#[derive(Default)]
+pub struct Scratch {
+    /// The residual stream `(T, C)`.
+    pub x: Vec<f32>,
+    /// Normed input of the current sub-layer `(T, C)`.
+    pub n: Vec<f32>,
+    /// Sub-layer output `(T, C)`.
+    pub h: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub att: Vec<f32>,
+    pub g: Vec<f32>,
+    pub u: Vec<f32>,
+}
+
+/// `v[..n]`, grown to `n` first when shorter.
+pub fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// `x (t, cols)` as a tensor for tracing (only built when tracing is on).
+pub fn trace_rows(name: &str, layer: Option<usize>, x: &[f32], dims: &[usize]) {
+    if crate::trace::enabled() {
+        if let Ok(t) = Tensor::from_slice(x, dims, &Device::Cpu) {
+            trace(name, layer, &t);
+        }
+    }
+}
+
 impl FeedForward {
-    /// `x: (T, C) -> (T, C)`; `layer` names traced tensors.
-    pub fn forward(&self, x: &Tensor, layer: Option<usize>) -> Result<Tensor> {
-        let h = match (self.spec, &self.gate) {
+    /// `s.n (T, C) -> s.h (T, C)`; `layer` names traced tensors.
+    pub fn forward_rows(&self, t: usize, layer: Option<usize>, s: &mut Scratch) -> Result<()> {
+        let f = self.up.out_dim();
+        let c = self.down.out_dim();
+        let n = &s.n[..t * self.up.in_dim()];
+        let u = sized(&mut s.u, t * f);
+        self.up.forward_slice(n, u)?;
+        let act_out: &mut [f32] = match (self.spec, &self.gate) {
             (Ffn::Gated { act }, Some(gate)) => {
-                (activate(act, &gate.forward(x)?)? * self.up.forward(x)?)?
+                let g = sized(&mut s.g, t * f);
+                gate.forward_slice(n, g)?;
+                let u = &s.u[..t * f];
+                ferrolm_kernels::pool::par_rows(g, f, |r0, run| {
+                    activate_slice(act, run);
+                    for (gv, &uv) in run.iter_mut().zip(&u[r0 * f..]) {
+                        *gv *= uv;
+                    }
+                });
+                g
             }
-            (Ffn::Plain { act }, _) => activate(act, &self.up.forward(x)?)?,
+            (Ffn::Plain { act }, _) => {
+                ferrolm_kernels::pool::par_rows(u, f, |_, run| activate_slice(act, run));
+                u
+            }
             (Ffn::Gated { .. }, None) => anyhow::bail!("gated feed-forward without a gate weight"),
         };
-        trace("ffn_act", layer, &h);
-        self.down.forward(&h)
+        trace_rows("ffn_act", layer, act_out, &[t, f]);
+        self.down.forward_slice(act_out, sized(&mut s.h, t * c))
     }
 }
 
@@ -307,69 +420,95 @@ pub fn attend(
 }
 
 impl Attention {
-    /// `x: (T, C) -> (T, C)`, reading and extending the layer's cache.
-    pub fn forward(
+    /// `s.n (T, C) -> s.h (T, C)`, reading and extending the layer's cache.
+    pub fn forward_rows(
         &self,
-        x: &Tensor,
+        t: usize,
         plan: &LayerPlan,
         ctx: &StepCtx,
         kv: &mut LayerKv,
         layer: usize,
-    ) -> Result<Tensor> {
+        s: &mut Scratch,
+    ) -> Result<()> {
         let l = Some(layer);
         let a = &self.spec;
-        let t = x.dim(0)?;
         let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
-        let q = self.q.forward(x)?.reshape((t, h, d))?;
-        let k = self.k.forward(x)?.reshape((t, hkv, d))?;
-        let v = self.v.forward(x)?.reshape((t, hkv, d))?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
-            None => k,
-        };
-        trace("Qpre", l, &q);
-        let (q, k) = match &plan.position {
-            Position::Rope(spec) => {
-                let tables = ctx
-                    .tables(spec)
-                    .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
-                let mut qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
-                let mut kv_: Vec<f32> = k.flatten_all()?.to_vec1()?;
-                apply_rope(spec, tables, &mut qv, h, d);
-                apply_rope(spec, tables, &mut kv_, hkv, d);
-                (
-                    Tensor::from_vec(qv, (t, h, d), x.device())?,
-                    Tensor::from_vec(kv_, (t, hkv, d), x.device())?,
-                )
-            }
-            Position::None => (q, k),
-        };
-        if crate::trace::enabled() {
-            trace("Qcur", l, &q);
-            trace("Kcur", l, &k);
-            trace("Vcur", l, &v);
+        let n = &s.n[..t * self.q.in_dim()];
+        let q = sized(&mut s.q, t * h * d);
+        let k = sized(&mut s.k, t * hkv * d);
+        let v = sized(&mut s.v, t * hkv * d);
+        self.q.forward_slice(n, q)?;
+        self.k.forward_slice(n, k)?;
+        self.v.forward_slice(n, v)?;
+        if let Some(norm) = &self.q_norm {
+            norm.rows_in_place(q);
         }
-        // (T, H, D) and (T, Hkv, D) rows, rounded to the cache precision as llama.cpp does.
-        let mut qv: Vec<f32> = match a.scale_at {
-            ScaleAt::Queries => (q * a.scale as f64)?,
-            ScaleAt::Scores => q,
+        if let Some(norm) = &self.k_norm {
+            norm.rows_in_place(k);
         }
-        .flatten_all()?
-        .to_vec1()?;
-        let mut kv_new: Vec<f32> = k.flatten_all()?.to_vec1()?;
-        let mut v_new: Vec<f32> = v.flatten_all()?.to_vec1()?;
-        kv.precision.round_slice(&mut qv);
-        kv.precision.round_slice(&mut kv_new);
-        kv.precision.round_slice(&mut v_new);
-        kv.append(&kv_new, &v_new, ctx.pos);
-        let out = attend(a, &qv, kv, ctx.pos, plan.window, l);
+        trace_rows("Qpre", l, q, &[t, h, d]);
+        if let Position::Rope(spec) = &plan.position {
+            let tables = ctx
+                .tables(spec)
+                .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
+            let dims = spec.dims;
+            ferrolm_kernels::pool::par_rows(q, h * d, |r0, run| {
+                apply_rope(spec, &tables[r0 * dims..], run, h, d)
+            });
+            apply_rope(spec, tables, k, hkv, d);
+        }
+        trace_rows("Qcur", l, q, &[t, h, d]);
+        trace_rows("Kcur", l, k, &[t, hkv, d]);
+        trace_rows("Vcur", l, v, &[t, hkv, d]);
+        if a.scale_at == ScaleAt::Queries {
+            q.iter_mut().for_each(|x| *x *= a.scale);
+        }
+        // Rounded to the cache precision as llama.cpp stores them.
+        kv.precision.round_slice(q);
+        kv.precision.round_slice(k);
+        kv.precision.round_slice(v);
+        kv.append(k, v, ctx.pos);
+        let out = attend(a, q, kv, ctx.pos, plan.window, l);
         kv.trim();
-        let out = Tensor::from_vec(out, (t, h * d), x.device())?;
-        trace("kqv_out", l, &out);
-        self.o.forward(&out)
+        trace_rows("kqv_out", l, &out, &[t, h * d]);
+        let c = self.o.out_dim();
+        self.o.forward_slice(&out, sized(&mut s.h, t * c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (-1.5, -0.966_105_146_475_310_7),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (6.0, 1.0),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 1e-13,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_row_normalises() {
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut y = [0f32; 4];
+        layer_norm_row(&x, &[1.0; 4], Some(&[0.5; 4]), 1e-5, &mut y);
+        let mean: f32 = y.iter().sum::<f32>() / 4.0;
+        let var: f32 = y.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
+        assert!(
+            (mean - 0.5).abs() < 1e-6 && (var - 1.0).abs() < 1e-4,
+            "{y:?}"
+        );
     }
 }

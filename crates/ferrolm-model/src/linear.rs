@@ -8,6 +8,15 @@ use candle_core::{Module, Tensor};
 /// `y = x W^T (+ b)` for `x: (.., in)` and `y: (.., out)`.
 pub trait Linear: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// `y (rows, out) = x (rows, in) W^T (+ b)` on plain row-major buffers (the block's path).
+    /// The default goes through `forward`; kernel-backed layers write `y` directly.
+    fn forward_slice(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        let rows = x.len() / self.in_dim();
+        let t = Tensor::from_slice(x, (rows, self.in_dim()), &candle_core::Device::Cpu)?;
+        let out: Vec<f32> = self.forward(&t)?.flatten_all()?.to_vec1()?;
+        y.copy_from_slice(&out);
+        Ok(())
+    }
     fn in_dim(&self) -> usize;
     fn out_dim(&self) -> usize;
     /// A short label for `info` and profiles, e.g. `Q4_K` or `F32`.
@@ -98,7 +107,7 @@ pub struct KernelLinear {
     file: std::sync::Arc<ferrolm_format::GgufFile>,
     info: ferrolm_format::TensorInfo,
     kind: KernelKind,
-    bias: Option<Tensor>,
+    bias_rows: Option<Vec<f32>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -129,32 +138,42 @@ impl KernelLinear {
             GgmlType::Q6_K => KernelKind::K(KQuantKind::Q6K),
             _ => return None,
         };
+        let bias_rows = match &bias {
+            Some(b) => Some(b.flatten_all().ok()?.to_vec1::<f32>().ok()?),
+            None => None,
+        };
         Some(Self {
             file,
             info,
             kind,
-            bias,
+            bias_rows,
         })
     }
 }
 
 impl Linear for KernelLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (k, n) = (self.info.dims[0], self.info.dims[1]);
+        let n = self.info.dims[1];
         let mut dims = x.dims().to_vec();
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let mut y = vec![0f32; xs.len() / k * n];
+        let mut y = vec![0f32; xs.len() / self.info.dims[0] * n];
+        self.forward_slice(&xs, &mut y)?;
+        *dims.last_mut().unwrap() = n;
+        Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+    fn forward_slice(&self, xs: &[f32], y: &mut [f32]) -> Result<()> {
+        let (k, n) = (self.info.dims[0], self.info.dims[1]);
         let w = self.file.tensor_bytes(&self.info);
         match self.kind {
-            KernelKind::Block(kind) => ferrolm_kernels::matmul(kind, w, n, k, &xs, &mut y),
-            KernelKind::K(kind) => ferrolm_kernels::kquant::matmul(kind, w, n, k, &xs, &mut y),
+            KernelKind::Block(kind) => ferrolm_kernels::matmul(kind, w, n, k, xs, y),
+            KernelKind::K(kind) => ferrolm_kernels::kquant::matmul(kind, w, n, k, xs, y),
         }
-        *dims.last_mut().unwrap() = n;
-        let y = Tensor::from_vec(y, dims, x.device())?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        if let Some(b) = &self.bias_rows {
+            for row in y.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        Ok(())
     }
     fn in_dim(&self) -> usize {
         self.info.dims[0]

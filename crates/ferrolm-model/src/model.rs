@@ -4,7 +4,7 @@
 use crate::arch::config_from_gguf;
 use crate::block::Block;
 use crate::kv::{KvCache, KvPrecision};
-use crate::layers::{rope_tables, Attention, FeedForward, Norm, StepCtx};
+use crate::layers::{rope_tables, sized, trace_rows, Attention, FeedForward, Norm, StepCtx};
 use crate::linear::Linear;
 use crate::spec::*;
 use crate::weights::{Embedding, GgufWeights, Slot};
@@ -43,11 +43,7 @@ impl Model {
         let config = config_from_gguf(&file.header)?;
         let w = GgufWeights::new(file);
         let norm = |slot: Slot, il: Option<usize>| -> Result<Norm> {
-            Ok(Norm {
-                spec: config.norm,
-                weight: w.vector(slot, il)?,
-                bias: None,
-            })
+            Norm::new(config.norm, &w.vector(slot, il)?, None)
         };
         let opt_norm = |slot: Slot, il: usize| -> Result<Option<Norm>> {
             if w.has(slot, Some(il)) {
@@ -139,40 +135,64 @@ impl Model {
 
     /// Runs `tokens` at the cache's next positions; returns the final-normed hidden states `(T, C)`.
     pub fn forward_hidden(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Tensor> {
+        let c = self.config.hidden;
+        let mut out = vec![0f32; tokens.len() * c];
+        self.hidden_into(tokens, kv, &mut out)?;
+        Ok(Tensor::from_vec(
+            out,
+            (tokens.len(), c),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+
+    /// `forward_hidden` into `out (T, C)`, on the cache's reusable buffers.
+    fn hidden_into(&self, tokens: &[u32], kv: &mut KvCache, out: &mut [f32]) -> Result<()> {
         if tokens.is_empty() {
             bail!("forward called with no tokens");
         }
         let pos = kv.reserve(tokens.len())?;
-        let mut x = self.embed.rows(tokens)?;
-        if let Some(s) = self.config.embed_scale {
-            x = (x * s as f64)?;
-        }
-        let mut rope = Vec::new();
-        for plan in &self.config.layers {
-            if let Position::Rope(spec) = plan.position {
-                if !rope.iter().any(|(s, _)| *s == spec) {
-                    rope.push((spec, rope_tables(&spec, &pos)));
+        let (t, c) = (tokens.len(), self.config.hidden);
+        let mut x = std::mem::take(&mut kv.scratch.x);
+        let res = (|| {
+            let x = sized(&mut x, t * c);
+            self.embed.rows_into(tokens, x)?;
+            if let Some(s) = self.config.embed_scale {
+                x.iter_mut().for_each(|v| *v *= s);
+            }
+            let mut rope = Vec::new();
+            for plan in &self.config.layers {
+                if let Position::Rope(spec) = plan.position {
+                    if !rope.iter().any(|(s, _)| *s == spec) {
+                        rope.push((spec, rope_tables(&spec, &pos)));
+                    }
                 }
             }
-        }
-        crate::trace::trace("inp_scaled", None, &x);
-        let ctx = StepCtx { pos: &pos, rope };
-        for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
-            x = block.forward(&x, &ctx, layer_kv)?;
-        }
-        let x = self.final_norm.forward(&x)?;
-        crate::trace::trace("result_norm", None, &x);
-        Ok(x)
+            trace_rows("inp_scaled", None, x, &[t, c]);
+            let ctx = StepCtx { pos: &pos, rope };
+            for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
+                block.forward_rows(x, &ctx, layer_kv, &mut kv.scratch)?;
+            }
+            self.final_norm.rows(x, out);
+            trace_rows("result_norm", None, out, &[t, c]);
+            Ok(())
+        })();
+        kv.scratch.x = x;
+        res
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut y = self.head.forward(hidden)?;
-        crate::trace::trace("result_output", None, &y);
+        let t = hidden.dim(0)?;
+        let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+        let v = self.head.out_dim();
+        let mut y = vec![0f32; t * v];
+        self.head.forward_slice(&h, &mut y)?;
+        trace_rows("result_output", None, &y, &[t, v]);
         if let Some(cap) = self.config.final_softcap {
-            y = ((y / cap as f64)?.tanh()? * cap as f64)?;
+            let inv = (1.0 / cap as f64) as f32;
+            y.iter_mut().for_each(|x| *x = (*x * inv).tanh() * cap);
         }
-        Ok(y)
+        Ok(Tensor::from_vec(y, (t, v), &candle_core::Device::Cpu)?)
     }
 
     /// Final hidden states `(T, C)` for `tokens`, run in micro-batches of at most `UBATCH`

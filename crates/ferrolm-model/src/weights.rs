@@ -97,6 +97,17 @@ impl Embedding {
     }
     /// `(T, C)` f32 rows for `ids`.
     pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * self.dim()];
+        self.rows_into(ids, &mut out)?;
+        Ok(Tensor::from_vec(
+            out,
+            (ids.len(), self.dim()),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// The rows for `ids` into `out (T, C)`.
+    pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         let c = self.dim();
         let row_bytes = self
             .info
@@ -104,7 +115,6 @@ impl Embedding {
             .row_bytes(c)
             .ok_or_else(|| anyhow!("bad embedding row size"))?;
         let data = self.file.tensor_bytes(&self.info);
-        let mut out = vec![0f32; ids.len() * c];
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= self.n_rows() {
@@ -116,7 +126,7 @@ impl Embedding {
             let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
             dequantize(self.info.ty, bytes, &mut out[i * c..(i + 1) * c])?;
         }
-        Ok(Tensor::from_vec(out, (ids.len(), c), &Device::Cpu)?)
+        Ok(())
     }
 }
 
