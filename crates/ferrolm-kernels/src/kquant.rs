@@ -184,6 +184,78 @@ fn lanes_scalar(q: &[u8; QK_K], y: &BlockQ8K) -> Lanes {
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn lanes_vnni(kind: KQuantKind, b: &[u8], y: &BlockQ8K) -> Lanes {
     use std::arch::x86_64::*;
+    let codes = codes_vnni(kind, b);
+    let mut out = [[0i32; 8]; 8];
+    for c in 0..8 {
+        let yq = _mm256_loadu_si256(y.qs.as_ptr().add(32 * c) as *const __m256i);
+        let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[c], yq);
+        _mm256_storeu_si256(out[c].as_mut_ptr() as *mut __m256i, l);
+    }
+    out
+}
+
+/// `dot_row_single` with the lanes kept in registers: the integer lanes are formed with vector
+/// multiplies (`vpmulld`, and `vpmaddwd` for Q6_K's offset terms) and the float steps are the
+/// same fused multiply-adds, so the bits are the portable order's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_row_single_vnni(kind: KQuantKind, row: &[u8], x: &[BlockQ8K]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut dec = new_decoded();
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = [0f32; 4];
+    for (b, y) in row.chunks_exact(kind.block_bytes()).zip(x) {
+        decode_scales(kind, b, &mut dec);
+        let codes = codes_vnni(kind, b);
+        let yq = |c: usize| _mm256_loadu_si256(y.qs.as_ptr().add(32 * c) as *const __m256i);
+        let mut lanes = _mm256_setzero_si256();
+        match kind {
+            KQuantKind::Q4K => {
+                let dmin = -y.d * dec.dmin;
+                for (i, am) in acc_m.iter_mut().enumerate() {
+                    let sb = |s: usize| y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32;
+                    let prod = dec.mins[2 * i] * sb(2 * i) + dec.mins[2 * i + 1] * sb(2 * i + 1);
+                    *am = dmin.mul_add(prod as f32, *am);
+                }
+                for s in 0..8 {
+                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[s], yq(s));
+                    let sc = _mm256_set1_epi32(dec.scales[s]);
+                    lanes = _mm256_add_epi32(lanes, _mm256_mullo_epi32(l, sc));
+                }
+            }
+            KQuantKind::Q6K => {
+                for c in 0..8 {
+                    let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[c], yq(c));
+                    let sc = _mm256_set_m128i(
+                        _mm_set1_epi32(dec.scales[2 * c + 1]),
+                        _mm_set1_epi32(dec.scales[2 * c]),
+                    );
+                    lanes = _mm256_add_epi32(lanes, _mm256_mullo_epi32(l, sc));
+                }
+                // Lane k: bsums[2k] * scale[2k] + bsums[2k+1] * scale[2k+1], times 32.
+                let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192) as *const _));
+                let sub = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+                lanes = _mm256_sub_epi32(lanes, sub);
+            }
+        }
+        let d = y.d * dec.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+    }
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    let h = hsum8(&a);
+    match kind {
+        KQuantKind::Q4K => h + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])),
+        KQuantKind::Q6K => h,
+    }
+}
+
+/// A super-block's 256 unsigned codes as eight vectors of 32 (values `32c .. 32c + 32`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn codes_vnni(kind: KQuantKind, b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0x0F);
     let mut codes = [_mm256_setzero_si256(); 8];
     match kind {
@@ -219,13 +291,7 @@ unsafe fn lanes_vnni(kind: KQuantKind, b: &[u8], y: &BlockQ8K) -> Lanes {
             }
         }
     }
-    let mut out = [[0i32; 8]; 8];
-    for c in 0..8 {
-        let yq = _mm256_loadu_si256(y.qs.as_ptr().add(32 * c) as *const __m256i);
-        let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[c], yq);
-        _mm256_storeu_si256(out[c].as_mut_ptr() as *mut __m256i, l);
-    }
-    out
+    codes
 }
 
 /// Decodes the block's scales into `dec` and returns its lanes against `y`.
@@ -420,7 +486,13 @@ fn dot_row_in(
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is only true when `crate::cpu::features().vnni` detected these features.
-        return unsafe { dot_row_in_vnni(kind, row, x, order, dec) };
+        return unsafe {
+            if order == Order::Single {
+                dot_row_single_vnni(kind, row, x)
+            } else {
+                dot_row_in_vnni(kind, row, x, order, dec)
+            }
+        };
     }
     dot_row_in_body(kind, row, x, order, dec, false)
 }
