@@ -58,6 +58,7 @@ pub fn run(
     ns: &[usize],
     repeats: usize,
     depths: &[usize],
+    profile: bool,
 ) -> Result<()> {
     let lm = open(m)?;
     let model = &lm.model;
@@ -86,6 +87,7 @@ pub fn run(
         if t.depth > 0 {
             model.forward_hidden_chunked(context, &mut kv)?;
         }
+        ferrolm_model::profile::take();
         let t0 = Instant::now();
         if t.prompt {
             model.forward(rest, &mut kv, Logits::Last)?;
@@ -105,9 +107,21 @@ pub fn run(
             ..*t
         })?;
         let mut runs = Vec::new();
+        ferrolm_model::profile::enable(profile);
+        let mut table: Vec<(&'static str, f64, u64)> = Vec::new();
         for _ in 0..repeats.max(1) {
             runs.push(once(t)?);
+            for (name, secs, calls) in ferrolm_model::profile::take() {
+                match table.iter_mut().find(|e| e.0 == name) {
+                    Some(e) => {
+                        e.1 += secs;
+                        e.2 += calls;
+                    }
+                    None => table.push((name, secs, calls)),
+                }
+            }
         }
+        ferrolm_model::profile::enable(false);
         let med = median(runs.clone());
         if !m.json {
             let list: Vec<String> = runs.iter().map(|r| format!("{r:.1}")).collect();
@@ -119,9 +133,32 @@ pub fn run(
                 list.join(", ")
             );
         }
+        let tokens = (t.len * runs.len()) as f64;
+        let total: f64 = table.iter().map(|e| e.1).sum();
+        let wall: f64 = runs.iter().map(|r| t.len as f64 / r).sum();
+        if profile && !m.json {
+            println!("  {:<32} {:>10} {:>7}", "operation", "ms/token", "share");
+            for (name, secs, _) in &table {
+                println!(
+                    "  {name:<32} {:>10.4} {:>6.1}%",
+                    secs / tokens * 1e3,
+                    secs / wall * 100.0
+                );
+            }
+            println!(
+                "  {:<32} {:>10.4} {:>6.1}%",
+                "(outside these: sampling, glue)",
+                (wall - total).max(0.0) / tokens * 1e3,
+                (wall - total).max(0.0) / wall * 100.0
+            );
+        }
+        let prof: Vec<_> = table
+            .iter()
+            .map(|(n, s, c)| json!({"op": n, "ms_per_token": s / tokens * 1e3, "calls": c}))
+            .collect();
         results.push(json!({
             "test": t.name(), "kind": if t.prompt { "pp" } else { "tg" }, "n": t.len,
-            "depth": t.depth, "tok_s": med, "runs": runs,
+            "depth": t.depth, "tok_s": med, "runs": runs, "profile": prof,
         }));
     }
     if m.json {

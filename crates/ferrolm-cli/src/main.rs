@@ -155,6 +155,9 @@ enum Cmd {
         /// comma-separated).
         #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
         depth: Vec<usize>,
+        /// Also print where the time goes: milliseconds per token by operation.
+        #[arg(long)]
+        profile: bool,
     },
     /// Architecture, sizes, tensor types, context and template of a model.
     Info {
@@ -196,7 +199,8 @@ fn run() -> anyhow::Result<()> {
             n,
             repeats,
             depth,
-        } => bench::run(&m, &p, &n, repeats, &depth),
+            profile,
+        } => bench::run(&m, &p, &n, repeats, &depth, profile),
         Cmd::Info { m } => commands::info(&m),
         Cmd::Pull { name, list } => commands::pull(name, list),
     }

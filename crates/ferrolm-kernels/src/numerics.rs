@@ -113,7 +113,7 @@ fma_dispatch! {
 /// above over 16-wide chunks each reduced with `reduce_add16` into an f64 sum, then every
 /// value multiplied by `(f32)(1 / sum)`. `-inf` entries (masked) come out as 0. Rows are
 /// treated as padded with `-inf` to a multiple of 16, as llama.cpp's padded KV cache is.
-pub fn softmax_row(x: &mut [f32], scale: f32) -> () {
+pub fn softmax_row_portable(x: &mut [f32], scale: f32) -> () {
     let mut max = f32::NEG_INFINITY;
     for v in x.iter_mut() {
         *v *= scale;
@@ -167,10 +167,112 @@ unsafe fn round_f16_avx512(x: &mut [f32]) {
     }
 }
 
+/// `softmax_row_portable` with sixteen `expf` lanes per instruction where AVX-512 is present
+/// (the same operations lane for lane, `vscalefps` being what the portable `scalef` models).
+pub fn softmax_row(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 {
+        // SAFETY: detected at run time.
+        unsafe { avx512::softmax_row(x, scale) };
+        return;
+    }
+    softmax_row_portable(x, scale)
+}
+
 /// AVX-512 versions of the two dot orders (the same operations, lane for lane).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    /// `expf` on 16 lanes (ggml's `ggml_v_expf` for AVX-512).
+    #[inline(always)]
+    pub(super) unsafe fn expf16(x: __m512) -> __m512 {
+        unsafe {
+            let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+            let r = c(0x4b40_0000);
+            let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), r);
+            let n = _mm512_sub_ps(z, r);
+            let nn = _mm512_sub_ps(_mm512_setzero_ps(), n);
+            let b = _mm512_fmadd_ps(nn, c(0x35bf_be8e), _mm512_fmadd_ps(nn, c(0x3f31_7200), x));
+            let u = _mm512_mul_ps(b, b);
+            let j = _mm512_fmadd_ps(
+                _mm512_fmadd_ps(
+                    _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                    u,
+                    _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+                ),
+                u,
+                _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+            );
+            let res = _mm512_scalef_ps(j, n);
+            let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(n, _mm512_setzero_ps());
+            let edge = _mm512_maskz_mov_ps(pos, _mm512_set1_ps(f32::INFINITY));
+            _mm512_mask_blend_ps(big, res, edge)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn softmax_row(x: &mut [f32], scale: f32) {
+        let mut max = f32::NEG_INFINITY;
+        for v in x.iter_mut() {
+            *v *= scale;
+            if *v > max {
+                max = *v;
+            }
+        }
+        let mut sum = 0f64;
+        let mx = _mm512_set1_ps(max);
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let e = expf16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), mx));
+            _mm512_storeu_ps(c.as_mut_ptr(), e);
+            sum += reduce(e) as f64;
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let mut lanes = [0f32; 16];
+            for (l, v) in lanes.iter_mut().zip(tail.iter_mut()) {
+                *v = super::expf(*v - max);
+                *l = *v;
+            }
+            sum += super::reduce_add16(&lanes) as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    /// `pv_accumulate` with 512-bit vectors (`d` a multiple of 16): per element the same
+    /// fused multiply-add in the same order.
+    #[target_feature(enable = "avx512f,fma,avx2")]
+    pub unsafe fn pv_accumulate(
+        probs: &[f32],
+        v: &[f32],
+        stride: usize,
+        d: usize,
+        lanes: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(d % 16 == 0 && acc.len() >= lanes * d);
+        for (j, &p) in probs.iter().enumerate() {
+            if p == 0.0 {
+                continue;
+            }
+            let vr = &v[j * stride..j * stride + d];
+            let a = acc.as_mut_ptr().add((j % lanes) * d);
+            let pv = _mm512_set1_ps(p);
+            for e in (0..d).step_by(16) {
+                let s = _mm512_fmadd_ps(
+                    pv,
+                    _mm512_loadu_ps(vr.as_ptr().add(e)),
+                    _mm512_loadu_ps(a.add(e)),
+                );
+                _mm512_storeu_ps(a.add(e), s);
+            }
+        }
+    }
 
     /// `reduce_add16` on a register.
     #[inline(always)]
@@ -319,7 +421,7 @@ fma_dispatch! {
 /// `finish_batched`, each output equals `dot_batched` over the value column; with `lanes = 64`
 /// and `finish_single`, `dot_single_padded`. Zero probabilities (masked) are skipped: adding
 /// `0 * v` leaves a lane unchanged.
-pub fn pv_accumulate(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: usize, acc: &mut [f32]) -> () {
+pub fn pv_accumulate_portable(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: usize, acc: &mut [f32]) -> () {
     for (j, &p) in probs.iter().enumerate() {
         if p == 0.0 {
             continue;
@@ -332,6 +434,24 @@ pub fn pv_accumulate(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: u
         }
     }
 }
+}
+
+/// `pv_accumulate_portable`, with 512-bit vectors where present and `d` allows.
+pub fn pv_accumulate(
+    probs: &[f32],
+    v: &[f32],
+    stride: usize,
+    d: usize,
+    lanes: usize,
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 && d % 16 == 0 {
+        // SAFETY: detected at run time.
+        unsafe { avx512::pv_accumulate(probs, v, stride, d, lanes, acc) };
+        return;
+    }
+    pv_accumulate_portable(probs, v, stride, d, lanes, acc)
 }
 
 /// Reduces 16 lanes of `pv_accumulate` into `out` (tinyBLAS order).
@@ -360,6 +480,78 @@ pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_softmax_and_pv_give_the_portable_bits() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for n in [1usize, 7, 16, 33, 64, 100, 517] {
+            let mut x: Vec<f32> = (0..n).map(|_| rnd() * 40.0).collect();
+            for i in (0..n).step_by(5) {
+                x[i] = f32::NEG_INFINITY;
+            }
+            x[n / 2] = rnd() * 90.0;
+            let (mut a, mut b) = (x.clone(), x.clone());
+            softmax_row(&mut a, 0.125);
+            softmax_row_portable(&mut b, 0.125);
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "softmax n={n}"
+            );
+            for (d, lanes) in [(64usize, 64usize), (256, 16), (48, 16)] {
+                let stride = d + 16;
+                let v: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
+                let (mut a1, mut a2) = (vec![0f32; lanes * d], vec![0f32; lanes * d]);
+                pv_accumulate(&a, &v, stride, d, lanes, &mut a1);
+                pv_accumulate_portable(&a, &v, stride, d, lanes, &mut a2);
+                assert_eq!(
+                    a1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    a2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "pv n={n} d={d}"
+                );
+            }
+        }
+        // expf's edges: huge, tiny, subnormal results, NaN, infinities.
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::features().avx512 {
+            use std::arch::x86_64::*;
+            let mut xs: Vec<f32> =
+                vec![-200.0, -100.0, -87.5, -103.9, -0.0, 88.0, 88.8, 89.0, 200.0];
+            xs.extend([
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -126.5,
+                -149.0,
+                -150.5,
+                1e-8,
+            ]);
+            xs.extend((0..4000).map(|_| rnd() * 110.0));
+            for c in xs.chunks_exact(16) {
+                let mut out = [0f32; 16];
+                // SAFETY: AVX-512 was detected.
+                unsafe {
+                    _mm512_storeu_ps(
+                        out.as_mut_ptr(),
+                        avx512::expf16(_mm512_loadu_ps(c.as_ptr())),
+                    )
+                };
+                for (o, &x) in out.iter().zip(c) {
+                    let want = expf(x);
+                    assert!(
+                        o.to_bits() == want.to_bits() || (o.is_nan() && want.is_nan()),
+                        "expf({x:e}) {o:e} vs {want:e}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn f16_rounding_matches_the_half_crate_on_every_class_of_value() {

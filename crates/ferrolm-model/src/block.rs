@@ -3,6 +3,7 @@
 
 use crate::kv::LayerKv;
 use crate::layers::{sized, trace_rows, Attention, FeedForward, Norm, Scratch, StepCtx};
+use crate::profile::scope;
 use crate::spec::LayerPlan;
 use anyhow::Result;
 
@@ -41,30 +42,38 @@ impl Block {
         let l = Some(self.index);
         let c = self.attn_norm.dim();
         let t = x.len() / c;
-        self.attn_norm.rows(x, sized(&mut s.n, t * c));
+        {
+            let _p = scope("norms");
+            self.attn_norm.rows(x, sized(&mut s.n, t * c));
+        }
         trace_rows("attn_norm", l, &s.n[..t * c], &[t, c]);
         self.attn
             .forward_rows(t, &self.plan, ctx, kv, self.index, s)?;
         let h = &mut s.h[..t * c];
         trace_rows("attn_out", l, h, &[t, c]);
         if let Some(n) = &self.post_attn_norm {
+            let _p = scope("norms");
             n.rows_in_place(h);
             trace_rows("attn_post_norm", l, h, &[t, c]);
         }
-        add_into(x, h, c);
+        scope("residual adds").run(|| add_into(x, h, c));
         // llama.cpp names this `ffn_inp` in LLaMA graphs and `sa_out` in Gemma's.
         trace_rows("ffn_inp", l, x, &[t, c]);
         trace_rows("sa_out", l, x, &[t, c]);
-        self.ffn_norm.rows(x, sized(&mut s.n, t * c));
+        {
+            let _p = scope("norms");
+            self.ffn_norm.rows(x, sized(&mut s.n, t * c));
+        }
         trace_rows("ffn_norm", l, &s.n[..t * c], &[t, c]);
         self.ffn.forward_rows(t, l, s)?;
         let h = &mut s.h[..t * c];
         trace_rows("ffn_out", l, h, &[t, c]);
         if let Some(n) = &self.post_ffn_norm {
+            let _p = scope("norms");
             n.rows_in_place(h);
             trace_rows("ffn_post_norm", l, h, &[t, c]);
         }
-        add_into(x, h, c);
+        scope("residual adds").run(|| add_into(x, h, c));
         trace_rows("l_out", l, x, &[t, c]);
         Ok(())
     }

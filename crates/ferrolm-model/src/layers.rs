@@ -3,6 +3,7 @@
 
 use crate::kv::LayerKv;
 use crate::linear::Linear;
+use crate::profile::scope;
 use crate::spec::*;
 use crate::trace::trace;
 use anyhow::Result;
@@ -264,12 +265,13 @@ impl FeedForward {
         let c = self.down.out_dim();
         let n = &s.n[..t * self.up.in_dim()];
         let u = sized(&mut s.u, t * f);
-        self.up.forward_slice(n, u)?;
+        scope("matmul: ffn gate, up").run(|| self.up.forward_slice(n, u))?;
         let act_out: &mut [f32] = match (self.spec, &self.gate) {
             (Ffn::Gated { act }, Some(gate)) => {
                 let g = sized(&mut s.g, t * f);
-                gate.forward_slice(n, g)?;
+                scope("matmul: ffn gate, up").run(|| gate.forward_slice(n, g))?;
                 let u = &s.u[..t * f];
+                let _p = scope("activation");
                 ferrolm_kernels::pool::par_rows(g, f, |r0, run| {
                     activate_slice(act, run);
                     for (gv, &uv) in run.iter_mut().zip(&u[r0 * f..]) {
@@ -279,13 +281,14 @@ impl FeedForward {
                 g
             }
             (Ffn::Plain { act }, _) => {
+                let _p = scope("activation");
                 ferrolm_kernels::pool::par_rows(u, f, |_, run| activate_slice(act, run));
                 u
             }
             (Ffn::Gated { .. }, None) => anyhow::bail!("gated feed-forward without a gate weight"),
         };
         trace_rows("ffn_act", layer, act_out, &[t, f]);
-        self.down.forward_slice(act_out, sized(&mut s.h, t * c))
+        scope("matmul: ffn down").run(|| self.down.forward_slice(act_out, sized(&mut s.h, t * c)))
     }
 }
 
@@ -437,14 +440,20 @@ impl Attention {
         let q = sized(&mut s.q, t * h * d);
         let k = sized(&mut s.k, t * hkv * d);
         let v = sized(&mut s.v, t * hkv * d);
-        self.q.forward_slice(n, q)?;
-        self.k.forward_slice(n, k)?;
-        self.v.forward_slice(n, v)?;
-        if let Some(norm) = &self.q_norm {
-            norm.rows_in_place(q);
+        {
+            let _p = scope("matmul: attention q, k, v");
+            self.q.forward_slice(n, q)?;
+            self.k.forward_slice(n, k)?;
+            self.v.forward_slice(n, v)?;
         }
-        if let Some(norm) = &self.k_norm {
-            norm.rows_in_place(k);
+        {
+            let _p = scope("norms");
+            if let Some(norm) = &self.q_norm {
+                norm.rows_in_place(q);
+            }
+            if let Some(norm) = &self.k_norm {
+                norm.rows_in_place(k);
+            }
         }
         trace_rows("Qpre", l, q, &[t, h, d]);
         if let Position::Rope(spec) = &plan.position {
@@ -452,6 +461,7 @@ impl Attention {
                 .tables(spec)
                 .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
             let dims = spec.dims;
+            let _p = scope("rope");
             ferrolm_kernels::pool::par_rows(q, h * d, |r0, run| {
                 apply_rope(spec, &tables[r0 * dims..], run, h, d)
             });
@@ -460,6 +470,7 @@ impl Attention {
         trace_rows("Qcur", l, q, &[t, h, d]);
         trace_rows("Kcur", l, k, &[t, hkv, d]);
         trace_rows("Vcur", l, v, &[t, hkv, d]);
+        let p = scope("attention");
         if a.scale_at == ScaleAt::Queries {
             q.iter_mut().for_each(|x| *x *= a.scale);
         }
@@ -470,9 +481,10 @@ impl Attention {
         kv.append(k, v, ctx.pos);
         let out = attend(a, q, kv, ctx.pos, plan.window, l);
         kv.trim();
+        drop(p);
         trace_rows("kqv_out", l, &out, &[t, h * d]);
         let c = self.o.out_dim();
-        self.o.forward_slice(&out, sized(&mut s.h, t * c))
+        scope("matmul: attention output").run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod layers;
 pub mod linear;
 pub mod model;
+pub mod profile;
 pub mod spec;
 pub mod trace;
 pub mod weights;

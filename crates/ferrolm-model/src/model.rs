@@ -6,6 +6,7 @@ use crate::block::Block;
 use crate::kv::{KvCache, KvPrecision};
 use crate::layers::{rope_tables, sized, trace_rows, Attention, FeedForward, Norm, StepCtx};
 use crate::linear::Linear;
+use crate::profile::scope;
 use crate::spec::*;
 use crate::weights::{Embedding, GgufWeights, Slot};
 use anyhow::{bail, Result};
@@ -155,7 +156,7 @@ impl Model {
         let mut x = std::mem::take(&mut kv.scratch.x);
         let res = (|| {
             let x = sized(&mut x, t * c);
-            self.embed.rows_into(tokens, x)?;
+            scope("embedding").run(|| self.embed.rows_into(tokens, x))?;
             if let Some(s) = self.config.embed_scale {
                 x.iter_mut().for_each(|v| *v *= s);
             }
@@ -172,7 +173,7 @@ impl Model {
             for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
                 block.forward_rows(x, &ctx, layer_kv, &mut kv.scratch)?;
             }
-            self.final_norm.rows(x, out);
+            scope("norms").run(|| self.final_norm.rows(x, out));
             trace_rows("result_norm", None, out, &[t, c]);
             Ok(())
         })();
@@ -186,7 +187,7 @@ impl Model {
         let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
         let v = self.head.out_dim();
         let mut y = vec![0f32; t * v];
-        self.head.forward_slice(&h, &mut y)?;
+        scope("matmul: output head").run(|| self.head.forward_slice(&h, &mut y))?;
         trace_rows("result_output", None, &y, &[t, v]);
         if let Some(cap) = self.config.final_softcap {
             let inv = (1.0 / cap as f64) as f32;
