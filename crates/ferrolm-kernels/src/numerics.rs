@@ -255,7 +255,7 @@ mod avx512 {
         lanes: usize,
         acc: &mut [f32],
     ) {
-        assert!(d % 16 == 0 && acc.len() >= lanes * d);
+        assert!(d.is_multiple_of(16) && acc.len() >= lanes * d);
         for (j, &p) in probs.iter().enumerate() {
             if p == 0.0 {
                 continue;
@@ -446,7 +446,7 @@ pub fn pv_accumulate(
     acc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::features().avx512 && d % 16 == 0 {
+    if crate::cpu::features().avx512 && d.is_multiple_of(16) {
         // SAFETY: detected at run time.
         unsafe { avx512::pv_accumulate(probs, v, stride, d, lanes, acc) };
         return;
