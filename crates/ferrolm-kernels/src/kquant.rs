@@ -554,33 +554,33 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
         q
     });
     let simd = crate::cpu::features().vnni;
-    if simd && m >= 2 && order_for(kind, n, m, 0) != Order::Single {
-        // Many rows: 16-row tiles (the ragged tail row by row), the same bits.
-        let pool = crate::pool::global();
-        let chunk = pool.column_chunk(n).next_multiple_of(crate::kgemm::ROWS);
-        let out = crate::pool::SharedOut::new(y);
-        pool.run(n.div_ceil(chunk), |c| {
-            let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-            let jt = j0 + (j1 - j0) / crate::kgemm::ROWS * crate::kgemm::ROWS;
-            let order_of = |i: usize| order_for(kind, n, m, i);
+    // Many rows: whole 16-row tiles through the K-quant GEMM (same bits); the ragged rest, and
+    // everything when there is no GEMM for this case, row by row.
+    let tiled = simd && m >= 2 && order_for(kind, n, m, 0) != Order::Single;
+    let pool = crate::pool::global();
+    let chunk = pool.column_chunk(n).next_multiple_of(crate::kgemm::ROWS);
+    let out = crate::pool::SharedOut::new(y);
+    let order_of = |i: usize| order_for(kind, n, m, i);
+    pool.run(n.div_ceil(chunk), |c| {
+        let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        let jt = if tiled {
+            j0 + (j1 - j0) / crate::kgemm::ROWS * crate::kgemm::ROWS
+        } else {
+            j0
+        };
+        if jt > j0 {
             // SAFETY: columns j0..j1 belong to this task only.
             unsafe { crate::kgemm::rows_times_acts(kind, w, &xq, n, (j0, jt), order_of, out) };
-            let mut dec = new_decoded();
-            for j in jt..j1 {
-                let row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for (i, x) in xq.iter().enumerate() {
-                    let v = dot_row_in(kind, row, x, order_of(i), &mut dec, simd);
-                    // SAFETY: as above.
-                    unsafe { out.slice(i * n + j, 1)[0] = v };
-                }
-            }
-        });
-        return;
-    }
-    crate::pool::par_columns(y, m, n, |j, i| {
+        }
         let mut dec = new_decoded();
-        let row = &w[j * row_bytes..(j + 1) * row_bytes];
-        dot_row_in(kind, row, &xq[i], order_for(kind, n, m, i), &mut dec, simd)
+        for j in jt..j1 {
+            let row = &w[j * row_bytes..(j + 1) * row_bytes];
+            for (i, x) in xq.iter().enumerate() {
+                let v = dot_row_in(kind, row, x, order_of(i), &mut dec, simd);
+                // SAFETY: as above.
+                unsafe { out.slice(i * n + j, 1)[0] = v };
+            }
+        }
     });
 }
 

@@ -95,17 +95,6 @@ impl Embedding {
     pub fn n_rows(&self) -> usize {
         self.info.n_rows()
     }
-    /// `(T, C)` f32 rows for `ids`.
-    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
-        let mut out = vec![0f32; ids.len() * self.dim()];
-        self.rows_into(ids, &mut out)?;
-        Ok(Tensor::from_vec(
-            out,
-            (ids.len(), self.dim()),
-            &Device::Cpu,
-        )?)
-    }
-
     /// The rows for `ids` into `out (T, C)`.
     pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         let c = self.dim();
