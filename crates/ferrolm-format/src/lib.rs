@@ -7,6 +7,9 @@
 //! - [`dequant`]: the scalar reference dequantization ([`dequantize`]), equal bit for bit to
 //!   ggml's; fast kernels elsewhere are tested against it.
 //! - [`writer`]: [`GgufWriter`], which writes GGUF files (tests, fuzz seeds, conversion).
+//! - [`hf`]: Hugging Face model directories ([`hf::HfDir`]): `config.json`, memory-mapped and
+//!   validated safetensors weights (single, sharded or loose), `generation_config.json`, the
+//!   sentence-transformers files and their pooling ([`hf::pool`]).
 //! - [`fuzz_one`]: the fuzz target body, shared by `fuzz/` and the corpus replay test.
 //! - [`FormatError`]: one-line errors that say what is wrong and what to do.
 //!
@@ -30,6 +33,7 @@ pub mod dequant;
 pub mod error;
 mod fuzz;
 pub mod gguf;
+pub mod hf;
 pub mod test_models;
 pub mod types;
 pub mod writer;

@@ -76,8 +76,23 @@ pub struct KvCache {
     pub n_ctx: usize,
     /// Next position to fill.
     pub next_pos: usize,
+    /// The encoder's keys and values per cross-attention layer (encoder-decoder models).
+    pub cross: Vec<LayerKv>,
     /// The forward pass's working buffers for this sequence (reused across calls).
     pub scratch: crate::layers::Scratch,
+}
+
+impl Clone for KvCache {
+    /// A copy of the cached state (for beam forks); working buffers are not copied.
+    fn clone(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            n_ctx: self.n_ctx,
+            next_pos: self.next_pos,
+            cross: self.cross.clone(),
+            scratch: Default::default(),
+        }
+    }
 }
 
 impl KvCache {
@@ -98,6 +113,7 @@ impl KvCache {
             layers,
             n_ctx,
             next_pos: 0,
+            cross: Vec::new(),
             scratch: Default::default(),
         }
     }
@@ -111,6 +127,7 @@ impl KvCache {
             };
         }
         self.next_pos = 0;
+        self.cross.clear();
     }
 
     /// Positions for `n` new tokens, or an error when they would pass the context size.

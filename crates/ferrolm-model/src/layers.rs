@@ -17,6 +17,10 @@ pub struct Norm {
 }
 
 impl Norm {
+    pub fn from_vecs(spec: NormSpec, w: Vec<f32>, b: Option<Vec<f32>>) -> Norm {
+        Norm { spec, w, b }
+    }
+
     pub fn new(spec: NormSpec, weight: &Tensor, bias: Option<&Tensor>) -> Result<Norm> {
         Ok(Norm {
             spec,
@@ -162,11 +166,12 @@ pub fn gelu_tanh_f16(x: f32) -> f32 {
 
 /// Per-position `(cos, sin)` pairs for one RoPE spec, computed as llama.cpp does: angle
 /// `theta_i = p * base^(-2i/dims)` by repeated f32 multiplication, then `cosf`/`sinf`.
-/// `out` gets `dims` floats: `cos_0, sin_0, cos_1, sin_1, ...`.
+/// `out` gets `dims` floats: `cos_0, sin_0, cos_1, sin_1, ...`. (Unscaled and linear RoPE only;
+/// the other scalings go through [`rope_freqs`].)
 pub fn rope_cache(spec: &RopeSpec, p: usize, out: &mut Vec<f32>) {
     let freq_scale = match spec.scaling {
-        RopeScaling::None => 1.0f32,
         RopeScaling::Linear { factor } => 1.0 / factor,
+        _ => 1.0f32,
     };
     let theta_scale = spec.theta.powf(-2.0 / spec.dims as f32);
     out.clear();
@@ -176,6 +181,122 @@ pub fn rope_cache(spec: &RopeSpec, p: usize, out: &mut Vec<f32>) {
         out.push(t.cos());
         out.push(t.sin());
         theta *= theta_scale;
+    }
+}
+
+/// The inverse frequencies (`dims / 2`) and the cos/sin multiplier of a scaled RoPE for a call
+/// reaching `seq_len` positions, as Hugging Face's `modeling_rope_utils` computes them (f32).
+pub fn rope_freqs(spec: &RopeSpec, seq_len: usize) -> (Vec<f32>, f32) {
+    let dims = spec.dims;
+    let base_pow = |base: f32| -> Vec<f32> {
+        (0..dims / 2)
+            .map(|i| base.powf((2 * i) as f32 / dims as f32))
+            .collect()
+    };
+    let inv = |base: f32| -> Vec<f32> { base_pow(base).iter().map(|b| 1.0 / b).collect() };
+    match &spec.scaling {
+        RopeScaling::None => (inv(spec.theta), 1.0),
+        RopeScaling::Linear { factor } => {
+            (inv(spec.theta).iter().map(|f| f / factor).collect(), 1.0)
+        }
+        RopeScaling::Dynamic { factor, orig } => {
+            let n = seq_len.max(*orig) as f32;
+            let d = dims as f32;
+            let base = spec.theta * ((factor * n / *orig as f32) - (factor - 1.0)).powf(d / (d - 2.0));
+            (inv(base), 1.0)
+        }
+        RopeScaling::Yarn {
+            factor,
+            orig,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+            mscale,
+            mscale_all_dim,
+            truncate,
+        } => {
+            let get_mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let f = *factor as f64;
+            let af = attn_factor.map(|a| a as f64).unwrap_or_else(|| {
+                if *mscale != 0.0 && *mscale_all_dim != 0.0 {
+                    get_mscale(f, *mscale as f64) / get_mscale(f, *mscale_all_dim as f64)
+                } else {
+                    get_mscale(f, 1.0)
+                }
+            });
+            let base = spec.theta as f64;
+            let corr = |rot: f64| {
+                (dims as f64 * (*orig as f64 / (rot * 2.0 * std::f64::consts::PI)).ln())
+                    / (2.0 * base.ln())
+            };
+            let (mut low, mut high) = (corr(*beta_fast as f64), corr(*beta_slow as f64));
+            if *truncate {
+                low = low.floor();
+                high = high.ceil();
+            }
+            let (low, mut high) = (low.max(0.0) as f32, high.min(dims as f64 - 1.0) as f32);
+            if low == high {
+                high += 0.001;
+            }
+            let pos = base_pow(spec.theta);
+            let freqs = pos
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| {
+                    let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extra = 1.0 - ramp;
+                    let (fe, fi) = (1.0 / p, 1.0 / (factor * p));
+                    fi * (1.0 - extra) + fe * extra
+                })
+                .collect();
+            (freqs, af as f32)
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            orig,
+        } => {
+            let old = *orig as f32;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            let freqs = inv(spec.theta)
+                .into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    if medium {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect();
+            (freqs, 1.0)
+        }
+        RopeScaling::LongRope {
+            short,
+            long,
+            orig,
+            attn_factor,
+        } => {
+            let ext = if seq_len > *orig { long } else { short };
+            let freqs = base_pow(spec.theta)
+                .iter()
+                .zip(ext.iter())
+                .map(|(b, e)| 1.0 / (e * b))
+                .collect();
+            (freqs, *attn_factor)
+        }
     }
 }
 
@@ -198,6 +319,18 @@ pub fn rope_head(spec: &RopeSpec, cache: &[f32], x: &mut [f32]) {
 /// The rope caches `(T, dims)` for the positions of one call.
 pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Vec<f32> {
     let mut all = Vec::with_capacity(pos.len() * spec.dims);
+    if !matches!(spec.scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
+        let seq_len = pos.iter().max().map_or(0, |p| p + 1);
+        let (freqs, af) = rope_freqs(spec, seq_len);
+        for &p in pos {
+            for f in &freqs {
+                let a = p as f32 * f;
+                all.push(a.cos() * af);
+                all.push(a.sin() * af);
+            }
+        }
+        return all;
+    }
     let mut row = Vec::with_capacity(spec.dims);
     for &p in pos {
         rope_cache(spec, p, &mut row);
@@ -217,10 +350,98 @@ pub fn apply_rope(spec: &RopeSpec, tables: &[f32], x: &mut [f32], heads: usize, 
 }
 
 pub struct FeedForward {
+    /// `Plain` or `Gated` (the dense form; a mixture's experts are dense feed-forwards).
     pub spec: Ffn,
     pub gate: Option<Box<dyn Linear>>,
     pub up: Box<dyn Linear>,
     pub down: Box<dyn Linear>,
+}
+
+/// A mixture-of-experts feed-forward (`Ffn::Moe`).
+pub struct Moe {
+    pub spec: MoeSpec,
+    /// `(C) -> (experts)` router logits.
+    pub router: Box<dyn Linear>,
+    pub experts: Vec<FeedForward>,
+    /// The always-on expert and its `(C) -> 1` gate (Qwen2-MoE).
+    pub shared: Option<(FeedForward, Box<dyn Linear>)>,
+}
+
+/// A block's feed-forward: dense or a mixture.
+pub enum FfnLayer {
+    Dense(FeedForward),
+    Moe(Moe),
+}
+
+impl FfnLayer {
+    /// `s.n (T, C) -> s.h (T, C)`.
+    pub fn forward_rows(&self, t: usize, layer: Option<usize>, s: &mut Scratch) -> Result<()> {
+        match self {
+            FfnLayer::Dense(f) => f.forward_rows(t, layer, s),
+            FfnLayer::Moe(m) => m.forward_rows(t, s),
+        }
+    }
+}
+
+impl Moe {
+    fn forward_rows(&self, t: usize, s: &mut Scratch) -> Result<()> {
+        let c = self.router.in_dim();
+        let e = self.experts.len();
+        let n = &s.n[..t * c];
+        let mut logits = vec![0f32; t * e];
+        scope("matmul: moe router").run(|| self.router.forward_slice(n, &mut logits))?;
+        // Per token: softmax over all experts (f32, like the references), keep the top k,
+        // optionally renormalise. `routes[expert]` = (token, weight).
+        let mut routes: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (ti, row) in logits.chunks_exact(e).enumerate() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            let probs: Vec<f32> = exps.iter().map(|x| x / sum).collect();
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let chosen = &order[..self.spec.top_k];
+            let norm: f32 = if self.spec.norm_topk {
+                chosen.iter().map(|&j| probs[j]).sum()
+            } else {
+                1.0
+            };
+            for &j in chosen {
+                routes[j].push((ti, probs[j] / norm));
+            }
+        }
+        let mut out = vec![0f32; t * c];
+        let mut es = Scratch::default();
+        for (expert, route) in self.experts.iter().zip(&routes) {
+            if route.is_empty() {
+                continue;
+            }
+            let rows = sized(&mut es.n, route.len() * c);
+            for (r, &(ti, _)) in route.iter().enumerate() {
+                rows[r * c..(r + 1) * c].copy_from_slice(&n[ti * c..(ti + 1) * c]);
+            }
+            expert.forward_rows(route.len(), None, &mut es)?;
+            for (r, &(ti, w)) in route.iter().enumerate() {
+                for (o, &h) in out[ti * c..(ti + 1) * c].iter_mut().zip(&es.h[r * c..]) {
+                    *o += w * h;
+                }
+            }
+        }
+        if let Some((shared, gate)) = &self.shared {
+            let mut g = vec![0f32; t];
+            gate.forward_slice(n, &mut g)?;
+            sized(&mut es.n, t * c).copy_from_slice(n);
+            shared.forward_rows(t, None, &mut es)?;
+            for ti in 0..t {
+                let w = 1.0 / (1.0 + (-g[ti]).exp());
+                for (o, &h) in out[ti * c..(ti + 1) * c].iter_mut().zip(&es.h[ti * c..]) {
+                    *o += w * h;
+                }
+            }
+        }
+        sized(&mut s.h, t * c).copy_from_slice(&out);
+        Ok(())
+    }
 }
 
 /// Per-sequence working buffers for the block's slice path, grown on demand and reused, so a
@@ -237,6 +458,8 @@ pub struct Scratch {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     pub att: Vec<f32>,
+    /// The attention output of a parallel block, kept while the feed-forward runs.
+    pub a: Vec<f32>,
     pub g: Vec<f32>,
     pub u: Vec<f32>,
 }
@@ -286,6 +509,7 @@ impl FeedForward {
                 u
             }
             (Ffn::Gated { .. }, None) => anyhow::bail!("gated feed-forward without a gate weight"),
+            (Ffn::Moe(_), _) => anyhow::bail!("a mixture's experts must be dense feed-forwards"),
         };
         trace_rows("ffn_act", layer, act_out, &[t, f]);
         scope("matmul: ffn down").run(|| self.down.forward_slice(act_out, sized(&mut s.h, t * c)))
@@ -302,11 +526,94 @@ pub struct Attention {
     pub k_norm: Option<Norm>,
 }
 
-/// Per-call inputs shared by every layer: positions and the RoPE tables for them.
+/// Per-call inputs shared by every layer of a stack: positions, the RoPE tables for them,
+/// causality, and the stack's score biases.
 pub struct StepCtx<'a> {
     pub pos: &'a [usize],
     /// One `rope_tables` per distinct RoPE spec.
     pub rope: Vec<(RopeSpec, Vec<f32>)>,
+    /// Queries see only earlier keys (decoders); encoders see all.
+    pub causal: bool,
+    /// ALiBi slopes per head (empty unless a layer uses `Position::Alibi`).
+    pub alibi: &'a [f32],
+    /// T5's relative-bias table `(buckets, H)` (empty unless a layer uses `Position::Relative`).
+    pub relative: &'a [f32],
+}
+
+/// ALiBi slopes for `n` heads.
+pub fn alibi_slopes(kind: AlibiSlopes, n: usize) -> Vec<f32> {
+    match kind {
+        AlibiSlopes::Bloom | AlibiSlopes::BloomScaled => {
+            let p = 1usize << (usize::BITS - 1 - n.leading_zeros()); // largest power of 2 <= n
+            let base = 2f64.powf(-(2f64.powf(-((p as f64).log2() - 3.0))));
+            let mut v: Vec<f32> = (1..=p).map(|i| base.powi(i as i32) as f32).collect();
+            if p < n {
+                let extra = 2f64.powf(-(2f64.powf(-((2.0 * p as f64).log2() - 3.0))));
+                let k = (n - p).min(p);
+                v.extend((0..k).map(|i| extra.powi((1 + 2 * i) as i32) as f32));
+            }
+            v
+        }
+        AlibiSlopes::Mpt { max_bias } => {
+            let np = n.next_power_of_two();
+            let m: Vec<f32> = (1..=np)
+                .map(|i| 1.0 / 2f32.powf(i as f32 * (max_bias / np as f32)))
+                .collect();
+            if np == n {
+                m
+            } else {
+                m.iter()
+                    .skip(1)
+                    .step_by(2)
+                    .chain(m.iter().step_by(2))
+                    .take(n)
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// T5's bucket for a key at `kp` seen from a query at `qp` (log-spaced beyond `buckets / 2`).
+pub fn relative_bucket(spec: &RelativeSpec, qp: usize, kp: usize) -> usize {
+    let rel = kp as i64 - qp as i64;
+    let (mut buckets, mut ret) = (spec.buckets as i64, 0i64);
+    let n = if spec.bidirectional {
+        buckets /= 2;
+        if rel > 0 {
+            ret += buckets;
+        }
+        rel.abs()
+    } else {
+        (-rel).max(0)
+    };
+    let max_exact = buckets / 2;
+    let v = if n < max_exact {
+        n
+    } else {
+        // In f32 like the reference, then truncated.
+        let l = ((n as f32 / max_exact as f32).ln()
+            / (spec.max_distance as f32 / max_exact as f32).ln()
+            * (buckets - max_exact) as f32) as i64;
+        (max_exact + l).min(buckets - 1)
+    };
+    (ret + v) as usize
+}
+
+/// Which keys a query sees and what is added to its scores.
+pub struct Mask<'a> {
+    pub causal: bool,
+    pub window: Option<usize>,
+    pub bias: ScoreBias<'a>,
+}
+
+#[derive(Clone, Copy)]
+pub enum ScoreBias<'a> {
+    None,
+    /// `slope[h] * (k_pos - q_pos)`.
+    Alibi(&'a [f32]),
+    /// `table[bucket(q_pos, k_pos) * H + h]`.
+    Relative(&'a [f32], RelativeSpec),
 }
 
 impl StepCtx<'_> {
@@ -329,7 +636,7 @@ pub fn attend(
     q: &[f32],
     kv: &LayerKv,
     q_pos: &[usize],
-    window: Option<usize>,
+    mask: &Mask,
     layer: Option<usize>,
 ) -> Vec<f32> {
     use ferrolm_kernels::numerics::{
@@ -343,10 +650,21 @@ pub fn attend(
     let n_rep = h / hkv;
     let batched = t >= 2;
     let lanes = if batched { 16 } else { 64 };
-    let visible = |qp: usize, kp: usize| kp <= qp && window.is_none_or(|w| qp - kp < w);
+    let (causal, window) = (mask.causal, mask.window);
+    let visible = |qp: usize, kp: usize| {
+        (!causal || kp <= qp) && window.is_none_or(|w| qp.abs_diff(kp) < w)
+    };
     let scale = match a.scale_at {
         ScaleAt::Scores => a.scale,
         ScaleAt::Queries => 1.0,
+    };
+    // With a softcap or a bias the scale goes on the scores first; otherwise into the softmax
+    // (llama.cpp's order).
+    let pre_scaled = a.softcap.is_some() || !matches!(mask.bias, ScoreBias::None);
+    let bias = |hh: usize, qp: usize, kp: usize| match mask.bias {
+        ScoreBias::None => 0.0,
+        ScoreBias::Alibi(slopes) => slopes[hh] * (kp as f32 - qp as f32),
+        ScoreBias::Relative(table, spec) => table[relative_bucket(&spec, qp, kp) * h + hh],
     };
     let tracing = crate::trace::enabled();
     let mut out = vec![0f32; t * h * d];
@@ -387,8 +705,12 @@ pub fn attend(
                     } else {
                         dot_single(kr, qv)
                     };
-                    if let Some(cap) = a.softcap {
-                        sc = (sc * (1.0 / cap)).tanh() * cap;
+                    if pre_scaled {
+                        sc *= scale;
+                        if let Some(cap) = a.softcap {
+                            sc = (sc * (1.0 / cap)).tanh() * cap;
+                        }
+                        sc += bias(hh, qp, kp);
                     }
                     sc
                 } else {
@@ -396,7 +718,7 @@ pub fn attend(
                 };
             }
             if c1 > c0 {
-                softmax_row(&mut row[c0..c1], scale);
+                softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
             }
             if tracing {
                 // SAFETY: (head, query) rows of `probs` belong to one task each.
@@ -479,12 +801,69 @@ impl Attention {
         kv.precision.round_slice(k);
         kv.precision.round_slice(v);
         kv.append(k, v, ctx.pos);
-        let out = attend(a, q, kv, ctx.pos, plan.window, l);
+        let mask = Mask {
+            causal: ctx.causal,
+            window: plan.window,
+            bias: match &plan.position {
+                Position::Alibi(_) => ScoreBias::Alibi(ctx.alibi),
+                Position::Relative(r) => ScoreBias::Relative(ctx.relative, *r),
+                _ => ScoreBias::None,
+            },
+        };
+        let out = attend(a, q, kv, ctx.pos, &mask, l);
         kv.trim();
         drop(p);
         trace_rows("kqv_out", l, &out, &[t, h * d]);
         let c = self.o.out_dim();
         scope("matmul: attention output").run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)))
+    }
+}
+
+impl Attention {
+    /// Cross-attention: queries from `s.n (T, C)`, keys and values from the encoder (`kv`,
+    /// filled once by [`Attention::cross_kv`]), nothing masked. Writes `s.h (T, C)`.
+    pub fn forward_cross(
+        &self,
+        t: usize,
+        ctx: &StepCtx,
+        kv: &LayerKv,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let a = &self.spec;
+        let n = &s.n[..t * self.q.in_dim()];
+        let q = sized(&mut s.q, t * a.n_heads * a.head_dim);
+        scope("matmul: attention q, k, v").run(|| self.q.forward_slice(n, q))?;
+        if a.scale_at == ScaleAt::Queries {
+            q.iter_mut().for_each(|x| *x *= a.scale);
+        }
+        kv.precision.round_slice(q);
+        let mask = Mask {
+            causal: false,
+            window: None,
+            bias: ScoreBias::None,
+        };
+        let out = scope("attention").run(|| attend(a, q, kv, ctx.pos, &mask, None));
+        let c = self.o.out_dim();
+        scope("matmul: attention output").run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)))
+    }
+
+    /// The keys and values of encoder output `enc (S, C)` for this cross-attention layer.
+    pub fn cross_kv(&self, enc: &[f32], precision: crate::kv::KvPrecision) -> Result<LayerKv> {
+        let a = &self.spec;
+        let rows = enc.len() / self.k.in_dim();
+        let mut k = vec![0f32; rows * a.n_kv_heads * a.head_dim];
+        let mut v = vec![0f32; rows * a.n_kv_heads * a.head_dim];
+        self.k.forward_slice(enc, &mut k)?;
+        self.v.forward_slice(enc, &mut v)?;
+        precision.round_slice(&mut k);
+        precision.round_slice(&mut v);
+        Ok(LayerKv {
+            k,
+            v,
+            pos: (0..rows).collect(),
+            window: None,
+            precision,
+        })
     }
 }
 

@@ -4,11 +4,14 @@
 use crate::arch::config_from_gguf;
 use crate::block::Block;
 use crate::kv::{KvCache, KvPrecision};
-use crate::layers::{rope_tables, sized, trace_rows, Attention, FeedForward, Norm, StepCtx};
+use crate::kv::LayerKv;
+use crate::layers::{
+    rope_tables, sized, trace_rows, Attention, FeedForward, FfnLayer, Moe, Norm, Scratch, StepCtx,
+};
 use crate::linear::Linear;
 use crate::profile::scope;
 use crate::spec::*;
-use crate::weights::{Embedding, GgufWeights, Slot};
+use crate::weights::{Embedding, GgufWeights, Key, Slot, WeightSource};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use ferrolm_format::GgufFile;
@@ -16,10 +19,124 @@ use std::sync::Arc;
 
 pub struct Model {
     pub config: ModelConfig,
-    embed: Embedding,
+    /// The decoder (or, for an encoder-only model, the encoder).
+    main: Stack,
+    /// The encoder of an encoder-decoder model.
+    encoder: Option<Stack>,
+    /// The LM head (`None` for encoder-only models).
+    head: Option<Box<dyn Linear>>,
+    /// Added to every logit row (BART's `final_logits_bias`).
+    logits_bias: Option<Vec<f32>>,
+    /// The KV precision of `new_cache`: f16 for GGUF (llama.cpp's), f32 for HF (PyTorch's).
+    pub kv_precision: KvPrecision,
+}
+
+/// What goes into the first block: token rows (scaled), learned positions, token types, a norm.
+struct Embeddings {
+    tok: Embedding,
+    scale: Option<f32>,
+    pos: Option<(Embedding, usize)>,
+    types: Option<Embedding>,
+    norm: Option<Norm>,
+}
+
+impl Embeddings {
+    fn rows_into(&self, ids: &[u32], types: Option<&[u32]>, pos: &[usize], x: &mut [f32]) -> Result<()> {
+        self.tok.rows_into(ids, x)?;
+        if let Some(s) = self.scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        if let Some((table, offset)) = &self.pos {
+            let ids: Vec<u32> = pos.iter().map(|&p| (p + offset) as u32).collect();
+            if let Some(&last) = ids.last() {
+                if last as usize >= table.n_rows() {
+                    bail!(
+                        "position {} is beyond the {} positions this model learned; use a shorter input",
+                        last as usize - offset,
+                        table.n_rows() - offset
+                    );
+                }
+            }
+            table.add_rows(&ids, x)?;
+        }
+        if let Some(table) = &self.types {
+            let zeros = vec![0u32; ids.len()];
+            let t = types.unwrap_or(&zeros);
+            if t.len() != ids.len() {
+                bail!("{} token types for {} tokens", t.len(), ids.len());
+            }
+            table.add_rows(t, x)?;
+        }
+        if let Some(n) = &self.norm {
+            n.rows_in_place(x);
+        }
+        Ok(())
+    }
+}
+
+/// Embeddings, the blocks, and the final norm of one stack, with its attention biases.
+struct Stack {
+    embed: Embeddings,
     blocks: Vec<Block>,
-    final_norm: Norm,
-    head: Box<dyn Linear>,
+    final_norm: Option<Norm>,
+    causal: bool,
+    alibi: Vec<f32>,
+    relative: Vec<f32>,
+    /// Multiplies the output (T5's tied-head scaling).
+    out_scale: Option<f32>,
+}
+
+impl Stack {
+    /// Runs `ids` at positions `pos` through the stack into `out (T, C)`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ids: &[u32],
+        types: Option<&[u32]>,
+        pos: &[usize],
+        kv: &mut [LayerKv],
+        cross: &[LayerKv],
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let c = self.embed.tok.dim();
+        let t = ids.len();
+        let mut x = std::mem::take(&mut scratch.x);
+        let res = (|| {
+            let x = sized(&mut x, t * c);
+            scope("embedding").run(|| self.embed.rows_into(ids, types, pos, x))?;
+            let mut rope = Vec::new();
+            for b in &self.blocks {
+                if let Position::Rope(spec) = &b.plan.position {
+                    if !rope.iter().any(|(s, _)| s == spec) {
+                        rope.push((spec.clone(), rope_tables(spec, pos)));
+                    }
+                }
+            }
+            trace_rows("inp_scaled", None, x, &[t, c]);
+            let ctx = StepCtx {
+                pos,
+                rope,
+                causal: self.causal,
+                alibi: &self.alibi,
+                relative: &self.relative,
+            };
+            for (i, (block, layer_kv)) in self.blocks.iter().zip(kv.iter_mut()).enumerate() {
+                block.forward_rows(x, &ctx, layer_kv, cross.get(i), scratch)?;
+            }
+            match &self.final_norm {
+                Some(n) => scope("norms").run(|| n.rows(x, out)),
+                None => out.copy_from_slice(x),
+            }
+            if let Some(s) = self.out_scale {
+                out.iter_mut().for_each(|v| *v *= s);
+            }
+            trace_rows("result_norm", None, out, &[t, c]);
+            Ok(())
+        })();
+        scratch.x = x;
+        res
+    }
 }
 
 /// `log softmax(row)[at]`, accumulated in f64.
@@ -39,91 +156,230 @@ pub enum Logits {
     All,
 }
 
+fn norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Norm> {
+    Ok(Norm::from_vecs(spec, w.vector(k)?, w.bias(k)?))
+}
+
+fn opt_norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Option<Norm>> {
+    if w.has(k) {
+        Ok(Some(norm(w, k, spec)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// A dense feed-forward from `(gate, up, down)` slots.
+fn dense_ffn(w: &dyn WeightSource, spec: Ffn, keys: [Key; 3]) -> Result<FeedForward> {
+    Ok(FeedForward {
+        spec,
+        gate: match spec {
+            Ffn::Gated { .. } => Some(w.linear(keys[0])?),
+            _ => None,
+        },
+        up: w.linear(keys[1])?,
+        down: w.linear(keys[2])?,
+    })
+}
+
+fn attention(w: &dyn WeightSource, spec: AttentionSpec, k: [Key; 4], norms: Option<[Key; 2]>, ns: NormSpec) -> Result<Attention> {
+    let (h, hkv, d) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
+    let [q, kk, v, o] = [w.linear(k[0])?, w.linear(k[1])?, w.linear(k[2])?, w.linear(k[3])?];
+    for (name, l, want) in [("q", &q, h * d), ("k", &kk, hkv * d), ("v", &v, hkv * d)] {
+        if l.out_dim() != want {
+            bail!("the attention {name} projection of layer {:?} has {} outputs; {} heads of {d} need {want}", k[0].layer.unwrap_or(0), l.out_dim(), if name == "q" { h } else { hkv });
+        }
+    }
+    Ok(Attention {
+        spec,
+        q,
+        k: kk,
+        v,
+        o,
+        q_norm: norms.map(|n| norm(w, n[0], ns)).transpose()?,
+        k_norm: norms.map(|n| norm(w, n[1], ns)).transpose()?,
+    })
+}
+
+fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, cross: bool) -> Result<Stack> {
+    let plans = if encoder && cfg.topology == Topology::EncoderDecoder {
+        &cfg.encoder_layers
+    } else {
+        &cfg.layers
+    };
+    let g = |slot| Key::global(slot).enc(encoder);
+    let ns = cfg.norm;
+    let mut blocks = Vec::with_capacity(plans.len());
+    for (il, plan) in plans.iter().enumerate() {
+        let l = |slot| Key::layer(slot, il).enc(encoder);
+        let sandwich = cfg.placement == NormPlacement::Sandwich;
+        let ffn = match (cfg.ffn, plan.moe) {
+            (Ffn::Moe(m), true) => {
+                let experts = (0..m.experts)
+                    .map(|e| dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::ExpGate).expert(e), l(Slot::ExpUp).expert(e), l(Slot::ExpDown).expert(e)]))
+                    .collect::<Result<Vec<_>>>()?;
+                let shared = if m.shared {
+                    Some((dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::ShGate), l(Slot::ShUp), l(Slot::ShDown)])?, w.linear(l(Slot::ShExpGate))?))
+                } else {
+                    None
+                };
+                FfnLayer::Moe(Moe { spec: m, router: w.linear(l(Slot::FfnRouter))?, experts, shared })
+            }
+            (Ffn::Moe(m), false) => FfnLayer::Dense(dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)])?),
+            (spec, _) => FfnLayer::Dense(dense_ffn(w, spec, [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)])?),
+        };
+        let qk = cfg.attn.qk_norm.then(|| [l(Slot::AttnQNorm), l(Slot::AttnKNorm)]);
+        blocks.push(Block {
+            index: il,
+            plan: plan.clone(),
+            placement: cfg.placement,
+            residual: cfg.residual,
+            attn_norm: norm(w, l(Slot::AttnNorm), ns)?,
+            attn: attention(w, cfg.attn, [l(Slot::AttnQ), l(Slot::AttnK), l(Slot::AttnV), l(Slot::AttnOut)], qk, ns)?,
+            post_attn_norm: if sandwich { opt_norm(w, l(Slot::PostAttnNorm), ns)? } else { None },
+            cross: if cross {
+                Some((norm(w, l(Slot::CrossNorm), ns)?, attention(w, cfg.attn, [l(Slot::CrossQ), l(Slot::CrossK), l(Slot::CrossV), l(Slot::CrossOut)], None, ns)?))
+            } else {
+                None
+            },
+            ffn_norm: match cfg.residual {
+                Residual::Parallel { shared_norm: true } => None,
+                _ => Some(norm(w, l(Slot::FfnNorm), ns)?),
+            },
+            ffn,
+            post_ffn_norm: if sandwich { opt_norm(w, l(Slot::PostFfnNorm), ns)? } else { None },
+        });
+    }
+    let tok = w.embedding(g(Slot::TokenEmbd))?;
+    if tok.dim() != cfg.hidden {
+        bail!("token embedding width {} does not match the model width {}", tok.dim(), cfg.hidden);
+    }
+    let embed = Embeddings {
+        tok,
+        scale: cfg.embed_scale,
+        pos: match cfg.embed.learned_pos {
+            Some(off) => Some((w.embedding(g(Slot::PosEmbd))?, off)),
+            None => None,
+        },
+        types: if cfg.embed.token_types { Some(w.embedding(g(Slot::TypeEmbd))?) } else { None },
+        norm: if cfg.embed.norm { Some(norm(w, g(Slot::EmbedNorm), ns)?) } else { None },
+    };
+    let alibi = match plans.iter().find_map(|p| match p.position { Position::Alibi(k) => Some(k), _ => None }) {
+        Some(kind) => {
+            let s = crate::layers::alibi_slopes(kind, cfg.attn.n_heads);
+            match kind {
+                AlibiSlopes::BloomScaled => s.iter().map(|x| x * cfg.attn.scale).collect(),
+                _ => s,
+            }
+        }
+        None => Vec::new(),
+    };
+    let relative = match plans.iter().find_map(|p| match p.position { Position::Relative(r) => Some(r), _ => None }) {
+        Some(r) => {
+            let Embedding::Dense { rows, cols, data } = w.embedding(Key::layer(Slot::RelBias, 0).enc(encoder))? else {
+                bail!("relative position bias must be a dense table");
+            };
+            if rows != r.buckets || cols != cfg.attn.n_heads {
+                bail!("relative position bias has shape ({rows}, {cols}); expected ({}, {})", r.buckets, cfg.attn.n_heads);
+            }
+            data
+        }
+        None => Vec::new(),
+    };
+    let is_output_stack = !encoder || cfg.topology == Topology::Encoder;
+    Ok(Stack {
+        embed,
+        blocks,
+        final_norm: if cfg.final_norm { Some(norm(w, g(Slot::OutputNorm), ns)?) } else { None },
+        causal,
+        alibi,
+        relative,
+        out_scale: if is_output_stack { cfg.head_scale } else { None },
+    })
+}
+
 impl Model {
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Model> {
         let config = config_from_gguf(&file.header)?;
-        let w = GgufWeights::new(file);
-        let norm = |slot: Slot, il: Option<usize>| -> Result<Norm> {
-            Norm::new(config.norm, &w.vector(slot, il)?, None)
-        };
-        let opt_norm = |slot: Slot, il: usize| -> Result<Option<Norm>> {
-            if w.has(slot, Some(il)) {
-                Ok(Some(norm(slot, Some(il))?))
-            } else {
-                Ok(None)
-            }
-        };
-        let mut blocks = Vec::with_capacity(config.n_layers());
-        for (il, plan) in config.layers.iter().enumerate() {
-            let l = Some(il);
-            let sandwich = config.placement == NormPlacement::Sandwich;
-            let gated = matches!(config.ffn, Ffn::Gated { .. });
-            blocks.push(Block {
-                index: il,
-                plan: *plan,
-                attn_norm: norm(Slot::AttnNorm, l)?,
-                attn: Attention {
-                    spec: config.attn,
-                    q: w.linear(Slot::AttnQ, l)?,
-                    k: w.linear(Slot::AttnK, l)?,
-                    v: w.linear(Slot::AttnV, l)?,
-                    o: w.linear(Slot::AttnOut, l)?,
-                    q_norm: if config.attn.qk_norm {
-                        Some(norm(Slot::AttnQNorm, l)?)
-                    } else {
-                        None
-                    },
-                    k_norm: if config.attn.qk_norm {
-                        Some(norm(Slot::AttnKNorm, l)?)
-                    } else {
-                        None
-                    },
-                },
-                post_attn_norm: if sandwich {
-                    opt_norm(Slot::PostAttnNorm, il)?
-                } else {
-                    None
-                },
-                ffn_norm: norm(Slot::FfnNorm, l)?,
-                ffn: FeedForward {
-                    spec: config.ffn,
-                    gate: if gated {
-                        Some(w.linear(Slot::FfnGate, l)?)
-                    } else {
-                        None
-                    },
-                    up: w.linear(Slot::FfnUp, l)?,
-                    down: w.linear(Slot::FfnDown, l)?,
-                },
-                post_ffn_norm: if sandwich {
-                    opt_norm(Slot::PostFfnNorm, il)?
-                } else {
-                    None
-                },
-            });
-        }
-        let embed = w.embedding()?;
-        if embed.dim() != config.hidden {
-            bail!(
-                "token embedding width {} does not match the model width {}",
-                embed.dim(),
-                config.hidden
-            );
-        }
-        let final_norm = norm(Slot::OutputNorm, None)?;
-        let head = w.output(config.tied_embeddings)?;
-        Ok(Model {
-            config,
-            embed,
-            blocks,
-            final_norm,
-            head,
-        })
+        let mut m = Model::build(config, &GgufWeights::new(file))?;
+        m.kv_precision = KvPrecision::F16;
+        Ok(m)
     }
 
-    /// A fresh KV cache (f16, as llama.cpp's default) for one sequence of up to `n_ctx` positions.
+    /// A Hugging Face directory (`config.json` + safetensors), by its `model_type`.
+    pub fn from_hf(dir: ferrolm_format::hf::HfDir) -> Result<Model> {
+        let (config, table) = crate::arch::config_from_hf(&dir.config)?;
+        let a = &config.attn;
+        let heads = (a.n_heads, a.n_kv_heads, a.head_dim);
+        Model::build(config, &crate::weights::HfWeights::new(dir, table, heads))
+    }
+
+    /// The one builder: a validated config and a weight source.
+    pub fn build(config: ModelConfig, w: &dyn WeightSource) -> Result<Model> {
+        let (main, encoder) = match config.topology {
+            Topology::Decoder => (stack(&config, w, false, true, false)?, None),
+            Topology::Encoder => (stack(&config, w, false, false, false)?, None),
+            Topology::EncoderDecoder => (stack(&config, w, false, true, true)?, Some(stack(&config, w, true, false, false)?)),
+        };
+        let head = match config.topology {
+            Topology::Encoder => None,
+            _ => Some(w.linear(Key::global(if config.tied_embeddings { Slot::TokenEmbd } else { Slot::Output }))?),
+        };
+        let logits_bias = if w.has(Key::global(Slot::LogitsBias)) {
+            match w.embedding(Key::global(Slot::LogitsBias))? {
+                Embedding::Dense { data, .. } => Some(data),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(h) = &head {
+            if h.out_dim() != config.vocab_size {
+                bail!("the output head has {} rows but the vocabulary has {} tokens", h.out_dim(), config.vocab_size);
+            }
+        }
+        Ok(Model { config, main, encoder, head, logits_bias, kv_precision: KvPrecision::F32 })
+    }
+
+    /// Final hidden states `(T, C)` of the encoder (encoder-only and encoder-decoder models),
+    /// over all of `ids` at positions `0..T`, with optional token types.
+    pub fn encode(&self, ids: &[u32], types: Option<&[u32]>) -> Result<Vec<f32>> {
+        let st = self.encoder.as_ref().unwrap_or(&self.main);
+        if st.causal {
+            bail!("this model ({}) has no encoder; use logits or generate", self.config.arch);
+        }
+        if ids.is_empty() {
+            bail!("encode called with no tokens");
+        }
+        let n = st.blocks.len();
+        let mut kv = KvCache::new(vec![None; n], ids.len(), KvPrecision::F32);
+        let pos = kv.reserve(ids.len())?;
+        let mut out = vec![0f32; ids.len() * self.config.hidden];
+        st.run(ids, types, &pos, &mut kv.layers, &[], &mut kv.scratch, &mut out)?;
+        Ok(out)
+    }
+
+    /// Prepares `kv` for decoding against encoder output `enc (S, C)`: every decoder layer's
+    /// cross-attention keys and values, computed once.
+    pub fn start_decoder(&self, enc: &[f32], kv: &mut KvCache) -> Result<()> {
+        kv.clear();
+        kv.cross = self
+            .main
+            .blocks
+            .iter()
+            .filter_map(|b| b.cross.as_ref())
+            .map(|(_, a)| a.cross_kv(enc, kv.layers.first().map_or(KvPrecision::F32, |l| l.precision)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.config.topology
+    }
+
+    /// A fresh KV cache for one sequence of up to `n_ctx` positions, in the model's default
+    /// precision (f16 for GGUF, as llama.cpp; f32 for HF, as PyTorch).
     pub fn new_cache(&self, n_ctx: usize) -> KvCache {
-        self.new_cache_with(n_ctx, KvPrecision::F16)
+        self.new_cache_with(n_ctx, self.kv_precision)
     }
 
     pub fn new_cache_with(&self, n_ctx: usize, precision: KvPrecision) -> KvCache {
@@ -151,43 +407,29 @@ impl Model {
         if tokens.is_empty() {
             bail!("forward called with no tokens");
         }
+        if self.config.topology == Topology::EncoderDecoder && kv.cross.is_empty() {
+            bail!("an encoder-decoder model decodes after `start_decoder` with the encoder output");
+        }
         let pos = kv.reserve(tokens.len())?;
-        let (t, c) = (tokens.len(), self.config.hidden);
-        let mut x = std::mem::take(&mut kv.scratch.x);
-        let res = (|| {
-            let x = sized(&mut x, t * c);
-            scope("embedding").run(|| self.embed.rows_into(tokens, x))?;
-            if let Some(s) = self.config.embed_scale {
-                x.iter_mut().for_each(|v| *v *= s);
-            }
-            let mut rope = Vec::new();
-            for plan in &self.config.layers {
-                if let Position::Rope(spec) = plan.position {
-                    if !rope.iter().any(|(s, _)| *s == spec) {
-                        rope.push((spec, rope_tables(&spec, &pos)));
-                    }
-                }
-            }
-            trace_rows("inp_scaled", None, x, &[t, c]);
-            let ctx = StepCtx { pos: &pos, rope };
-            for (block, layer_kv) in self.blocks.iter().zip(kv.layers.iter_mut()) {
-                block.forward_rows(x, &ctx, layer_kv, &mut kv.scratch)?;
-            }
-            scope("norms").run(|| self.final_norm.rows(x, out));
-            trace_rows("result_norm", None, out, &[t, c]);
-            Ok(())
-        })();
-        kv.scratch.x = x;
-        res
+        let KvCache { layers, cross, scratch, .. } = kv;
+        self.main.run(tokens, None, &pos, layers, cross, scratch, out)
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let t = hidden.dim(0)?;
         let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
-        let v = self.head.out_dim();
+        let head = self.head.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("this model ({}) is an encoder and has no LM head; use embed", self.config.arch)
+        })?;
+        let v = head.out_dim();
         let mut y = vec![0f32; t * v];
-        scope("matmul: output head").run(|| self.head.forward_slice(&h, &mut y))?;
+        scope("matmul: output head").run(|| head.forward_slice(&h, &mut y))?;
+        if let Some(b) = &self.logits_bias {
+            for row in y.chunks_exact_mut(v) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
         trace_rows("result_output", None, &y, &[t, v]);
         if let Some(cap) = self.config.final_softcap {
             let inv = (1.0 / cap as f64) as f32;

@@ -11,6 +11,7 @@
 //! - [`SamplerChain`]: runs the stages and feeds each sampled token back to them.
 //! - [`SamplingParams`]: user-facing knobs, validation and the standard chain builder.
 //! - [`StopMatcher`]: stop-string detection over streamed text.
+//! - [`beam_search`]: Hugging Face's beam search over a caller-owned [`BeamModel`].
 //!
 //! Sampling is deterministic: the same seed and the same sequence of logits rows give the
 //! same tokens. NaN logits count as `-inf`; no input makes a stage panic except an empty
@@ -28,6 +29,7 @@
 //! assert!(token < 4);
 //! ```
 
+pub mod beam;
 mod candidates;
 mod chain;
 mod params;
@@ -35,6 +37,7 @@ mod pickers;
 mod processors;
 mod stop;
 
+pub use beam::{beam_search, BeamHyp, BeamModel, BeamParams, EarlyStopping};
 pub use candidates::Candidates;
 pub use chain::{LogitsProcessor, SamplerChain, TokenPicker};
 pub use params::{SampleError, SamplingParams, DEFAULT_SEED};

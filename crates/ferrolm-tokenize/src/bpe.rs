@@ -214,7 +214,7 @@ fn byte_alphabet() -> [char; 256] {
 }
 
 /// Inverse of the byte alphabet: character -> byte.
-fn char_to_byte() -> &'static HashMap<char, u8> {
+pub(crate) fn char_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
     MAP.get_or_init(|| {
         byte_alphabet()

@@ -36,6 +36,18 @@ pub enum TokenizeError {
     #[error("byte-level BPE backend failed: {0}")]
     Backend(String),
 
+    #[error(
+        "cannot load Hugging Face tokenizer '{path}': {reason}; it must be a tokenizer.json \
+         written by the tokenizers library (transformers' fast tokenizers)"
+    )]
+    HfLoad { path: String, reason: String },
+
+    #[error("Hugging Face tokenizer failed: {0}")]
+    HfBackend(String),
+
+    #[error("{what} needs a Hugging Face tokenizer (tokenizer.json); this one comes from a GGUF vocabulary")]
+    NotHf { what: &'static str },
+
     #[error("chat template does not compile: {0}")]
     TemplateCompile(String),
 

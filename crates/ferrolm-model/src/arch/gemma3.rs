@@ -36,15 +36,9 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         .map(|il| {
             let local = window.is_some() && (pattern == 0 || il % pattern < pattern - 1);
             if local {
-                LayerPlan {
-                    window,
-                    position: rope(local_theta, RopeScaling::None),
-                }
+                LayerPlan::new(window, rope(local_theta, RopeScaling::None))
             } else {
-                LayerPlan {
-                    window: None,
-                    position: rope(global_theta, global_scaling),
-                }
+                LayerPlan::new(None, rope(global_theta, global_scaling.clone()))
             }
         })
         .collect();
@@ -68,7 +62,6 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             scale_at: ScaleAt::Queries,
             softcap: None,
             qk_norm: true,
-            bias: false,
         },
         norm: NormSpec {
             kind: NormKind::Rms,
@@ -85,5 +78,33 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         tied_embeddings: !m.has_tensor("output.weight"),
         layers,
         context_length: m.usize("context_length")?,
+        ..Default::default()
     })
+}
+
+// ---- Hugging Face `gemma3_text` ----
+
+use super::{gemma2, HfConfig};
+use crate::weights::HfTable;
+
+pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
+    let (mut cfg, _) = super::gemma::hf(c)?;
+    gemma2::sandwich(c, &mut cfg)?;
+    cfg.attn.qk_norm = true;
+    let n = cfg.n_layers();
+    let pattern = c.opt_usize(&["sliding_window_pattern"])?.unwrap_or(PATTERN);
+    let window = c.opt_usize(&["sliding_window"])?;
+    let windows = c.windows(n, window, |il| (il + 1) % pattern != 0)?;
+    let d = cfg.attn.head_dim;
+    let global = c.rope(Some("full_attention"), 1_000_000.0, d, RopeLayout::Half)?;
+    let mut local = c.rope(Some("sliding_attention"), LOCAL_THETA, d, RopeLayout::Half)?;
+    if c.v.get("rope_parameters").and_then(|p| p.get("sliding_attention")).is_none() {
+        local.theta = c.f32_or(&["rope_local_base_freq"], LOCAL_THETA)?;
+        local.scaling = RopeScaling::None;
+    }
+    cfg.layers = windows
+        .into_iter()
+        .map(|w| LayerPlan::new(w, Position::Rope(if w.is_some() { local.clone() } else { global.clone() })))
+        .collect();
+    Ok((cfg, &gemma2::TABLE))
 }

@@ -32,7 +32,6 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
             scale_at: ScaleAt::Scores,
             softcap: None,
             qk_norm: false,
-            bias: m.has_tensor("blk.0.attn_q.bias"),
         },
         norm: NormSpec {
             kind: NormKind::Rms,
@@ -47,13 +46,58 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         embed_scale: None,
         final_softcap: None,
         tied_embeddings: !m.has_tensor("output.weight"),
-        layers: vec![
-            LayerPlan {
-                window,
-                position: Position::Rope(rope)
-            };
-            n_layers
-        ],
+        layers: vec![LayerPlan::new(window, Position::Rope(rope)); n_layers],
         context_length: m.usize("context_length")?,
+        ..Default::default()
     })
+}
+
+// ---- Hugging Face `llama` (and the base of the LLaMA-shaped families) ----
+
+use super::HfConfig;
+use crate::weights::{HfTable, Slot::*};
+
+/// LLaMA-shaped names, shared by Mistral, Qwen 2/3, Mixtral and Qwen2-MoE (which add theirs).
+pub const NAMES: &[(crate::weights::Slot, &str)] = &[
+    (TokenEmbd, "model.embed_tokens"),
+    (OutputNorm, "model.norm"),
+    (Output, "lm_head"),
+    (AttnNorm, "model.layers.{L}.input_layernorm"),
+    (AttnQ, "model.layers.{L}.self_attn.q_proj"),
+    (AttnK, "model.layers.{L}.self_attn.k_proj"),
+    (AttnV, "model.layers.{L}.self_attn.v_proj"),
+    (AttnOut, "model.layers.{L}.self_attn.o_proj"),
+    (AttnQNorm, "model.layers.{L}.self_attn.q_norm"),
+    (AttnKNorm, "model.layers.{L}.self_attn.k_norm"),
+    (FfnNorm, "model.layers.{L}.post_attention_layernorm"),
+    (FfnGate, "model.layers.{L}.mlp.gate_proj"),
+    (FfnUp, "model.layers.{L}.mlp.up_proj"),
+    (FfnDown, "model.layers.{L}.mlp.down_proj"),
+];
+
+pub static TABLE: HfTable = HfTable::new(NAMES);
+
+/// A pre-RMSNorm SwiGLU decoder with half-split RoPE, windows from `window` and
+/// `sliding(layer)` (or `layer_types`).
+pub fn llama_like(c: &HfConfig, window: Option<usize>, sliding: impl Fn(usize) -> bool) -> Result<ModelConfig> {
+    let (h, hkv, d) = c.heads()?;
+    let n = c.n_layers()?;
+    let rope = c.rope(None, 10_000.0, d, RopeLayout::Half)?;
+    let windows = c.windows(n, window, sliding)?;
+    Ok(ModelConfig {
+        vocab_size: c.vocab()?,
+        hidden: c.hidden()?,
+        ffn_hidden: c.usize(&["intermediate_size"])?,
+        attn: AttentionSpec::new(h, hkv, d),
+        norm: NormSpec { kind: NormKind::Rms, eps: c.f32_or(&["rms_norm_eps"], 1e-6)? },
+        ffn: Ffn::Gated { act: c.act(&["hidden_act", "hidden_activation"], "silu")? },
+        tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        layers: windows.into_iter().map(|w| LayerPlan::new(w, Position::Rope(rope.clone()))).collect(),
+        context_length: c.context()?,
+        ..Default::default()
+    })
+}
+
+pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
+    Ok((llama_like(c, None, |_| false)?, &TABLE))
 }

@@ -1,0 +1,44 @@
+//! BLOOM (HF `bloom`): ALiBi, a LayerNorm over the embeddings, per-head fused q/k/v, tanh GELU.
+
+use super::HfConfig;
+use crate::spec::*;
+use crate::weights::{HfTable, QkvLayout, Slot::*};
+use anyhow::Result;
+
+static TABLE: HfTable = HfTable {
+    qkv: QkvLayout::PerHead,
+    ..HfTable::new(&[
+        (TokenEmbd, "transformer.word_embeddings"),
+        (EmbedNorm, "transformer.word_embeddings_layernorm"),
+        (OutputNorm, "transformer.ln_f"),
+        (Output, "lm_head"),
+        (AttnNorm, "transformer.h.{L}.input_layernorm"),
+        (AttnQkv, "transformer.h.{L}.self_attention.query_key_value"),
+        (AttnOut, "transformer.h.{L}.self_attention.dense"),
+        (FfnNorm, "transformer.h.{L}.post_attention_layernorm"),
+        (FfnUp, "transformer.h.{L}.mlp.dense_h_to_4h"),
+        (FfnDown, "transformer.h.{L}.mlp.dense_4h_to_h"),
+    ])
+};
+
+pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
+    c.refuse("apply_residual_connection_post_layernorm", |x| x.as_bool() == Some(true))?;
+    let (h, hkv, d) = c.heads()?;
+    let hidden = c.hidden()?;
+    Ok((
+        ModelConfig {
+            vocab_size: c.vocab()?,
+            hidden,
+            ffn_hidden: 4 * hidden,
+            attn: AttentionSpec::new(h, hkv, d),
+            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
+            ffn: Ffn::Plain { act: Activation::GeluTanh },
+            embed: EmbedSpec { norm: true, ..Default::default() },
+            tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
+            layers: vec![LayerPlan::new(None, Position::Alibi(AlibiSlopes::Bloom)); c.n_layers()?],
+            context_length: c.context()?,
+            ..Default::default()
+        },
+        &TABLE,
+    ))
+}

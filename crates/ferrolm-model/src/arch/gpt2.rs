@@ -1,0 +1,51 @@
+//! GPT-2 (HF `gpt2`): learned absolute positions, pre-LayerNorm, GELU MLP, fused q/k/v, all
+//! matrices stored `(in, out)` (Conv1D) and transposed at load.
+
+use super::HfConfig;
+use crate::spec::*;
+use crate::weights::{HfTable, QkvLayout, Slot::*};
+use anyhow::Result;
+
+pub const NAMES: &[(crate::weights::Slot, &str)] = &[
+    (TokenEmbd, "transformer.wte"),
+    (PosEmbd, "transformer.wpe"),
+    (OutputNorm, "transformer.ln_f"),
+    (Output, "lm_head"),
+    (AttnNorm, "transformer.h.{L}.ln_1"),
+    (AttnQkv, "transformer.h.{L}.attn.c_attn"),
+    (AttnOut, "transformer.h.{L}.attn.c_proj"),
+    (FfnNorm, "transformer.h.{L}.ln_2"),
+    (FfnUp, "transformer.h.{L}.mlp.c_fc"),
+    (FfnDown, "transformer.h.{L}.mlp.c_proj"),
+];
+
+static TABLE: HfTable = HfTable {
+    qkv: QkvLayout::Concat,
+    transposed: true,
+    ..HfTable::new(NAMES)
+};
+
+/// The GPT-2 shape, shared with GPT-BigCode.
+pub fn gpt2_like(c: &HfConfig, n_kv_heads: Option<usize>) -> Result<ModelConfig> {
+    c.refuse("scale_attn_by_inverse_layer_idx", |x| x.as_bool() == Some(true))?;
+    c.refuse("reorder_and_upcast_attn", |_| false)?;
+    let (h, _, d) = c.heads()?;
+    let hidden = c.hidden()?;
+    Ok(ModelConfig {
+        vocab_size: c.vocab()?,
+        hidden,
+        ffn_hidden: c.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden),
+        attn: AttentionSpec::new(h, n_kv_heads.unwrap_or(h), d),
+        norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
+        ffn: Ffn::Plain { act: c.act(&["activation_function"], "gelu_new")? },
+        embed: EmbedSpec { learned_pos: Some(0), ..Default::default() },
+        tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
+        layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
+        context_length: c.context()?,
+        ..Default::default()
+    })
+}
+
+pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
+    Ok((gpt2_like(c, None)?, &TABLE))
+}
