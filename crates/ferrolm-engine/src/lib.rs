@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod generate;
 pub mod load;
+pub mod search;
 
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};

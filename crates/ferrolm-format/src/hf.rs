@@ -297,12 +297,7 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
         let index = read_json(&index_path)?;
-        let bad = |what: &str| {
-            anyhow!(
-                "'{}' {what}; re-download the model",
-                index_path.display()
-            )
-        };
+        let bad = |what: &str| anyhow!("'{}' {what}; re-download the model", index_path.display());
         let map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -313,7 +308,9 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
                 .as_str()
                 .ok_or_else(|| bad(&format!("maps tensor '{}' to a non-string", quote(tensor))))?;
             let p = Path::new(file);
-            let inside = p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            let inside = p
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
             if !inside || file.is_empty() {
                 return Err(bad(&format!(
                     "names shard '{}', which is not a file inside the directory",

@@ -59,7 +59,8 @@ impl Block {
         let t = x.len() / c;
         if let Residual::Parallel { .. } = self.residual {
             self.norm_into(&self.attn_norm, x, s, t * c);
-            self.attn.forward_rows(t, &self.plan, ctx, kv, self.index, s)?;
+            self.attn
+                .forward_rows(t, &self.plan, ctx, kv, self.index, s)?;
             std::mem::swap(&mut s.h, &mut s.a);
             if let Some(n) = &self.ffn_norm {
                 self.norm_into(n, x, s, t * c);
@@ -75,10 +76,18 @@ impl Block {
             trace_rows("l_out", l, x, &[t, c]);
             return Ok(());
         }
-        self.sub(x, ctx, Sub::SelfAttn(kv), &self.attn_norm, self.post_attn_norm.as_ref(), s)?;
+        self.sub(
+            x,
+            ctx,
+            Sub::SelfAttn(kv),
+            &self.attn_norm,
+            self.post_attn_norm.as_ref(),
+            s,
+        )?;
         if let Some((norm, attn)) = &self.cross {
-            let ckv = cross_kv
-                .ok_or_else(|| anyhow::anyhow!("cross-attention layer run without encoder output"))?;
+            let ckv = cross_kv.ok_or_else(|| {
+                anyhow::anyhow!("cross-attention layer run without encoder output")
+            })?;
             self.sub(x, ctx, Sub::Cross(ckv, attn), norm, None, s)?;
         }
         let norm = self
@@ -119,9 +128,13 @@ impl Block {
             Sub::Cross(..) => "cross",
             Sub::Ffn => "ffn",
         };
-        trace_rows(&format!("{name}_norm"), l, &s.n[..t * c], &[t, c]);
+        if crate::trace::enabled() {
+            trace_rows(&format!("{name}_norm"), l, &s.n[..t * c], &[t, c]);
+        }
         match f {
-            Sub::SelfAttn(kv) => self.attn.forward_rows(t, &self.plan, ctx, kv, self.index, s)?,
+            Sub::SelfAttn(kv) => self
+                .attn
+                .forward_rows(t, &self.plan, ctx, kv, self.index, s)?,
             Sub::Cross(kv, attn) => attn.forward_cross(t, ctx, kv, s)?,
             Sub::Ffn => self.ffn.forward_rows(t, l, s)?,
         }
@@ -130,7 +143,9 @@ impl Block {
             let _p = scope("norms");
             n.rows_in_place(h);
         }
-        trace_rows(&format!("{name}_out"), l, h, &[t, c]);
+        if crate::trace::enabled() {
+            trace_rows(&format!("{name}_out"), l, h, &[t, c]);
+        }
         scope("residual adds").run(|| add_into(x, h, c));
         if post_ln {
             let _p = scope("norms");

@@ -202,7 +202,8 @@ pub fn rope_freqs(spec: &RopeSpec, seq_len: usize) -> (Vec<f32>, f32) {
         RopeScaling::Dynamic { factor, orig } => {
             let n = seq_len.max(*orig) as f32;
             let d = dims as f32;
-            let base = spec.theta * ((factor * n / *orig as f32) - (factor - 1.0)).powf(d / (d - 2.0));
+            let base =
+                spec.theta * ((factor * n / *orig as f32) - (factor - 1.0)).powf(d / (d - 2.0));
             (inv(base), 1.0)
         }
         RopeScaling::Yarn {
@@ -651,9 +652,8 @@ pub fn attend(
     let batched = t >= 2;
     let lanes = if batched { 16 } else { 64 };
     let (causal, window) = (mask.causal, mask.window);
-    let visible = |qp: usize, kp: usize| {
-        (!causal || kp <= qp) && window.is_none_or(|w| qp.abs_diff(kp) < w)
-    };
+    let visible =
+        |qp: usize, kp: usize| (!causal || kp <= qp) && window.is_none_or(|w| qp.abs_diff(kp) < w);
     let scale = match a.scale_at {
         ScaleAt::Scores => a.scale,
         ScaleAt::Queries => 1.0,

@@ -3,8 +3,8 @@
 
 use crate::arch::config_from_gguf;
 use crate::block::Block;
-use crate::kv::{KvCache, KvPrecision};
 use crate::kv::LayerKv;
+use crate::kv::{KvCache, KvPrecision};
 use crate::layers::{
     rope_tables, sized, trace_rows, Attention, FeedForward, FfnLayer, Moe, Norm, Scratch, StepCtx,
 };
@@ -41,7 +41,13 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn rows_into(&self, ids: &[u32], types: Option<&[u32]>, pos: &[usize], x: &mut [f32]) -> Result<()> {
+    fn rows_into(
+        &self,
+        ids: &[u32],
+        types: Option<&[u32]>,
+        pos: &[usize],
+        x: &mut [f32],
+    ) -> Result<()> {
         self.tok.rows_into(ids, x)?;
         if let Some(s) = self.scale {
             x.iter_mut().for_each(|v| *v *= s);
@@ -181,9 +187,20 @@ fn dense_ffn(w: &dyn WeightSource, spec: Ffn, keys: [Key; 3]) -> Result<FeedForw
     })
 }
 
-fn attention(w: &dyn WeightSource, spec: AttentionSpec, k: [Key; 4], norms: Option<[Key; 2]>, ns: NormSpec) -> Result<Attention> {
+fn attention(
+    w: &dyn WeightSource,
+    spec: AttentionSpec,
+    k: [Key; 4],
+    norms: Option<[Key; 2]>,
+    ns: NormSpec,
+) -> Result<Attention> {
     let (h, hkv, d) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
-    let [q, kk, v, o] = [w.linear(k[0])?, w.linear(k[1])?, w.linear(k[2])?, w.linear(k[3])?];
+    let [q, kk, v, o] = [
+        w.linear(k[0])?,
+        w.linear(k[1])?,
+        w.linear(k[2])?,
+        w.linear(k[3])?,
+    ];
     for (name, l, want) in [("q", &q, h * d), ("k", &kk, hkv * d), ("v", &v, hkv * d)] {
         if l.out_dim() != want {
             bail!("the attention {name} projection of layer {:?} has {} outputs; {} heads of {d} need {want}", k[0].layer.unwrap_or(0), l.out_dim(), if name == "q" { h } else { hkv });
@@ -200,7 +217,13 @@ fn attention(w: &dyn WeightSource, spec: AttentionSpec, k: [Key; 4], norms: Opti
     })
 }
 
-fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, cross: bool) -> Result<Stack> {
+fn stack(
+    cfg: &ModelConfig,
+    w: &dyn WeightSource,
+    encoder: bool,
+    causal: bool,
+    cross: bool,
+) -> Result<Stack> {
     let plans = if encoder && cfg.topology == Topology::EncoderDecoder {
         &cfg.encoder_layers
     } else {
@@ -215,29 +238,91 @@ fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, c
         let ffn = match (cfg.ffn, plan.moe) {
             (Ffn::Moe(m), true) => {
                 let experts = (0..m.experts)
-                    .map(|e| dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::ExpGate).expert(e), l(Slot::ExpUp).expert(e), l(Slot::ExpDown).expert(e)]))
+                    .map(|e| {
+                        dense_ffn(
+                            w,
+                            Ffn::Gated { act: m.act },
+                            [
+                                l(Slot::ExpGate).expert(e),
+                                l(Slot::ExpUp).expert(e),
+                                l(Slot::ExpDown).expert(e),
+                            ],
+                        )
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let shared = if m.shared {
-                    Some((dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::ShGate), l(Slot::ShUp), l(Slot::ShDown)])?, w.linear(l(Slot::ShExpGate))?))
+                    Some((
+                        dense_ffn(
+                            w,
+                            Ffn::Gated { act: m.act },
+                            [l(Slot::ShGate), l(Slot::ShUp), l(Slot::ShDown)],
+                        )?,
+                        w.linear(l(Slot::ShExpGate))?,
+                    ))
                 } else {
                     None
                 };
-                FfnLayer::Moe(Moe { spec: m, router: w.linear(l(Slot::FfnRouter))?, experts, shared })
+                FfnLayer::Moe(Moe {
+                    spec: m,
+                    router: w.linear(l(Slot::FfnRouter))?,
+                    experts,
+                    shared,
+                })
             }
-            (Ffn::Moe(m), false) => FfnLayer::Dense(dense_ffn(w, Ffn::Gated { act: m.act }, [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)])?),
-            (spec, _) => FfnLayer::Dense(dense_ffn(w, spec, [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)])?),
+            (Ffn::Moe(m), false) => FfnLayer::Dense(dense_ffn(
+                w,
+                Ffn::Gated { act: m.act },
+                [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)],
+            )?),
+            (spec, _) => FfnLayer::Dense(dense_ffn(
+                w,
+                spec,
+                [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)],
+            )?),
         };
-        let qk = cfg.attn.qk_norm.then(|| [l(Slot::AttnQNorm), l(Slot::AttnKNorm)]);
+        let qk = cfg
+            .attn
+            .qk_norm
+            .then(|| [l(Slot::AttnQNorm), l(Slot::AttnKNorm)]);
         blocks.push(Block {
             index: il,
             plan: plan.clone(),
             placement: cfg.placement,
             residual: cfg.residual,
             attn_norm: norm(w, l(Slot::AttnNorm), ns)?,
-            attn: attention(w, cfg.attn, [l(Slot::AttnQ), l(Slot::AttnK), l(Slot::AttnV), l(Slot::AttnOut)], qk, ns)?,
-            post_attn_norm: if sandwich { opt_norm(w, l(Slot::PostAttnNorm), ns)? } else { None },
+            attn: attention(
+                w,
+                cfg.attn,
+                [
+                    l(Slot::AttnQ),
+                    l(Slot::AttnK),
+                    l(Slot::AttnV),
+                    l(Slot::AttnOut),
+                ],
+                qk,
+                ns,
+            )?,
+            post_attn_norm: if sandwich {
+                opt_norm(w, l(Slot::PostAttnNorm), ns)?
+            } else {
+                None
+            },
             cross: if cross {
-                Some((norm(w, l(Slot::CrossNorm), ns)?, attention(w, cfg.attn, [l(Slot::CrossQ), l(Slot::CrossK), l(Slot::CrossV), l(Slot::CrossOut)], None, ns)?))
+                Some((
+                    norm(w, l(Slot::CrossNorm), ns)?,
+                    attention(
+                        w,
+                        cfg.attn,
+                        [
+                            l(Slot::CrossQ),
+                            l(Slot::CrossK),
+                            l(Slot::CrossV),
+                            l(Slot::CrossOut),
+                        ],
+                        None,
+                        ns,
+                    )?,
+                ))
             } else {
                 None
             },
@@ -246,12 +331,20 @@ fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, c
                 _ => Some(norm(w, l(Slot::FfnNorm), ns)?),
             },
             ffn,
-            post_ffn_norm: if sandwich { opt_norm(w, l(Slot::PostFfnNorm), ns)? } else { None },
+            post_ffn_norm: if sandwich {
+                opt_norm(w, l(Slot::PostFfnNorm), ns)?
+            } else {
+                None
+            },
         });
     }
     let tok = w.embedding(g(Slot::TokenEmbd))?;
     if tok.dim() != cfg.hidden {
-        bail!("token embedding width {} does not match the model width {}", tok.dim(), cfg.hidden);
+        bail!(
+            "token embedding width {} does not match the model width {}",
+            tok.dim(),
+            cfg.hidden
+        );
     }
     let embed = Embeddings {
         tok,
@@ -260,10 +353,21 @@ fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, c
             Some(off) => Some((w.embedding(g(Slot::PosEmbd))?, off)),
             None => None,
         },
-        types: if cfg.embed.token_types { Some(w.embedding(g(Slot::TypeEmbd))?) } else { None },
-        norm: if cfg.embed.norm { Some(norm(w, g(Slot::EmbedNorm), ns)?) } else { None },
+        types: if cfg.embed.token_types {
+            Some(w.embedding(g(Slot::TypeEmbd))?)
+        } else {
+            None
+        },
+        norm: if cfg.embed.norm {
+            Some(norm(w, g(Slot::EmbedNorm), ns)?)
+        } else {
+            None
+        },
     };
-    let alibi = match plans.iter().find_map(|p| match p.position { Position::Alibi(k) => Some(k), _ => None }) {
+    let alibi = match plans.iter().find_map(|p| match p.position {
+        Position::Alibi(k) => Some(k),
+        _ => None,
+    }) {
         Some(kind) => {
             let s = crate::layers::alibi_slopes(kind, cfg.attn.n_heads);
             match kind {
@@ -273,13 +377,22 @@ fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, c
         }
         None => Vec::new(),
     };
-    let relative = match plans.iter().find_map(|p| match p.position { Position::Relative(r) => Some(r), _ => None }) {
+    let relative = match plans.iter().find_map(|p| match p.position {
+        Position::Relative(r) => Some(r),
+        _ => None,
+    }) {
         Some(r) => {
-            let Embedding::Dense { rows, cols, data } = w.embedding(Key::layer(Slot::RelBias, 0).enc(encoder))? else {
+            let Embedding::Dense { rows, cols, data } =
+                w.embedding(Key::layer(Slot::RelBias, 0).enc(encoder))?
+            else {
                 bail!("relative position bias must be a dense table");
             };
             if rows != r.buckets || cols != cfg.attn.n_heads {
-                bail!("relative position bias has shape ({rows}, {cols}); expected ({}, {})", r.buckets, cfg.attn.n_heads);
+                bail!(
+                    "relative position bias has shape ({rows}, {cols}); expected ({}, {})",
+                    r.buckets,
+                    cfg.attn.n_heads
+                );
             }
             data
         }
@@ -289,11 +402,19 @@ fn stack(cfg: &ModelConfig, w: &dyn WeightSource, encoder: bool, causal: bool, c
     Ok(Stack {
         embed,
         blocks,
-        final_norm: if cfg.final_norm { Some(norm(w, g(Slot::OutputNorm), ns)?) } else { None },
+        final_norm: if cfg.final_norm {
+            Some(norm(w, g(Slot::OutputNorm), ns)?)
+        } else {
+            None
+        },
         causal,
         alibi,
         relative,
-        out_scale: if is_output_stack { cfg.head_scale } else { None },
+        out_scale: if is_output_stack {
+            cfg.head_scale
+        } else {
+            None
+        },
     })
 }
 
@@ -318,11 +439,18 @@ impl Model {
         let (main, encoder) = match config.topology {
             Topology::Decoder => (stack(&config, w, false, true, false)?, None),
             Topology::Encoder => (stack(&config, w, false, false, false)?, None),
-            Topology::EncoderDecoder => (stack(&config, w, false, true, true)?, Some(stack(&config, w, true, false, false)?)),
+            Topology::EncoderDecoder => (
+                stack(&config, w, false, true, true)?,
+                Some(stack(&config, w, true, false, false)?),
+            ),
         };
         let head = match config.topology {
             Topology::Encoder => None,
-            _ => Some(w.linear(Key::global(if config.tied_embeddings { Slot::TokenEmbd } else { Slot::Output }))?),
+            _ => Some(w.linear(Key::global(if config.tied_embeddings {
+                Slot::TokenEmbd
+            } else {
+                Slot::Output
+            }))?),
         };
         let logits_bias = if w.has(Key::global(Slot::LogitsBias)) {
             match w.embedding(Key::global(Slot::LogitsBias))? {
@@ -334,10 +462,21 @@ impl Model {
         };
         if let Some(h) = &head {
             if h.out_dim() != config.vocab_size {
-                bail!("the output head has {} rows but the vocabulary has {} tokens", h.out_dim(), config.vocab_size);
+                bail!(
+                    "the output head has {} rows but the vocabulary has {} tokens",
+                    h.out_dim(),
+                    config.vocab_size
+                );
             }
         }
-        Ok(Model { config, main, encoder, head, logits_bias, kv_precision: KvPrecision::F32 })
+        Ok(Model {
+            config,
+            main,
+            encoder,
+            head,
+            logits_bias,
+            kv_precision: KvPrecision::F32,
+        })
     }
 
     /// Final hidden states `(T, C)` of the encoder (encoder-only and encoder-decoder models),
@@ -345,7 +484,10 @@ impl Model {
     pub fn encode(&self, ids: &[u32], types: Option<&[u32]>) -> Result<Vec<f32>> {
         let st = self.encoder.as_ref().unwrap_or(&self.main);
         if st.causal {
-            bail!("this model ({}) has no encoder; use logits or generate", self.config.arch);
+            bail!(
+                "this model ({}) has no encoder; use logits or generate",
+                self.config.arch
+            );
         }
         if ids.is_empty() {
             bail!("encode called with no tokens");
@@ -354,7 +496,15 @@ impl Model {
         let mut kv = KvCache::new(vec![None; n], ids.len(), KvPrecision::F32);
         let pos = kv.reserve(ids.len())?;
         let mut out = vec![0f32; ids.len() * self.config.hidden];
-        st.run(ids, types, &pos, &mut kv.layers, &[], &mut kv.scratch, &mut out)?;
+        st.run(
+            ids,
+            types,
+            &pos,
+            &mut kv.layers,
+            &[],
+            &mut kv.scratch,
+            &mut out,
+        )?;
         Ok(out)
     }
 
@@ -367,7 +517,12 @@ impl Model {
             .blocks
             .iter()
             .filter_map(|b| b.cross.as_ref())
-            .map(|(_, a)| a.cross_kv(enc, kv.layers.first().map_or(KvPrecision::F32, |l| l.precision)))
+            .map(|(_, a)| {
+                a.cross_kv(
+                    enc,
+                    kv.layers.first().map_or(KvPrecision::F32, |l| l.precision),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(())
     }
@@ -411,8 +566,14 @@ impl Model {
             bail!("an encoder-decoder model decodes after `start_decoder` with the encoder output");
         }
         let pos = kv.reserve(tokens.len())?;
-        let KvCache { layers, cross, scratch, .. } = kv;
-        self.main.run(tokens, None, &pos, layers, cross, scratch, out)
+        let KvCache {
+            layers,
+            cross,
+            scratch,
+            ..
+        } = kv;
+        self.main
+            .run(tokens, None, &pos, layers, cross, scratch, out)
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.
@@ -420,7 +581,10 @@ impl Model {
         let t = hidden.dim(0)?;
         let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
         let head = self.head.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("this model ({}) is an encoder and has no LM head; use embed", self.config.arch)
+            anyhow::anyhow!(
+                "this model ({}) is an encoder and has no LM head; use embed",
+                self.config.arch
+            )
         })?;
         let v = head.out_dim();
         let mut y = vec![0f32; t * v];

@@ -98,9 +98,14 @@ pub enum RopeLayout {
 pub enum RopeScaling {
     None,
     /// Position interpolation: positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Dynamic NTK: when a call reaches past `orig` positions, the base grows with its length.
-    Dynamic { factor: f32, orig: usize },
+    Dynamic {
+        factor: f32,
+        orig: usize,
+    },
     /// YaRN: per-frequency blend of interpolation and extrapolation, plus an attention factor.
     Yarn {
         factor: f32,

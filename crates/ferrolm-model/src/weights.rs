@@ -183,8 +183,15 @@ fn candle_dtype(t: GgmlType) -> Result<GgmlDType> {
 /// An embedding table read row by row: in place from a (possibly quantized) GGUF tensor, never
 /// dequantized whole, or a dense f32 table.
 pub enum Embedding {
-    Gguf { file: Arc<GgufFile>, info: TensorInfo },
-    Dense { rows: usize, cols: usize, data: Vec<f32> },
+    Gguf {
+        file: Arc<GgufFile>,
+        info: TensorInfo,
+    },
+    Dense {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
 }
 
 impl Embedding {
@@ -327,7 +334,6 @@ impl GgufWeights {
             info.ty.name().to_string(),
         )))
     }
-
 }
 
 impl WeightSource for GgufWeights {
@@ -475,7 +481,11 @@ impl HfWeights {
             }
         }
         let suffix = format!(".{name}");
-        let mut hits = self.dir.tensor_names().into_iter().filter(|n| n.ends_with(&suffix));
+        let mut hits = self
+            .dir
+            .tensor_names()
+            .into_iter()
+            .filter(|n| n.ends_with(&suffix));
         match (hits.next(), hits.next()) {
             (Some(one), None) => self.dir.tensor(one),
             _ => None,
@@ -487,8 +497,13 @@ impl HfWeights {
     fn tensor(&self, k: Key, suffix: &str) -> Option<ferrolm_format::hf::HfTensor<'_>> {
         let p = self.path(k)?;
         p.split('|').find_map(|p| {
-            self.find(&format!("{p}.{suffix}"))
-                .or_else(|| if suffix == "weight" { self.find(p) } else { None })
+            self.find(&format!("{p}.{suffix}")).or_else(|| {
+                if suffix == "weight" {
+                    self.find(p)
+                } else {
+                    None
+                }
+            })
         })
     }
 
@@ -526,20 +541,30 @@ impl HfWeights {
         }
     }
 
-    fn dense(w: Vec<f32>, out: usize, inp: usize, bias: Option<Vec<f32>>) -> Result<Box<dyn Linear>> {
+    fn dense(
+        w: Vec<f32>,
+        out: usize,
+        inp: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Box<dyn Linear>> {
         if let Some(b) = &bias {
             if b.len() != out {
                 bail!("a bias of {} values for a matrix of {out} rows", b.len());
             }
         }
         let w = Tensor::from_vec(w, (out, inp), &Device::Cpu)?;
-        let b = bias.map(|b| Tensor::from_vec(b, out, &Device::Cpu)).transpose()?;
+        let b = bias
+            .map(|b| Tensor::from_vec(b, out, &Device::Cpu))
+            .transpose()?;
         Ok(Box::new(DenseLinear::new(w, b)))
     }
 
     /// q, k or v cut from the fused projection.
     fn from_fused(&self, k: Key) -> Result<Box<dyn Linear>> {
-        let fused = Key { slot: Slot::AttnQkv, ..k };
+        let fused = Key {
+            slot: Slot::AttnQkv,
+            ..k
+        };
         let (rows, cols, w) = self.matrix(fused)?;
         let (h, hkv, d) = self.heads;
         let [q, kk, v] = qkv_rows(self.table.qkv, h, hkv, d);
@@ -558,7 +583,9 @@ impl HfWeights {
         for &r in &pick {
             out.extend_from_slice(&w[r * cols..(r + 1) * cols]);
         }
-        let bias = self.bias(fused)?.map(|b| pick.iter().map(|&r| b[r]).collect());
+        let bias = self
+            .bias(fused)?
+            .map(|b| pick.iter().map(|&r| b[r]).collect());
         Self::dense(out, pick.len(), cols, bias)
     }
 }
@@ -568,7 +595,10 @@ impl WeightSource for HfWeights {
         self.tensor(k, "weight").is_some()
             || (matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV)
                 && self.path(k).is_none()
-                && self.has(Key { slot: Slot::AttnQkv, ..k }))
+                && self.has(Key {
+                    slot: Slot::AttnQkv,
+                    ..k
+                }))
     }
     fn vector(&self, k: Key) -> Result<Vec<f32>> {
         let t = self.required(k)?;
@@ -596,7 +626,11 @@ impl WeightSource for HfWeights {
     fn embedding(&self, k: Key) -> Result<Embedding> {
         let t = self.required(k)?;
         if t.shape.len() != 2 {
-            bail!("embedding '{}' should be a matrix, found shape {:?}", t.name, t.shape);
+            bail!(
+                "embedding '{}' should be a matrix, found shape {:?}",
+                t.name,
+                t.shape
+            );
         }
         Ok(Embedding::Dense {
             rows: t.shape[0],

@@ -51,7 +51,10 @@ impl HfSpecial {
                 .and_then(|s| serde_json::from_str(&s).ok())
                 .unwrap_or(Value::Null)
         };
-        let (tok_config, tok_map) = (json("tokenizer_config.json"), json("special_tokens_map.json"));
+        let (tok_config, tok_map) = (
+            json("tokenizer_config.json"),
+            json("special_tokens_map.json"),
+        );
         let (gen, config) = (json("generation_config.json"), json("config.json"));
         // transformers lets special_tokens_map.json override tokenizer_config.json.
         let text = |key: &str| token_text(&tok_map[key]).or_else(|| token_text(&tok_config[key]));
@@ -119,9 +122,14 @@ enum PieceStep {
     ByteLevel,
     /// `<0xAB>` -> the byte 0xAB.
     ByteFallback,
-    Replace { from: String, to: String },
+    Replace {
+        from: String,
+        to: String,
+    },
     /// WordPiece: a token starting with `prefix` loses it, any other gains a leading space.
-    WordPiece { prefix: String },
+    WordPiece {
+        prefix: String,
+    },
     /// BPE end-of-word suffix -> space.
     Suffix(String),
 }
@@ -140,8 +148,13 @@ impl PieceStep {
             Some("ByteLevel") => out.push(PieceStep::ByteLevel),
             Some("ByteFallback") => out.push(PieceStep::ByteFallback),
             Some("Replace") => {
-                if let (Some(from), Some(to)) = (decoder["pattern"]["String"].as_str(), s("content")) {
-                    out.push(PieceStep::Replace { from: from.to_string(), to });
+                if let (Some(from), Some(to)) =
+                    (decoder["pattern"]["String"].as_str(), s("content"))
+                {
+                    out.push(PieceStep::Replace {
+                        from: from.to_string(),
+                        to,
+                    });
                 }
             }
             Some("Metaspace") => out.push(PieceStep::Replace {
@@ -151,7 +164,9 @@ impl PieceStep {
             Some("WordPiece") => out.push(PieceStep::WordPiece {
                 prefix: s("prefix").unwrap_or_else(|| "##".into()),
             }),
-            Some("BPEDecoder") => out.push(PieceStep::Suffix(s("suffix").unwrap_or_else(|| "</w>".into()))),
+            Some("BPEDecoder") => out.push(PieceStep::Suffix(
+                s("suffix").unwrap_or_else(|| "</w>".into()),
+            )),
             _ => {}
         }
     }
@@ -276,7 +291,10 @@ impl HfTok {
             _ => None,
         };
         let unk = id_of(&special.unk).or_else(|| id_of(&model_unk));
-        let eog: BTreeSet<u32> = eos.into_iter().chain(special.eos_ids.iter().copied()).collect();
+        let eog: BTreeSet<u32> = eos
+            .into_iter()
+            .chain(special.eos_ids.iter().copied())
+            .collect();
 
         let empty = inner
             .encode("", true)
@@ -353,7 +371,11 @@ impl HfTok {
     /// with `truncation=True, max_length=max_len`: the text's tokens are cut from the right to
     /// leave room for the post-processor's special tokens, which are then added (so BERT keeps
     /// `[CLS] .. [SEP]`).
-    pub(crate) fn encode_truncated(&self, text: &str, max_len: usize) -> Result<Vec<u32>, TokenizeError> {
+    pub(crate) fn encode_truncated(
+        &self,
+        text: &str,
+        max_len: usize,
+    ) -> Result<Vec<u32>, TokenizeError> {
         let backend = |e: tokenizers::Error| TokenizeError::HfBackend(one_line(e));
         let mut enc = self.inner.encode(text, false).map_err(backend)?;
         let Some(processor) = self.inner.get_post_processor() else {

@@ -96,7 +96,11 @@ impl Tokenizer {
     pub fn with_lowercase(mut self) -> Result<Tokenizer, TokenizeError> {
         match &mut self.kind {
             Kind::Hf(t) => t.lowercase_input()?,
-            Kind::Gguf(_) => return Err(TokenizeError::NotHf { what: "do_lower_case" }),
+            Kind::Gguf(_) => {
+                return Err(TokenizeError::NotHf {
+                    what: "do_lower_case",
+                })
+            }
         }
         Ok(self)
     }

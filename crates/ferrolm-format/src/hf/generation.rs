@@ -95,7 +95,12 @@ fn token_id(key: &str, x: &Value) -> Result<Option<u32>> {
     }
 }
 
-fn field<T>(v: &Value, key: &str, expected: &str, get: fn(&Value) -> Option<T>) -> Result<Option<T>> {
+fn field<T>(
+    v: &Value,
+    key: &str,
+    expected: &str,
+    get: fn(&Value) -> Option<T>,
+) -> Result<Option<T>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(x) => match get(x) {

@@ -103,7 +103,10 @@ impl Pooling {
                 .filter(|(key, _)| v.get(key).and_then(Value::as_bool) == Some(true))
                 .map(|(_, mode)| mode.to_string())
                 .collect(),
-            Some(other) => bail!("'pooling_mode' is {}, expected a name", quote(&other.to_string())),
+            Some(other) => bail!(
+                "'pooling_mode' is {}, expected a name",
+                quote(&other.to_string())
+            ),
         };
         match modes.as_slice() {
             [] => Ok(Pooling::Mean),
@@ -251,8 +254,7 @@ fn pooling_config(module: &Path) -> Result<Pooling> {
             module.display()
         );
     }
-    Pooling::from_config(&read_json(&p)?)
-        .map_err(|e| anyhow!("'{}': {e}", p.display()))
+    Pooling::from_config(&read_json(&p)?).map_err(|e| anyhow!("'{}': {e}", p.display()))
 }
 
 /// `(max_seq_length, do_lower_case)` from `dir/sentence_bert_config.json`, if present.

@@ -66,7 +66,12 @@ fn mixed_file() -> Vec<u8> {
         .collect();
     let i64s: Vec<u8> = [0i64, 1, 2].iter().flat_map(|x| x.to_le_bytes()).collect();
     safetensors_bytes(&[
-        ("a.weight", Dtype::F32, vec![2, 3], f32_bytes(&[1., 2., 3., 4., 5., 6.])),
+        (
+            "a.weight",
+            Dtype::F32,
+            vec![2, 3],
+            f32_bytes(&[1., 2., 3., 4., 5., 6.]),
+        ),
         ("b.half", Dtype::F16, vec![4], f16),
         ("c.brain", Dtype::BF16, vec![2, 2], bf16),
         ("embeddings.position_ids", Dtype::I64, vec![1, 3], i64s),
@@ -75,7 +80,10 @@ fn mixed_file() -> Vec<u8> {
 
 fn model_dir(tag: &str) -> TempDir {
     let d = TempDir::new(tag);
-    d.json("config.json", json!({"model_type": "bert", "hidden_size": 4}));
+    d.json(
+        "config.json",
+        json!({"model_type": "bert", "hidden_size": 4}),
+    );
     d
 }
 
@@ -91,7 +99,10 @@ fn single_file_with_every_dtype() {
         ["a.weight", "b.half", "c.brain", "embeddings.position_ids"]
     );
     let a = m.tensor("a.weight").unwrap();
-    assert_eq!((a.dtype, a.shape.clone(), a.n_elements()), (HfDtype::F32, vec![2, 3], 6));
+    assert_eq!(
+        (a.dtype, a.shape.clone(), a.n_elements()),
+        (HfDtype::F32, vec![2, 3], 6)
+    );
     assert_eq!(a.to_f32(), [1., 2., 3., 4., 5., 6.]);
     let b = m.tensor("b.half").unwrap();
     assert_eq!((b.dtype, b.bytes.len()), (HfDtype::F16, 8));
@@ -105,10 +116,16 @@ fn single_file_with_every_dtype() {
         m.get("embeddings.position_ids").err().unwrap().to_string(),
         "tensor 'embeddings.position_ids' has dtype I64, which ferrolm cannot load (F32, F16, BF16)"
     );
-    assert_eq!(m.dtype_name("embeddings.position_ids").as_deref(), Some("I64"));
+    assert_eq!(
+        m.dtype_name("embeddings.position_ids").as_deref(),
+        Some("I64")
+    );
     assert!(m.tensor("nope").is_none());
     let e = m.get("nope").err().unwrap().to_string();
-    assert!(e.starts_with("tensor 'nope' not found in model directory"), "{e}");
+    assert!(
+        e.starts_with("tensor 'nope' not found in model directory"),
+        "{e}"
+    );
     assert_eq!(m.tokenizer_path(), None);
     assert_eq!(m.generation_config().unwrap(), None);
 }
@@ -128,7 +145,10 @@ fn sharded_index() {
         ]),
     );
     // A loose file the index does not name is ignored.
-    d.write("consolidated.safetensors", safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[9.]))]));
+    d.write(
+        "consolidated.safetensors",
+        safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[9.]))]),
+    );
     let index = |map: serde_json::Value| json!({"metadata": {"total_size": 16}, "weight_map": map});
     d.json(
         "model.safetensors.index.json",
@@ -151,13 +171,27 @@ fn sharded_index() {
         index(json!({"x": "model-00002-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"})),
     );
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.contains("puts tensor 'x' in 'model-00002-of-00002.safetensors', which does not contain it"), "{e}");
+    assert!(
+        e.contains(
+            "puts tensor 'x' in 'model-00002-of-00002.safetensors', which does not contain it"
+        ),
+        "{e}"
+    );
     // A shard is missing.
-    d.json("model.safetensors.index.json", index(json!({"x": "model-00003-of-00003.safetensors"})));
+    d.json(
+        "model.safetensors.index.json",
+        index(json!({"x": "model-00003-of-00003.safetensors"})),
+    );
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.contains("lacks shard 'model-00003-of-00003.safetensors'"), "{e}");
+    assert!(
+        e.contains("lacks shard 'model-00003-of-00003.safetensors'"),
+        "{e}"
+    );
     // A shard outside the directory.
-    d.json("model.safetensors.index.json", index(json!({"x": "../model.safetensors"})));
+    d.json(
+        "model.safetensors.index.json",
+        index(json!({"x": "../model.safetensors"})),
+    );
     let e = HfDir::open(&d.0).err().unwrap().to_string();
     assert!(e.contains("not a file inside the directory"), "{e}");
     // No weight_map.
@@ -169,15 +203,27 @@ fn sharded_index() {
 #[test]
 fn loose_shards_without_index() {
     let d = model_dir("loose");
-    d.write("b.safetensors", safetensors_bytes(&[("y", Dtype::F32, vec![1], f32_bytes(&[2.]))]));
-    d.write("a.safetensors", safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[1.]))]));
+    d.write(
+        "b.safetensors",
+        safetensors_bytes(&[("y", Dtype::F32, vec![1], f32_bytes(&[2.]))]),
+    );
+    d.write(
+        "a.safetensors",
+        safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[1.]))]),
+    );
     let m = HfDir::open(&d.0).unwrap();
     assert_eq!(m.tensor_names(), ["x", "y"]);
     assert_eq!(m.tensor("y").unwrap().to_f32(), [2.]);
 
-    d.write("c.safetensors", safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[3.]))]));
+    d.write(
+        "c.safetensors",
+        safetensors_bytes(&[("x", Dtype::F32, vec![1], f32_bytes(&[3.]))]),
+    );
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.starts_with("tensor 'x' is in both 'a.safetensors' and 'c.safetensors'"), "{e}");
+    assert!(
+        e.starts_with("tensor 'x' is in both 'a.safetensors' and 'c.safetensors'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -199,11 +245,17 @@ fn directory_errors_say_what_to_do() {
 
     d.write("config.json", b"{not json");
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.contains("config.json' is not valid JSON (") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("config.json' is not valid JSON (") && !e.contains('\n'),
+        "{e}"
+    );
 
     d.json("config.json", json!({}));
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.contains("has no safetensors weights") && e.ends_with("download the weights too"), "{e}");
+    assert!(
+        e.contains("has no safetensors weights") && e.ends_with("download the weights too"),
+        "{e}"
+    );
     d.write("pytorch_model.bin", b"PK");
     let e = HfDir::open(&d.0).err().unwrap().to_string();
     assert!(e.ends_with("convert it to safetensors"), "{e}");
@@ -213,7 +265,11 @@ fn directory_errors_say_what_to_do() {
     assert!(e.contains("model.safetensors' is empty"), "{e}");
     d.write("model.safetensors", b"\x08\0\0\0\0\0\0\0{\"a\":1}");
     let e = HfDir::open(&d.0).err().unwrap().to_string();
-    assert!(e.contains("is not a valid safetensors file (") && e.ends_with("re-download or re-convert the model"), "{e}");
+    assert!(
+        e.contains("is not a valid safetensors file (")
+            && e.ends_with("re-download or re-convert the model"),
+        "{e}"
+    );
 }
 
 /// A refusal must be one line of sane length; an acceptance must give in-bounds tensors whose
@@ -271,19 +327,52 @@ fn garbled_headers_are_errors_not_panics() {
         with_header("", 0),
         with_header("[]", 0),
         with_header("null", 0),
-        with_header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8),
-        with_header(r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#, 4),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            8,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#,
+            4,
+        ),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#,
+            4,
+        ),
         with_header(r#"{"a":{"dtype":"F32","shape":[1]}}"#, 4),
-        with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4),
+        with_header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        ),
         with_header(r#"{"__metadata__":{"format":1}}"#, 0),
         with_header(&"[".repeat(10_000), 0),
-        with_header(&format!(r#"{{"{}":{{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}}}"#, "x".repeat(5000)), 4),
+        with_header(
+            &format!(
+                r#"{{"{}":{{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}}}"#,
+                "x".repeat(5000)
+            ),
+            4,
+        ),
     ];
     for b in &bad {
         assert!(!check_parse(b), "accepted {:?}", String::from_utf8_lossy(b));
@@ -343,14 +432,20 @@ fn generation_config_fields() {
     );
     let one = GenerationConfig::from_json(&json!({"eos_token_id": 5})).unwrap();
     assert_eq!(one.eos_token_ids, [5]);
-    assert_eq!(GenerationConfig::from_json(&json!({})).unwrap(), GenerationConfig::default());
+    assert_eq!(
+        GenerationConfig::from_json(&json!({})).unwrap(),
+        GenerationConfig::default()
+    );
 
     d.json("generation_config.json", json!({"top_k": "many"}));
     let e = m.generation_config().err().unwrap().to_string();
     assert!(e.ends_with("generation_config.json': 'top_k' is \"many\", expected a non-negative integer; fix or delete the file"), "{e}");
     d.json("generation_config.json", json!({"eos_token_id": [1, 2.5]}));
     let e = m.generation_config().err().unwrap().to_string();
-    assert!(e.contains("'eos_token_id' is 2.5, expected a token id"), "{e}");
+    assert!(
+        e.contains("'eos_token_id' is 2.5, expected a token id"),
+        "{e}"
+    );
     d.write("generation_config.json", "{");
     assert!(m.generation_config().is_err());
 }
@@ -376,7 +471,10 @@ fn sentence_config_from_modules_json() {
                "pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": false,
                "pooling_mode_mean_sqrt_len_tokens": false}),
     );
-    d.json("sentence_bert_config.json", json!({"max_seq_length": 256, "do_lower_case": false}));
+    d.json(
+        "sentence_bert_config.json",
+        json!({"max_seq_length": 256, "do_lower_case": false}),
+    );
     let m = HfDir::open(&d.0).unwrap();
     assert_eq!(
         m.sentence_config().unwrap(),
@@ -391,23 +489,38 @@ fn sentence_config_from_modules_json() {
 
     // Newer configs name the mode; no Normalize module.
     d.json("modules.json", modules(serde_json::Value::Null));
-    d.json("1_Pooling/config.json", json!({"embedding_dimension": 4, "pooling_mode": "lasttoken"}));
-    d.json("sentence_bert_config.json", json!({"max_seq_length": null, "do_lower_case": true}));
+    d.json(
+        "1_Pooling/config.json",
+        json!({"embedding_dimension": 4, "pooling_mode": "lasttoken"}),
+    );
+    d.json(
+        "sentence_bert_config.json",
+        json!({"max_seq_length": null, "do_lower_case": true}),
+    );
     let s = m.sentence_config().unwrap();
-    assert_eq!((s.pooling, s.normalize, s.max_seq_length, s.do_lower_case), (Pooling::LastToken, false, None, true));
+    assert_eq!(
+        (s.pooling, s.normalize, s.max_seq_length, s.do_lower_case),
+        (Pooling::LastToken, false, None, true)
+    );
 
     // Modules ferrolm does not apply, and combined modes, are refused.
     d.json("modules.json", modules(json!({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})));
     let e = m.sentence_config().err().unwrap().to_string();
     assert!(e.contains("lists module sentence_transformers.models.Dense ('2_Dense'), which ferrolm does not apply"), "{e}");
     d.json("modules.json", modules(serde_json::Value::Null));
-    d.json("1_Pooling/config.json", json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}));
+    d.json(
+        "1_Pooling/config.json",
+        json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}),
+    );
     let e = m.sentence_config().err().unwrap().to_string();
     assert!(e.contains("pooling combines modes cls+mean"), "{e}");
     d.json("1_Pooling/config.json", json!({"pooling_mode": "median"}));
     let e = m.sentence_config().err().unwrap().to_string();
     assert!(e.contains("unknown pooling mode 'median'"), "{e}");
-    d.json("modules.json", json!([{"path": "", "type": "sentence_transformers.models.Transformer"}]));
+    d.json(
+        "modules.json",
+        json!([{"path": "", "type": "sentence_transformers.models.Transformer"}]),
+    );
     let e = m.sentence_config().err().unwrap().to_string();
     assert!(e.contains("has no Pooling module"), "{e}");
 }
@@ -427,12 +540,21 @@ fn sentence_config_without_modules_json() {
     assert_eq!(m.sentence_config().unwrap(), plain);
     // A causal LM defaults to last-token pooling, as in sentence-transformers.
     let causal = json!({"architectures": ["Qwen2ForCausalLM"]});
-    assert_eq!(SentenceConfig::read(&d.0, &causal).unwrap().pooling, Pooling::LastToken);
+    assert_eq!(
+        SentenceConfig::read(&d.0, &causal).unwrap().pooling,
+        Pooling::LastToken
+    );
     let bidirectional = json!({"architectures": ["Qwen2ForCausalLM"], "is_causal": false});
-    assert_eq!(SentenceConfig::read(&d.0, &bidirectional).unwrap().pooling, Pooling::Mean);
+    assert_eq!(
+        SentenceConfig::read(&d.0, &bidirectional).unwrap().pooling,
+        Pooling::Mean
+    );
 
     // Module directories are honoured.
-    d.json("1_Pooling/config.json", json!({"pooling_mode_cls_token": true}));
+    d.json(
+        "1_Pooling/config.json",
+        json!({"pooling_mode_cls_token": true}),
+    );
     std::fs::create_dir_all(d.0.join("2_Normalize")).unwrap();
     std::fs::create_dir_all(d.0.join("x_Dense")).unwrap();
     d.json("sentence_bert_config.json", json!({"max_seq_length": 128}));
@@ -457,9 +579,15 @@ fn pooling_modes() {
     assert_eq!(p(Pooling::Max), [3.0, 5.0]);
     assert_eq!(p(Pooling::Mean), [2.0, 1.0 / 3.0]);
     let s3 = 3f64.sqrt();
-    assert_eq!(p(Pooling::MeanSqrtLen), [(6.0 / s3) as f32, (1.0 / s3) as f32]);
+    assert_eq!(
+        p(Pooling::MeanSqrtLen),
+        [(6.0 / s3) as f32, (1.0 / s3) as f32]
+    );
     // Weights 1, 2, 3 over a total of 6.
-    assert_eq!(p(Pooling::WeightedMean), [(1.0 + 6.0 + 6.0) / 6.0, (-1.0 + 10.0 - 9.0) / 6.0]);
+    assert_eq!(
+        p(Pooling::WeightedMean),
+        [(1.0 + 6.0 + 6.0) / 6.0, (-1.0 + 10.0 - 9.0) / 6.0]
+    );
 
     let n = pool(&[3.0, -4.0, 0.0, 4.0], 2, Pooling::Max, true);
     assert_eq!(n, [0.6, 0.8]);
@@ -481,7 +609,10 @@ fn real_minilm_directory() {
     let m = HfDir::open(Path::new(&dir)).unwrap();
     assert_eq!(m.config["model_type"], "bert");
     let w = m.get("embeddings.word_embeddings.weight").unwrap();
-    assert_eq!((w.dtype, w.shape.as_slice()), (HfDtype::F32, &[30522, 384][..]));
+    assert_eq!(
+        (w.dtype, w.shape.as_slice()),
+        (HfDtype::F32, &[30522, 384][..])
+    );
     assert!(m.get("embeddings.position_ids").is_err());
     assert_eq!(m.sentence_config().unwrap().pooling, Pooling::Mean);
 }

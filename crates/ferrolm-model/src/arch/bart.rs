@@ -35,7 +35,10 @@ static TABLE: HfTable = HfTable {
         (CrossK, "model.decoder.layers.{L}.encoder_attn.k_proj"),
         (CrossV, "model.decoder.layers.{L}.encoder_attn.v_proj"),
         (CrossOut, "model.decoder.layers.{L}.encoder_attn.out_proj"),
-        (CrossNorm, "model.decoder.layers.{L}.encoder_attn_layer_norm"),
+        (
+            CrossNorm,
+            "model.decoder.layers.{L}.encoder_attn_layer_norm",
+        ),
         (FfnUp, "model.decoder.layers.{L}.fc1"),
         (FfnDown, "model.decoder.layers.{L}.fc2"),
         (FfnNorm, "model.decoder.layers.{L}.final_layer_norm"),
@@ -65,12 +68,23 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: fd,
             attn: AttentionSpec::new(h, h, hidden / h),
-            norm: NormSpec { kind: NormKind::Layer, eps: 1e-5 },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: 1e-5,
+            },
             placement: NormPlacement::Post,
             final_norm: false,
-            ffn: Ffn::Plain { act: c.act(&["activation_function"], "gelu")? },
-            embed: EmbedSpec { learned_pos: Some(2), token_types: false, norm: true },
-            embed_scale: c.bool_or("scale_embedding", false)?.then(|| (hidden as f32).sqrt()),
+            ffn: Ffn::Plain {
+                act: c.act(&["activation_function"], "gelu")?,
+            },
+            embed: EmbedSpec {
+                learned_pos: Some(2),
+                token_types: false,
+                norm: true,
+            },
+            embed_scale: c
+                .bool_or("scale_embedding", false)?
+                .then(|| (hidden as f32).sqrt()),
             tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
             layers: vec![pos.clone(); c.usize(&["decoder_layers"])?],
             encoder_layers: vec![pos; c.usize(&["encoder_layers"])?],

@@ -23,7 +23,9 @@ static TABLE: HfTable = HfTable::new(&[
 ]);
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    c.refuse("position_embedding_type", |x| x.as_str() != Some("absolute"))?;
+    c.refuse("position_embedding_type", |x| {
+        x.as_str() != Some("absolute")
+    })?;
     let (h, hkv, d) = c.heads()?;
     Ok((
         ModelConfig {
@@ -32,11 +34,20 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden: c.hidden()?,
             ffn_hidden: c.usize(&["intermediate_size"])?,
             attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_eps"], 1e-12)? },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: c.f32_or(&["layer_norm_eps"], 1e-12)?,
+            },
             placement: NormPlacement::Post,
             final_norm: false,
-            ffn: Ffn::Plain { act: c.act(&["hidden_act"], "gelu")? },
-            embed: EmbedSpec { learned_pos: Some(0), token_types: c.opt_usize(&["type_vocab_size"])?.unwrap_or(2) > 0, norm: true },
+            ffn: Ffn::Plain {
+                act: c.act(&["hidden_act"], "gelu")?,
+            },
+            embed: EmbedSpec {
+                learned_pos: Some(0),
+                token_types: c.opt_usize(&["type_vocab_size"])?.unwrap_or(2) > 0,
+                norm: true,
+            },
             layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
             context_length: c.context()?,
             ..Default::default()

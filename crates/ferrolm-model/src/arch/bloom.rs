@@ -22,7 +22,9 @@ static TABLE: HfTable = HfTable {
 };
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    c.refuse("apply_residual_connection_post_layernorm", |x| x.as_bool() == Some(true))?;
+    c.refuse("apply_residual_connection_post_layernorm", |x| {
+        x.as_bool() == Some(true)
+    })?;
     let (h, hkv, d) = c.heads()?;
     let hidden = c.hidden()?;
     Ok((
@@ -31,9 +33,17 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: 4 * hidden,
             attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
-            ffn: Ffn::Plain { act: Activation::GeluTanh },
-            embed: EmbedSpec { norm: true, ..Default::default() },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
+            },
+            ffn: Ffn::Plain {
+                act: Activation::GeluTanh,
+            },
+            embed: EmbedSpec {
+                norm: true,
+                ..Default::default()
+            },
             tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
             layers: vec![LayerPlan::new(None, Position::Alibi(AlibiSlopes::Bloom)); c.n_layers()?],
             context_length: c.context()?,

@@ -32,11 +32,22 @@ macro_rules! table {
 
 static NEW: HfTable = table!(
     QkvLayout::Grouped,
-    (AttnNorm, "transformer.h.{L}.ln_attn|transformer.h.{L}.input_layernorm"),
+    (
+        AttnNorm,
+        "transformer.h.{L}.ln_attn|transformer.h.{L}.input_layernorm"
+    ),
     (FfnNorm, "transformer.h.{L}.ln_mlp")
 );
-static MQ: HfTable = table!(QkvLayout::Concat, (AttnNorm, "transformer.h.{L}.input_layernorm"), (FfnNorm, "transformer.h.{L}.post_attention_layernorm"));
-static PER_HEAD: HfTable = table!(QkvLayout::PerHead, (AttnNorm, "transformer.h.{L}.input_layernorm"), (FfnNorm, "transformer.h.{L}.post_attention_layernorm"));
+static MQ: HfTable = table!(
+    QkvLayout::Concat,
+    (AttnNorm, "transformer.h.{L}.input_layernorm"),
+    (FfnNorm, "transformer.h.{L}.post_attention_layernorm")
+);
+static PER_HEAD: HfTable = table!(
+    QkvLayout::PerHead,
+    (AttnNorm, "transformer.h.{L}.input_layernorm"),
+    (FfnNorm, "transformer.h.{L}.post_attention_layernorm")
+);
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     let (h, _, d) = c.heads()?;
@@ -70,13 +81,20 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: c.opt_usize(&["ffn_hidden_size"])?.unwrap_or(4 * hidden),
             attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
+            },
             residual: if new || parallel {
-                Residual::Parallel { shared_norm: !two_norms }
+                Residual::Parallel {
+                    shared_norm: !two_norms,
+                }
             } else {
                 Residual::Sequential
             },
-            ffn: Ffn::Plain { act: c.act(&["activation"], "gelu")? },
+            ffn: Ffn::Plain {
+                act: c.act(&["activation"], "gelu")?,
+            },
             tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
             layers: vec![LayerPlan::new(None, position); c.n_layers()?],
             context_length: c.context()?,

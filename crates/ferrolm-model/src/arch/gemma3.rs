@@ -98,13 +98,26 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     let d = cfg.attn.head_dim;
     let global = c.rope(Some("full_attention"), 1_000_000.0, d, RopeLayout::Half)?;
     let mut local = c.rope(Some("sliding_attention"), LOCAL_THETA, d, RopeLayout::Half)?;
-    if c.v.get("rope_parameters").and_then(|p| p.get("sliding_attention")).is_none() {
+    if c.v
+        .get("rope_parameters")
+        .and_then(|p| p.get("sliding_attention"))
+        .is_none()
+    {
         local.theta = c.f32_or(&["rope_local_base_freq"], LOCAL_THETA)?;
         local.scaling = RopeScaling::None;
     }
     cfg.layers = windows
         .into_iter()
-        .map(|w| LayerPlan::new(w, Position::Rope(if w.is_some() { local.clone() } else { global.clone() })))
+        .map(|w| {
+            LayerPlan::new(
+                w,
+                Position::Rope(if w.is_some() {
+                    local.clone()
+                } else {
+                    global.clone()
+                }),
+            )
+        })
         .collect();
     Ok((cfg, &gemma2::TABLE))
 }

@@ -27,7 +27,9 @@ static TABLE: HfTable = HfTable {
 
 /// The GPT-2 shape, shared with GPT-BigCode.
 pub fn gpt2_like(c: &HfConfig, n_kv_heads: Option<usize>) -> Result<ModelConfig> {
-    c.refuse("scale_attn_by_inverse_layer_idx", |x| x.as_bool() == Some(true))?;
+    c.refuse("scale_attn_by_inverse_layer_idx", |x| {
+        x.as_bool() == Some(true)
+    })?;
     c.refuse("reorder_and_upcast_attn", |_| false)?;
     let (h, _, d) = c.heads()?;
     let hidden = c.hidden()?;
@@ -36,9 +38,17 @@ pub fn gpt2_like(c: &HfConfig, n_kv_heads: Option<usize>) -> Result<ModelConfig>
         hidden,
         ffn_hidden: c.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden),
         attn: AttentionSpec::new(h, n_kv_heads.unwrap_or(h), d),
-        norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
-        ffn: Ffn::Plain { act: c.act(&["activation_function"], "gelu_new")? },
-        embed: EmbedSpec { learned_pos: Some(0), ..Default::default() },
+        norm: NormSpec {
+            kind: NormKind::Layer,
+            eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
+        },
+        ffn: Ffn::Plain {
+            act: c.act(&["activation_function"], "gelu_new")?,
+        },
+        embed: EmbedSpec {
+            learned_pos: Some(0),
+            ..Default::default()
+        },
         tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
         layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
         context_length: c.context()?,

@@ -79,7 +79,11 @@ pub static TABLE: HfTable = HfTable::new(NAMES);
 
 /// A pre-RMSNorm SwiGLU decoder with half-split RoPE, windows from `window` and
 /// `sliding(layer)` (or `layer_types`).
-pub fn llama_like(c: &HfConfig, window: Option<usize>, sliding: impl Fn(usize) -> bool) -> Result<ModelConfig> {
+pub fn llama_like(
+    c: &HfConfig,
+    window: Option<usize>,
+    sliding: impl Fn(usize) -> bool,
+) -> Result<ModelConfig> {
     let (h, hkv, d) = c.heads()?;
     let n = c.n_layers()?;
     let rope = c.rope(None, 10_000.0, d, RopeLayout::Half)?;
@@ -89,10 +93,18 @@ pub fn llama_like(c: &HfConfig, window: Option<usize>, sliding: impl Fn(usize) -
         hidden: c.hidden()?,
         ffn_hidden: c.usize(&["intermediate_size"])?,
         attn: AttentionSpec::new(h, hkv, d),
-        norm: NormSpec { kind: NormKind::Rms, eps: c.f32_or(&["rms_norm_eps"], 1e-6)? },
-        ffn: Ffn::Gated { act: c.act(&["hidden_act", "hidden_activation"], "silu")? },
+        norm: NormSpec {
+            kind: NormKind::Rms,
+            eps: c.f32_or(&["rms_norm_eps"], 1e-6)?,
+        },
+        ffn: Ffn::Gated {
+            act: c.act(&["hidden_act", "hidden_activation"], "silu")?,
+        },
         tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
-        layers: windows.into_iter().map(|w| LayerPlan::new(w, Position::Rope(rope.clone()))).collect(),
+        layers: windows
+            .into_iter()
+            .map(|w| LayerPlan::new(w, Position::Rope(rope.clone())))
+            .collect(),
         context_length: c.context()?,
         ..Default::default()
     })

@@ -161,27 +161,90 @@ pub struct HfArch {
 
 /// Every Hugging Face family ferrolm runs.
 pub const HF_ARCHES: &[HfArch] = &[
-    HfArch { model_type: "llama", config: llama::hf },
-    HfArch { model_type: "mistral", config: mistral::hf },
-    HfArch { model_type: "qwen2", config: qwen2::hf },
-    HfArch { model_type: "qwen3", config: qwen3::hf },
-    HfArch { model_type: "gemma", config: gemma::hf },
-    HfArch { model_type: "gemma2", config: gemma2::hf },
-    HfArch { model_type: "gemma3_text", config: gemma3::hf },
-    HfArch { model_type: "gpt2", config: gpt2::hf },
-    HfArch { model_type: "gpt_bigcode", config: gpt_bigcode::hf },
-    HfArch { model_type: "opt", config: opt::hf },
-    HfArch { model_type: "gpt_neox", config: gpt_neox::hf },
-    HfArch { model_type: "gptj", config: gptj::hf },
-    HfArch { model_type: "falcon", config: falcon::hf },
-    HfArch { model_type: "bloom", config: bloom::hf },
-    HfArch { model_type: "mpt", config: mpt::hf },
-    HfArch { model_type: "phi", config: phi::hf },
-    HfArch { model_type: "mixtral", config: mixtral::hf },
-    HfArch { model_type: "qwen2_moe", config: qwen2_moe::hf },
-    HfArch { model_type: "bert", config: bert::hf },
-    HfArch { model_type: "t5", config: t5::hf },
-    HfArch { model_type: "bart", config: bart::hf },
+    HfArch {
+        model_type: "llama",
+        config: llama::hf,
+    },
+    HfArch {
+        model_type: "mistral",
+        config: mistral::hf,
+    },
+    HfArch {
+        model_type: "qwen2",
+        config: qwen2::hf,
+    },
+    HfArch {
+        model_type: "qwen3",
+        config: qwen3::hf,
+    },
+    HfArch {
+        model_type: "gemma",
+        config: gemma::hf,
+    },
+    HfArch {
+        model_type: "gemma2",
+        config: gemma2::hf,
+    },
+    HfArch {
+        model_type: "gemma3_text",
+        config: gemma3::hf,
+    },
+    HfArch {
+        model_type: "gpt2",
+        config: gpt2::hf,
+    },
+    HfArch {
+        model_type: "gpt_bigcode",
+        config: gpt_bigcode::hf,
+    },
+    HfArch {
+        model_type: "opt",
+        config: opt::hf,
+    },
+    HfArch {
+        model_type: "gpt_neox",
+        config: gpt_neox::hf,
+    },
+    HfArch {
+        model_type: "gptj",
+        config: gptj::hf,
+    },
+    HfArch {
+        model_type: "falcon",
+        config: falcon::hf,
+    },
+    HfArch {
+        model_type: "bloom",
+        config: bloom::hf,
+    },
+    HfArch {
+        model_type: "mpt",
+        config: mpt::hf,
+    },
+    HfArch {
+        model_type: "phi",
+        config: phi::hf,
+    },
+    HfArch {
+        model_type: "mixtral",
+        config: mixtral::hf,
+    },
+    HfArch {
+        model_type: "qwen2_moe",
+        config: qwen2_moe::hf,
+    },
+    HfArch {
+        model_type: "bert",
+        config: bert::hf,
+    },
+    HfArch {
+        model_type: "t5",
+        config: t5::hf,
+    },
+    HfArch {
+        model_type: "bart",
+        config: bart::hf,
+    },
 ];
 
 pub fn supported_hf_types() -> Vec<&'static str> {
@@ -199,12 +262,15 @@ pub fn config_from_hf(v: &Value) -> Result<(ModelConfig, &'static HfTable)> {
         ("gemma3", Some(t)) => ("gemma3_text", t),
         _ => (mt, v),
     };
-    let entry = HF_ARCHES.iter().find(|a| a.model_type == mt).ok_or_else(|| {
-        anyhow!(
-            "unknown model_type '{mt}' in config.json; ferrolm runs: {}",
-            supported_hf_types().join(", ")
-        )
-    })?;
+    let entry = HF_ARCHES
+        .iter()
+        .find(|a| a.model_type == mt)
+        .ok_or_else(|| {
+            anyhow!(
+                "unknown model_type '{mt}' in config.json; ferrolm runs: {}",
+                supported_hf_types().join(", ")
+            )
+        })?;
     let c = HfConfig {
         v,
         model_type: mt.to_string(),
@@ -269,13 +335,18 @@ impl HfConfig<'_> {
         }
     }
     pub fn str_or<'s>(&'s self, keys: &[&str], default: &'s str) -> &'s str {
-        self.raw(keys).and_then(|(_, x)| x.as_str()).unwrap_or(default)
+        self.raw(keys)
+            .and_then(|(_, x)| x.as_str())
+            .unwrap_or(default)
     }
     /// Refuses an option ferrolm does not implement, naming it.
     pub fn refuse(&self, key: &str, bad: impl Fn(&Value) -> bool) -> Result<()> {
         if let Some((k, x)) = self.raw(&[key]) {
             if bad(x) {
-                bail!("config.json: {k} = {x} is not supported for {} models", self.model_type);
+                bail!(
+                    "config.json: {k} = {x} is not supported for {} models",
+                    self.model_type
+                );
             }
         }
         Ok(())
@@ -294,7 +365,9 @@ impl HfConfig<'_> {
     pub fn heads(&self) -> Result<(usize, usize, usize)> {
         let c = self.hidden()?;
         let h = self.usize(&["num_attention_heads", "n_head", "num_heads", "n_heads"])?;
-        let hkv = self.opt_usize(&["num_key_value_heads", "num_kv_heads"])?.unwrap_or(h);
+        let hkv = self
+            .opt_usize(&["num_key_value_heads", "num_kv_heads"])?
+            .unwrap_or(h);
         let d = match self.opt_usize(&["head_dim", "d_kv"])? {
             Some(d) => d,
             None => {
@@ -308,14 +381,24 @@ impl HfConfig<'_> {
     }
     /// The rotated fraction of each head: `rope_parameters.partial_rotary_factor` or a key.
     pub fn partial_rotary(&self, keys: &[&str], default: f32) -> Result<f32> {
-        if let Some(x) = self.v.get("rope_parameters").and_then(|p| p.get("partial_rotary_factor")).and_then(|x| x.as_f64()) {
+        if let Some(x) = self
+            .v
+            .get("rope_parameters")
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(|x| x.as_f64())
+        {
             return Ok(x as f32);
         }
         self.f32_or(keys, default)
     }
     pub fn context(&self) -> Result<usize> {
         Ok(self
-            .opt_usize(&["max_position_embeddings", "n_positions", "max_seq_len", "n_ctx"])?
+            .opt_usize(&[
+                "max_position_embeddings",
+                "n_positions",
+                "max_seq_len",
+                "n_ctx",
+            ])?
             .unwrap_or(2048))
     }
     /// `hidden_act` (or the family's key) as an activation.
@@ -335,7 +418,13 @@ impl HfConfig<'_> {
 
     /// The RoPE parameters: `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`
     /// (older; `type` or `rope_type`), optionally nested by layer type (`full_attention`, ...).
-    pub fn rope(&self, layer_type: Option<&str>, theta_default: f32, dims: usize, layout: RopeLayout) -> Result<RopeSpec> {
+    pub fn rope(
+        &self,
+        layer_type: Option<&str>,
+        theta_default: f32,
+        dims: usize,
+        layout: RopeLayout,
+    ) -> Result<RopeSpec> {
         let params = self.v.get("rope_parameters").filter(|p| p.is_object());
         let params = match (params, layer_type) {
             (Some(p), Some(lt)) if p.get(lt).is_some() => p.get(lt),
@@ -353,14 +442,27 @@ impl HfConfig<'_> {
             None => RopeScaling::None,
             Some(s) => rope_scaling(s, orig_default)?,
         };
-        Ok(RopeSpec { theta, dims, layout, scaling })
+        Ok(RopeSpec {
+            theta,
+            dims,
+            layout,
+            scaling,
+        })
     }
 
     /// Per-layer sliding windows: from `layer_types` when present, else `sliding(il)` decides.
-    pub fn windows(&self, n: usize, window: Option<usize>, sliding: impl Fn(usize) -> bool) -> Result<Vec<Option<usize>>> {
+    pub fn windows(
+        &self,
+        n: usize,
+        window: Option<usize>,
+        sliding: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Option<usize>>> {
         if let Some(Value::Array(types)) = self.v.get("layer_types") {
             if types.len() != n {
-                bail!("config.json: 'layer_types' lists {} layers but the model has {n}", types.len());
+                bail!(
+                    "config.json: 'layer_types' lists {} layers but the model has {n}",
+                    types.len()
+                );
             }
             return types
                 .iter()
@@ -371,7 +473,9 @@ impl HfConfig<'_> {
                 })
                 .collect();
         }
-        Ok((0..n).map(|il| if sliding(il) { window } else { None }).collect())
+        Ok((0..n)
+            .map(|il| if sliding(il) { window } else { None })
+            .collect())
     }
 }
 
@@ -382,7 +486,8 @@ fn rope_scaling(s: &Value, orig_default: usize) -> Result<RopeScaling> {
         .and_then(|x| x.as_str())
         .unwrap_or("default");
     let f = |k: &str| s.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
-    let need = |k: &str| f(k).ok_or_else(|| anyhow!("config.json: rope scaling '{kind}' needs '{k}'"));
+    let need =
+        |k: &str| f(k).ok_or_else(|| anyhow!("config.json: rope scaling '{kind}' needs '{k}'"));
     let orig = s
         .get("original_max_position_embeddings")
         .and_then(|x| x.as_u64())
@@ -390,7 +495,12 @@ fn rope_scaling(s: &Value, orig_default: usize) -> Result<RopeScaling> {
     let list = |k: &str| -> Result<std::sync::Arc<[f32]>> {
         s.get(k)
             .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
             .ok_or_else(|| anyhow!("config.json: rope scaling '{kind}' needs the list '{k}'"))
     };
     Ok(match kind {

@@ -36,7 +36,9 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             }
         }
     }
-    let max_bias = get("alibi_bias_max").and_then(|x| x.as_f64()).unwrap_or(8.0) as f32;
+    let max_bias = get("alibi_bias_max")
+        .and_then(|x| x.as_f64())
+        .unwrap_or(8.0) as f32;
     let mut attn = AttentionSpec::new(h, h, d);
     if let Some(s) = get("softmax_scale").and_then(|x| x.as_f64()) {
         attn.scale = s as f32;
@@ -48,10 +50,18 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: ratio * hidden,
             attn,
-            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)? },
-            ffn: Ffn::Plain { act: Activation::Gelu },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
+            },
+            ffn: Ffn::Plain {
+                act: Activation::Gelu,
+            },
             tied_embeddings: true,
-            layers: vec![LayerPlan::new(None, Position::Alibi(AlibiSlopes::Mpt { max_bias })); c.n_layers()?],
+            layers: vec![
+                LayerPlan::new(None, Position::Alibi(AlibiSlopes::Mpt { max_bias }));
+                c.n_layers()?
+            ],
             context_length: c.context()?,
             ..Default::default()
         },

@@ -28,7 +28,9 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             anyhow::bail!("config.json: word_embed_proj_dim = {p} (projected embeddings) is not supported for opt models");
         }
     }
-    c.refuse("layer_norm_elementwise_affine", |x| x.as_bool() == Some(false))?;
+    c.refuse("layer_norm_elementwise_affine", |x| {
+        x.as_bool() == Some(false)
+    })?;
     let (h, hkv, d) = c.heads()?;
     let before = c.bool_or("do_layer_norm_before", true)?;
     Ok((
@@ -37,11 +39,23 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: c.usize(&["ffn_dim"])?,
             attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec { kind: NormKind::Layer, eps: 1e-5 },
-            placement: if before { NormPlacement::Pre } else { NormPlacement::Post },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: 1e-5,
+            },
+            placement: if before {
+                NormPlacement::Pre
+            } else {
+                NormPlacement::Post
+            },
             final_norm: before && !c.bool_or("_remove_final_layer_norm", false)?,
-            ffn: Ffn::Plain { act: c.act(&["activation_function"], "relu")? },
-            embed: EmbedSpec { learned_pos: Some(2), ..Default::default() },
+            ffn: Ffn::Plain {
+                act: c.act(&["activation_function"], "relu")?,
+            },
+            embed: EmbedSpec {
+                learned_pos: Some(2),
+                ..Default::default()
+            },
             tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
             layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
             context_length: c.context()?,

@@ -30,9 +30,14 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden: c.hidden()?,
             ffn_hidden: c.usize(&["intermediate_size"])?,
             attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec { kind: NormKind::Layer, eps: c.f32_or(&["layer_norm_eps"], 1e-5)? },
+            norm: NormSpec {
+                kind: NormKind::Layer,
+                eps: c.f32_or(&["layer_norm_eps"], 1e-5)?,
+            },
             residual: Residual::Parallel { shared_norm: true },
-            ffn: Ffn::Plain { act: c.act(&["hidden_act"], "gelu_new")? },
+            ffn: Ffn::Plain {
+                act: c.act(&["hidden_act"], "gelu_new")?,
+            },
             tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
             layers: vec![LayerPlan::new(None, Position::Rope(rope)); c.n_layers()?],
             context_length: c.context()?,

@@ -13,5 +13,8 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
         None
     };
     let from = c.opt_usize(&["max_window_layers"])?.unwrap_or(0);
-    Ok((llama::llama_like(c, window, |il| il >= from)?, &llama::TABLE))
+    Ok((
+        llama::llama_like(c, window, |il| il >= from)?,
+        &llama::TABLE,
+    ))
 }

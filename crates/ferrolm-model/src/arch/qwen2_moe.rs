@@ -39,12 +39,16 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     let mut cfg = llama::llama_like(c, window, |_| true)?;
     let experts = c.opt_usize(&["num_experts"])?.unwrap_or(0);
     let step = c.opt_usize(&["decoder_sparse_step"])?.unwrap_or(1).max(1);
-    let dense: Vec<usize> = c
-        .v
-        .get("mlp_only_layers")
-        .and_then(|x| x.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
-        .unwrap_or_default();
+    let dense: Vec<usize> =
+        c.v.get("mlp_only_layers")
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
     for (il, l) in cfg.layers.iter_mut().enumerate() {
         l.moe = experts > 0 && !dense.contains(&il) && (il + 1) % step == 0;
     }
@@ -53,7 +57,10 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
         experts: experts.max(1),
         top_k: c.usize(&["num_experts_per_tok"])?,
         norm_topk: c.bool_or("norm_topk_prob", false)?,
-        shared: c.opt_usize(&["shared_expert_intermediate_size"])?.unwrap_or(0) > 0,
+        shared: c
+            .opt_usize(&["shared_expert_intermediate_size"])?
+            .unwrap_or(0)
+            > 0,
     });
     Ok((cfg, &TABLE))
 }

@@ -19,10 +19,16 @@ macro_rules! t5_table {
                 (AttnK, "encoder.block.{L}.layer.0.SelfAttention.k"),
                 (AttnV, "encoder.block.{L}.layer.0.SelfAttention.v"),
                 (AttnOut, "encoder.block.{L}.layer.0.SelfAttention.o"),
-                (RelBias, "encoder.block.{L}.layer.0.SelfAttention.relative_attention_bias"),
+                (
+                    RelBias,
+                    "encoder.block.{L}.layer.0.SelfAttention.relative_attention_bias",
+                ),
                 (FfnNorm, "encoder.block.{L}.layer.1.layer_norm"),
                 (FfnGate, "encoder.block.{L}.layer.1.DenseReluDense.wi_0"),
-                (FfnUp, concat!("encoder.block.{L}.layer.1.DenseReluDense.", $up)),
+                (
+                    FfnUp,
+                    concat!("encoder.block.{L}.layer.1.DenseReluDense.", $up),
+                ),
                 (FfnDown, "encoder.block.{L}.layer.1.DenseReluDense.wo"),
             ],
             ..HfTable::new(&[
@@ -34,7 +40,10 @@ macro_rules! t5_table {
                 (AttnK, "decoder.block.{L}.layer.0.SelfAttention.k"),
                 (AttnV, "decoder.block.{L}.layer.0.SelfAttention.v"),
                 (AttnOut, "decoder.block.{L}.layer.0.SelfAttention.o"),
-                (RelBias, "decoder.block.{L}.layer.0.SelfAttention.relative_attention_bias"),
+                (
+                    RelBias,
+                    "decoder.block.{L}.layer.0.SelfAttention.relative_attention_bias",
+                ),
                 (CrossNorm, "decoder.block.{L}.layer.1.layer_norm"),
                 (CrossQ, "decoder.block.{L}.layer.1.EncDecAttention.q"),
                 (CrossK, "decoder.block.{L}.layer.1.EncDecAttention.k"),
@@ -42,7 +51,10 @@ macro_rules! t5_table {
                 (CrossOut, "decoder.block.{L}.layer.1.EncDecAttention.o"),
                 (FfnNorm, "decoder.block.{L}.layer.2.layer_norm"),
                 (FfnGate, "decoder.block.{L}.layer.2.DenseReluDense.wi_0"),
-                (FfnUp, concat!("decoder.block.{L}.layer.2.DenseReluDense.", $up)),
+                (
+                    FfnUp,
+                    concat!("decoder.block.{L}.layer.2.DenseReluDense.", $up),
+                ),
                 (FfnDown, "decoder.block.{L}.layer.2.DenseReluDense.wo"),
             ])
         }
@@ -67,8 +79,12 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     };
     let rel = |bidirectional| -> Result<Position> {
         Ok(Position::Relative(RelativeSpec {
-            buckets: c.opt_usize(&["relative_attention_num_buckets"])?.unwrap_or(32),
-            max_distance: c.opt_usize(&["relative_attention_max_distance"])?.unwrap_or(128),
+            buckets: c
+                .opt_usize(&["relative_attention_num_buckets"])?
+                .unwrap_or(32),
+            max_distance: c
+                .opt_usize(&["relative_attention_max_distance"])?
+                .unwrap_or(128),
             bidirectional,
         }))
     };
@@ -85,8 +101,15 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             hidden,
             ffn_hidden: c.usize(&["d_ff"])?,
             attn,
-            norm: NormSpec { kind: NormKind::Rms, eps: c.f32_or(&["layer_norm_epsilon"], 1e-6)? },
-            ffn: if gated { Ffn::Gated { act } } else { Ffn::Plain { act } },
+            norm: NormSpec {
+                kind: NormKind::Rms,
+                eps: c.f32_or(&["layer_norm_epsilon"], 1e-6)?,
+            },
+            ffn: if gated {
+                Ffn::Gated { act }
+            } else {
+                Ffn::Plain { act }
+            },
             head_scale: scale_out.then(|| (hidden as f32).powf(-0.5)),
             tied_embeddings: tied,
             layers: vec![LayerPlan::new(None, rel(false)?); n_dec],
