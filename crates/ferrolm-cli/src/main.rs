@@ -23,7 +23,8 @@ struct Cli {
 /// Options every model-using command shares.
 #[derive(Args, Clone)]
 pub struct ModelOpts {
-    /// Model: a .gguf path or a catalog name (see `ferrolm pull --list`).
+    /// Model: a .gguf path, a Hugging Face directory (config.json + safetensors), or a catalog
+    /// name (see `ferrolm pull --list`).
     #[arg(short = 'm', long = "model", default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Worker threads (default: all cores).
@@ -35,9 +36,9 @@ pub struct ModelOpts {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
-    /// KV cache precision: f16 (as llama.cpp) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    pub cache_type: String,
+    /// KV cache precision: f16 (as llama.cpp) or f32 (default: f16 for GGUF, f32 for HF).
+    #[arg(long, value_parser = ["f16", "f32"])]
+    pub cache_type: Option<String>,
 }
 
 /// Sampling options for `generate` and `chat`.
@@ -80,6 +81,24 @@ pub struct SampleOpts {
     pub ignore_eos: bool,
 }
 
+/// Beam search (`generate --beams B`), as Hugging Face `generate(num_beams=B)`.
+#[derive(Args, Clone)]
+pub struct BeamOpts {
+    /// Beam width; 1 (default) generates by sampling / greedy.
+    #[arg(long)]
+    pub beams: Option<usize>,
+    /// Hypotheses returned, best first.
+    #[arg(long)]
+    pub num_return: Option<usize>,
+    /// Scores are summed log-probabilities over `length ^ length_penalty`.
+    #[arg(long)]
+    pub length_penalty: Option<f32>,
+    /// true (stop when `beams` hypotheses are done), false (stop when no beam can do better,
+    /// by the current length) or never (by the longest possible length).
+    #[arg(long, value_parser = ["true", "false", "never"])]
+    pub early_stopping: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Token ids of TEXT.
@@ -106,7 +125,26 @@ enum Cmd {
         /// Feed the tokens one at a time (decode-path arithmetic) instead of as one batch.
         #[arg(long)]
         one_by_one: bool,
+        /// Encoder-decoder models: the decoder's input ids (TEXT / --ids go to the encoder).
+        #[arg(long, value_delimiter = ',')]
+        decoder_ids: Option<Vec<u32>>,
         text: Option<String>,
+    },
+    /// Sentence embeddings (pooled as the model's sentence-transformers config says) or, with
+    /// `--pooling none`, last hidden states.
+    Embed {
+        #[command(flatten)]
+        m: ModelOpts,
+        /// none, mean, cls, max, lasttoken, mean_sqrt_len (default: the model's).
+        #[arg(long)]
+        pooling: Option<String>,
+        /// L2-normalise (default: as the model's modules say).
+        #[arg(long)]
+        normalize: Option<bool>,
+        /// One input as comma-separated token ids instead of TEXT.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        texts: Vec<String>,
     },
     /// Generate a continuation of TEXT (or --ids), streaming it to stdout.
     Generate {
@@ -119,6 +157,8 @@ enum Cmd {
         chat: bool,
         #[arg(long, value_delimiter = ',')]
         ids: Option<Vec<u32>>,
+        #[command(flatten)]
+        b: BeamOpts,
         text: Option<String>,
     },
     /// Interactive chat (/reset, /exit; Ctrl-C stops the current answer).
@@ -182,15 +222,24 @@ fn run() -> anyhow::Result<()> {
             ids,
             all,
             one_by_one,
+            decoder_ids,
             text,
-        } => commands::logits(&m, top, ids, all, one_by_one, text),
+        } => commands::logits(&m, top, ids, all, one_by_one, decoder_ids, text),
+        Cmd::Embed {
+            m,
+            pooling,
+            normalize,
+            ids,
+            texts,
+        } => commands::embed(&m, pooling, normalize, ids, texts),
         Cmd::Generate {
             m,
             s,
             chat,
             ids,
+            b,
             text,
-        } => commands::generate(&m, &s, chat, ids, text),
+        } => commands::generate(&m, &s, chat, ids, &b, text),
         Cmd::Chat { m, s, system } => chat::run(&m, &s, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
         Cmd::Bench {
@@ -214,6 +263,10 @@ fn main() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        // A reader that went away (`ferrolm ... | head`) is not an error of ours.
+        if msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
         let loc = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))

@@ -13,9 +13,9 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
         .with_context(|| format!("cannot read text file '{}'", file.display()))?;
     let lm = open(m)?;
     let ctx = m.ctx.unwrap_or(512);
-    let tokens = lm.tokenizer.encode(&text, false, false)?;
-    let bos = if lm.tokenizer.add_bos() {
-        lm.tokenizer.bos_id()
+    let tokens = lm.tok()?.encode(&text, false, false)?;
+    let bos = if lm.tok()?.add_bos() {
+        lm.tok()?.bos_id()
     } else {
         None
     };
@@ -45,7 +45,7 @@ pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
         }
         let mut kv = lm
             .model
-            .new_cache_with(window.len(), crate::commands::precision(m));
+            .new_cache_with(window.len(), crate::commands::precision(m, &lm.model));
         let lp = lm.model.score(&window, &mut kv)?;
         window_nll.push(-lp.iter().sum::<f64>());
         // With a BOS, the first file token is scored from the BOS; without, a window's first is not scored.

@@ -69,8 +69,10 @@ impl Utf8Stream {
     }
 }
 
-/// Generates from `req.prompt` appended to whatever `kv` already holds.
-/// `on_text` receives each streamable piece; `cancel` stops generation between tokens.
+/// Generates from `req.prompt` appended to whatever `kv` already holds (decoder-only models),
+/// or from the encoder's reading of `req.prompt` (encoder-decoder models: the decoder starts
+/// afresh from its start token). `on_text` receives each streamable piece; `cancel` stops
+/// generation between tokens.
 pub fn generate(
     lm: &LoadedModel,
     kv: &mut KvCache,
@@ -82,15 +84,27 @@ pub fn generate(
         anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
     }
     let mut chain = req.sampling.build_chain();
-    for &t in &req.prompt {
-        chain.accept(t);
+    let seq2seq = lm.model.topology() == ferrolm_model::spec::Topology::EncoderDecoder;
+    if !seq2seq {
+        for &t in &req.prompt {
+            chain.accept(t);
+        }
     }
-    let eog = lm.tokenizer.end_of_generation_ids();
+    let eog = lm.end_of_generation_ids();
     let mut stops = StopMatcher::new(req.stop.clone());
     let mut utf8 = Utf8Stream::default();
     let mut ids = Vec::new();
     let mut text = String::new();
-    let mut logits = lm.model.forward(&req.prompt, kv, Logits::Last)?;
+    let mut logits = if seq2seq {
+        let start = lm.decoder_start().ok_or_else(|| {
+            anyhow::anyhow!("this encoder-decoder model names no decoder_start_token_id (config.json or generation_config.json)")
+        })?;
+        let enc = lm.model.encode(&req.prompt, None)?;
+        lm.model.start_decoder(&enc, kv)?;
+        lm.model.forward(&[start], kv, Logits::Last)?
+    } else {
+        lm.model.forward(&req.prompt, kv, Logits::Last)?
+    };
     let mut finish = FinishReason::Length;
     while ids.len() < req.max_tokens {
         if cancel.load(Ordering::Relaxed) {
@@ -104,7 +118,8 @@ pub fn generate(
             finish = FinishReason::Stop;
             break;
         }
-        let piece = utf8.push(&lm.tokenizer.token_bytes(tok, false));
+        let bytes = lm.tokenizer.as_ref().map(|t| t.token_bytes(tok, false));
+        let piece = utf8.push(&bytes.unwrap_or_default());
         match stops.push(&piece) {
             StopState::Continue { emit } => {
                 on_text(&emit);

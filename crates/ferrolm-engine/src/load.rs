@@ -1,23 +1,79 @@
-//! Loading a model file with everything around it: the GGUF header, the model, the tokenizer
-//! built from GGUF vocabulary metadata, and the chat template.
+//! Loading a model with everything around it: a GGUF file (header, model, the tokenizer built
+//! from its vocabulary metadata, chat template) or a Hugging Face directory (`config.json`,
+//! safetensors, `tokenizer.json`, `generation_config.json`, sentence-transformers modules).
 
 use crate::catalog;
 use anyhow::{Context, Result};
+use ferrolm_format::hf::{GenerationConfig, HfDir, SentenceConfig};
 use ferrolm_format::GgufFile;
 use ferrolm_model::Model;
-use ferrolm_tokenize::{vocab_spec, ChatTemplate, Tokenizer};
+use ferrolm_tokenize::{hf_chat_template, vocab_spec, ChatTemplate, HfSpecial, Tokenizer};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct LoadedModel {
     pub name: String,
     pub path: PathBuf,
-    pub file: Arc<GgufFile>,
+    /// The GGUF file, for GGUF models.
+    pub file: Option<Arc<GgufFile>>,
+    /// What a Hugging Face directory says beside the weights.
+    pub hf: Option<HfInfo>,
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// `None` for a Hugging Face directory without `tokenizer.json` (token ids only).
+    pub tokenizer: Option<Tokenizer>,
     /// The model's own template, or ChatML when it has none.
     pub template: ChatTemplate,
     pub template_is_builtin: bool,
+}
+
+/// The side files of a Hugging Face model directory.
+pub struct HfInfo {
+    pub config: serde_json::Value,
+    pub generation: Option<GenerationConfig>,
+    pub sentence: SentenceConfig,
+}
+
+impl LoadedModel {
+    /// The tokenizer, or an error saying the model has none.
+    pub fn tok(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "'{}' has no tokenizer.json, so it takes token ids only: pass --ids",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Token ids that end a generation: the tokenizer's, plus `generation_config.json`'s eos.
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut ids = self
+            .tokenizer
+            .as_ref()
+            .map(|t| t.end_of_generation_ids())
+            .unwrap_or_default();
+        if let Some(g) = self.hf.as_ref().and_then(|h| h.generation.as_ref()) {
+            for &e in &g.eos_token_ids {
+                if !ids.contains(&e) {
+                    ids.push(e);
+                }
+            }
+        }
+        ids
+    }
+
+    /// The decoder's first token for encoder-decoder models (`decoder_start_token_id`).
+    pub fn decoder_start(&self) -> Option<u32> {
+        let hf = self.hf.as_ref()?;
+        hf.generation
+            .as_ref()
+            .and_then(|g| g.decoder_start_token_id)
+            .or_else(|| {
+                hf.config
+                    .get("decoder_start_token_id")
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as u32)
+            })
+    }
 }
 
 /// Opens the GGUF file behind a path or catalog name, refusing what is not one.
@@ -33,8 +89,69 @@ pub fn open_gguf(model: &str, quiet: bool) -> Result<(PathBuf, GgufFile)> {
     Ok((path, file))
 }
 
-/// Opens a model by path or catalog name.
+/// A Hugging Face model directory.
+fn load_hf(path: PathBuf) -> Result<LoadedModel> {
+    let dir = HfDir::open(&path)?;
+    let generation = dir.generation_config()?;
+    let sentence = dir.sentence_config()?;
+    let tok_path = dir.tokenizer_path();
+    let config = dir.config.clone();
+    let model = Model::from_hf(dir).with_context(|| format!("loading {}", path.display()))?;
+    let tokenizer = match tok_path {
+        Some(p) => {
+            let t = Tokenizer::from_hf_file(&p, HfSpecial::from_dir(&path))?;
+            Some(if sentence.do_lower_case { t.with_lowercase()? } else { t })
+        }
+        None => None,
+    };
+    let text = |id: Option<u32>| {
+        tokenizer
+            .as_ref()
+            .and_then(|t| id.and_then(|i| t.id_to_token(i)))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (bos, eos) = match &tokenizer {
+        Some(t) => (text(t.bos_id()), text(t.eos_id())),
+        None => (String::new(), String::new()),
+    };
+    let (src, builtin) = match hf_chat_template(&path) {
+        Some(s) => (s, false),
+        None => (ferrolm_tokenize::fallback_chatml().to_string(), true),
+    };
+    let template = ChatTemplate::new(&src, &bos, &eos)?;
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Ok(LoadedModel {
+        name,
+        path,
+        file: None,
+        hf: Some(HfInfo {
+            config,
+            generation,
+            sentence,
+        }),
+        model,
+        tokenizer,
+        template,
+        template_is_builtin: builtin,
+    })
+}
+
+/// Opens a model by path (a .gguf file or a Hugging Face directory) or catalog name.
 pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
+    let path = catalog::resolve(model, quiet)?;
+    if path.is_dir() {
+        if !HfDir::is_hf_dir(&path) {
+            anyhow::bail!(
+                "'{}' is a directory without config.json; pass a .gguf file or a Hugging Face model directory",
+                path.display()
+            );
+        }
+        return load_hf(path);
+    }
     let (path, file) = open_gguf(model, quiet)?;
     let file = Arc::new(file);
     // The architecture is checked first: an unknown one is the clearest thing to report.
@@ -69,9 +186,10 @@ pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
     Ok(LoadedModel {
         name,
         path,
-        file,
+        file: Some(file),
+        hf: None,
         model: model_obj,
-        tokenizer,
+        tokenizer: Some(tokenizer),
         template,
         template_is_builtin: builtin,
     })

@@ -91,7 +91,7 @@ pub fn dequantize_to_vec(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32
 }
 
 /// The f16 at byte `i` of `b`, widened (exactly) to f32.
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -200,7 +200,7 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 
 /// The 16 Q3_K group scales (6 bits, stored offset by 32). Low 4 bits: byte i (groups 0-7) or
 /// the high nibble of byte i-8 (groups 8-15); high 2 bits: bits 2*(i/4).. of byte 8 + i%4.
-fn q3_k_scales(packed: &[u8]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(packed: &[u8]) -> [i32; 16] {
     let mut s = [0i32; 16];
     for (i, s) in s.iter_mut().enumerate() {
         let low = if i < 8 {
@@ -244,7 +244,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 
 /// Scale and min of group `j` (0..8) of a Q4_K/Q5_K block, 6 bits each, from 12 packed bytes
 /// (ggml's `get_scale_min_k4`).
-fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -127,6 +127,9 @@ pub enum FormatError {
     #[error("cannot dequantize {ty}: {problem}")]
     Dequantize { ty: GgmlType, problem: String },
 
+    #[error("cannot quantize to {ty}: {problem}")]
+    Quantize { ty: GgmlType, problem: String },
+
     #[error("cannot write GGUF: {problem}")]
     Write { problem: String },
 }

@@ -38,6 +38,19 @@ pub struct HfDir {
     index: BTreeMap<String, Entry>,
 }
 
+impl std::fmt::Debug for HfDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfDir")
+            .field("path", &self.path)
+            .field(
+                "shards",
+                &self.shards.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shard {
     /// The file, relative to the directory (for messages).
     name: String,

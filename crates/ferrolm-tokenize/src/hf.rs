@@ -5,8 +5,9 @@
 //! add_special_tokens=add_special).ids` (post-processor templates such as BERT's
 //! `[CLS] .. [SEP]` included) and `decode` gives `Tokenizer.decode(ids, skip_special_tokens)`.
 //! One deliberate difference: the `truncation` and `padding` sections of `tokenizer.json` are
-//! dropped, as `transformers`' fast tokenizers do unless asked; [`HfTok::encode_truncated`]
-//! truncates on request, the way `transformers` does with `truncation=True, max_length=N`.
+//! dropped, as `transformers`' fast tokenizers do unless asked;
+//! [`crate::Tokenizer::encode_truncated`] truncates on request, the way `transformers` does
+//! with `truncation=True, max_length=N`.
 //!
 //! The special ids the file does not carry (which token is BOS, EOS, PAD, UNK, and which ids
 //! end a generation) come from [`HfSpecial`], read from the model directory's side files.

@@ -19,7 +19,7 @@ pub struct Tokenizer {
 
 #[derive(Debug)]
 enum Kind {
-    Gguf(GgufTok),
+    Gguf(Box<GgufTok>),
     Hf(Box<HfTok>),
 }
 
@@ -73,17 +73,18 @@ impl Tokenizer {
             }
         };
         let specials = SpecialMatcher::new(&vocab);
-        let kind = Kind::Gguf(GgufTok {
+        let kind = Kind::Gguf(Box::new(GgufTok {
             vocab,
             specials,
             backend,
-        });
+        }));
         Ok(Tokenizer { kind })
     }
 
     /// A Hugging Face `tokenizer.json`; `special` names its BOS/EOS/PAD/UNK tokens and the ids
     /// that end a generation (usually [`HfSpecial::from_dir`] of the model directory). The
-    /// file's `truncation` and `padding` sections are ignored (see [`Tokenizer::encode_truncated`]).
+    /// file's `truncation` and `padding` sections are ignored (see
+    /// [`Tokenizer::encode_truncated`]).
     pub fn from_hf_file(path: &Path, special: HfSpecial) -> Result<Tokenizer, TokenizeError> {
         let tok = HfTok::from_file(path, special)?;
         Ok(Tokenizer {

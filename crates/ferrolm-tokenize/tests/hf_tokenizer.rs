@@ -34,9 +34,6 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("KEEPTMP").is_some() {
-            return;
-        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -125,7 +125,8 @@ impl Pooling {
     }
 
     /// sentence-transformers' choice for a plain Hugging Face model: last-token pooling for a
-    /// causal LM (`architectures[0]` ends in `ForCausalLM` and `is_causal` is not false), else mean.
+    /// causal LM (`architectures[0]` ends in `ForCausalLM` and `is_causal` is not false),
+    /// else mean.
     pub fn default_for(config: &Value) -> Pooling {
         let causal_arch = config
             .get("architectures")
