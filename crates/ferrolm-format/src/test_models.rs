@@ -29,6 +29,6 @@ pub fn file(name: &str) -> Option<PathBuf> {
             p.display()
         );
     }
-    eprintln!("skipping: {} not found (run `ferrolm pull smollm2-135m-instruct` and `ferrolm pull gemma3-270m`)", p.display());
+    eprintln!("skipping: {} not found (run `ferrolm pull NAME` for smollm2-135m-instruct, gemma3-270m, all-minilm-l6-v2)", p.display());
     None
 }
