@@ -6,6 +6,9 @@
 //! - [`types`]: [`GgmlType`], every ggml element type with its id, name and block layout.
 //! - [`dequant`]: the scalar reference dequantization ([`dequantize`]), equal bit for bit to
 //!   ggml's; fast kernels elsewhere are tested against it.
+//! - [`quant`]: weight quantization ([`quantize`]) into F16/BF16, Q4_0..Q8_0 and Q2_K..Q6_K,
+//!   equal byte for byte to ggml's reference quantizers (`ggml_quantize_chunk` without an
+//!   importance matrix).
 //! - [`writer`]: [`GgufWriter`], which writes GGUF files (tests, fuzz seeds, conversion).
 //! - [`hf`]: Hugging Face model directories ([`hf::HfDir`]): `config.json`, memory-mapped and
 //!   validated safetensors weights (single, sharded or loose), `generation_config.json`, the
@@ -34,6 +37,7 @@ pub mod error;
 mod fuzz;
 pub mod gguf;
 pub mod hf;
+pub mod quant;
 pub mod test_models;
 pub mod types;
 pub mod writer;
@@ -42,5 +46,6 @@ pub use dequant::{dequantize, dequantize_to_vec};
 pub use error::FormatError;
 pub use fuzz::fuzz_one;
 pub use gguf::{GgufFile, GgufHeader, MetaValue, TensorInfo};
+pub use quant::{can_quantize, quantize, quantize_into};
 pub use types::{GgmlType, SUPPORTED_TYPES};
 pub use writer::GgufWriter;

@@ -163,7 +163,24 @@ pub enum Logits {
 }
 
 fn norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Norm> {
-    Ok(Norm::from_vecs(spec, w.vector(k)?, w.bias(k)?))
+    let n = Norm::from_vecs(spec, w.vector(k)?, w.bias(k)?);
+    Ok(n)
+}
+
+/// A linear layer whose shape `(out, in)` must be `want` (`None`: either side unchecked).
+fn linear(w: &dyn WeightSource, k: Key, want: (Option<usize>, Option<usize>)) -> Result<Box<dyn Linear>> {
+    let l = w.linear(k)?;
+    let (o, i) = (l.out_dim(), l.in_dim());
+    if want.0.is_some_and(|x| x != o) || want.1.is_some_and(|x| x != i) {
+        let show = |x: Option<usize>| x.map_or("any".to_string(), |x| x.to_string());
+        bail!(
+            "tensor '{}' has shape ({o}, {i}) as (out, in), but the config needs ({}, {}); the config and the weights disagree",
+            w.describe(k),
+            show(want.0),
+            show(want.1)
+        );
+    }
+    Ok(l)
 }
 
 fn opt_norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Option<Norm>> {
@@ -174,16 +191,19 @@ fn opt_norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Option<Norm>
     }
 }
 
-/// A dense feed-forward from `(gate, up, down)` slots.
-fn dense_ffn(w: &dyn WeightSource, spec: Ffn, keys: [Key; 3]) -> Result<FeedForward> {
+/// A dense feed-forward from `(gate, up, down)` slots: width `c`, inner width `f` (`None`:
+/// whatever the up projection has).
+fn dense_ffn(w: &dyn WeightSource, spec: Ffn, keys: [Key; 3], c: usize, f: Option<usize>) -> Result<FeedForward> {
+    let up = linear(w, keys[1], (f, Some(c)))?;
+    let f = up.out_dim();
     Ok(FeedForward {
         spec,
         gate: match spec {
-            Ffn::Gated { .. } => Some(w.linear(keys[0])?),
+            Ffn::Gated { .. } => Some(linear(w, keys[0], (Some(f), Some(c)))?),
             _ => None,
         },
-        up: w.linear(keys[1])?,
-        down: w.linear(keys[2])?,
+        up,
+        down: linear(w, keys[2], (Some(c), Some(f)))?,
     })
 }
 
@@ -231,54 +251,35 @@ fn stack(
     };
     let g = |slot| Key::global(slot).enc(encoder);
     let ns = cfg.norm;
+    let c = cfg.hidden;
     let mut blocks = Vec::with_capacity(plans.len());
     for (il, plan) in plans.iter().enumerate() {
         let l = |slot| Key::layer(slot, il).enc(encoder);
         let sandwich = cfg.placement == NormPlacement::Sandwich;
+        let gated = |act| Ffn::Gated { act };
+        let dense_keys = [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)];
         let ffn = match (cfg.ffn, plan.moe) {
             (Ffn::Moe(m), true) => {
                 let experts = (0..m.experts)
                     .map(|e| {
-                        dense_ffn(
-                            w,
-                            Ffn::Gated { act: m.act },
-                            [
-                                l(Slot::ExpGate).expert(e),
-                                l(Slot::ExpUp).expert(e),
-                                l(Slot::ExpDown).expert(e),
-                            ],
-                        )
+                        let k = [Slot::ExpGate, Slot::ExpUp, Slot::ExpDown].map(|s| l(s).expert(e));
+                        dense_ffn(w, gated(m.act), k, c, None)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let shared = if m.shared {
-                    Some((
-                        dense_ffn(
-                            w,
-                            Ffn::Gated { act: m.act },
-                            [l(Slot::ShGate), l(Slot::ShUp), l(Slot::ShDown)],
-                        )?,
-                        w.linear(l(Slot::ShExpGate))?,
-                    ))
+                    let k = [l(Slot::ShGate), l(Slot::ShUp), l(Slot::ShDown)];
+                    let gate = linear(w, l(Slot::ShExpGate), (Some(1), Some(c)))?;
+                    Some((dense_ffn(w, gated(m.act), k, c, None)?, gate))
                 } else {
                     None
                 };
-                FfnLayer::Moe(Moe {
-                    spec: m,
-                    router: w.linear(l(Slot::FfnRouter))?,
-                    experts,
-                    shared,
-                })
+                let router = linear(w, l(Slot::FfnRouter), (Some(m.experts), Some(c)))?;
+                FfnLayer::Moe(Moe { spec: m, router, experts, shared })
             }
-            (Ffn::Moe(m), false) => FfnLayer::Dense(dense_ffn(
-                w,
-                Ffn::Gated { act: m.act },
-                [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)],
-            )?),
-            (spec, _) => FfnLayer::Dense(dense_ffn(
-                w,
-                spec,
-                [l(Slot::FfnGate), l(Slot::FfnUp), l(Slot::FfnDown)],
-            )?),
+            (Ffn::Moe(m), false) => {
+                FfnLayer::Dense(dense_ffn(w, gated(m.act), dense_keys, c, Some(cfg.ffn_hidden))?)
+            }
+            (spec, _) => FfnLayer::Dense(dense_ffn(w, spec, dense_keys, c, Some(cfg.ffn_hidden))?),
         };
         let qk = cfg
             .attn

@@ -110,6 +110,8 @@ pub trait WeightSource {
     fn norm_plus_one(&self) -> bool {
         false
     }
+    /// The tensor name behind a key, for messages.
+    fn describe(&self, k: Key) -> String;
 }
 
 /// GGUF tensor name stem for a slot (`blk.{il}.` is prefixed for per-layer slots).
@@ -354,6 +356,9 @@ impl WeightSource for GgufWeights {
             bail!("GGUF models with encoders or experts are not supported yet");
         }
         GgufWeights::linear(self, k.slot, k.layer)
+    }
+    fn describe(&self, k: Key) -> String {
+        gguf_name(k.slot, k.layer, "weight")
     }
     fn embedding(&self, k: Key) -> Result<Embedding> {
         let info = self.required(k.slot, k.layer)?.clone();
@@ -640,5 +645,14 @@ impl WeightSource for HfWeights {
     }
     fn norm_plus_one(&self) -> bool {
         self.table.norm_plus_one
+    }
+    fn describe(&self, k: Key) -> String {
+        match self.path(k) {
+            Some(p) => format!("{}.weight", p.split('|').next().unwrap_or("")),
+            None if matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV) => {
+                self.describe(Key { slot: Slot::AttnQkv, ..k })
+            }
+            None => format!("{:?}", k.slot),
+        }
     }
 }

@@ -43,7 +43,8 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     if let Some(s) = get("softmax_scale").and_then(|x| x.as_f64()) {
         attn.scale = s as f32;
     }
-    let ratio = c.opt_usize(&["expansion_ratio"])?.unwrap_or(4);
+    // transformers' MPT ignores `expansion_ratio` and always uses 4; so do we.
+    let ratio = 4;
     Ok((
         ModelConfig {
             vocab_size: c.vocab()?,
