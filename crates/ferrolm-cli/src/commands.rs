@@ -3,7 +3,7 @@
 
 use crate::{BeamOpts, ModelOpts, SampleOpts};
 use anyhow::{anyhow, bail, Result};
-use ferrolm_engine::{catalog, generate as run_generate, load, GenerateRequest, LoadedModel};
+use ferrolm_engine::{catalog, generate as run_generate, GenerateRequest, LoadedModel};
 use ferrolm_model::spec::Topology;
 use ferrolm_model::{KvCache, Logits};
 use ferrolm_sample::SamplingParams;
@@ -24,7 +24,22 @@ pub fn set_threads(n: Option<usize>) {
 
 pub fn open(m: &ModelOpts) -> Result<LoadedModel> {
     set_threads(m.threads);
-    load(&m.model, m.json)
+    ferrolm_engine::load_with(&m.model, m.json, m.quantize.as_deref())
+}
+
+/// `convert HF_DIR OUT.gguf --type T`.
+pub fn convert(input: &std::path::Path, output: &std::path::Path, ty: &str) -> Result<()> {
+    let ty = ferrolm_engine::convert::parse_type(ty)?;
+    if !ferrolm_format::hf::HfDir::is_hf_dir(input) {
+        bail!("'{}' is not a Hugging Face model directory (no config.json)", input.display());
+    }
+    let w = ferrolm_engine::convert::convert(input, ty)?;
+    let tmp = output.with_extension("gguf.partial");
+    w.write_file(&tmp)?;
+    std::fs::rename(&tmp, output)?;
+    let size = std::fs::metadata(output)?.len();
+    eprintln!("wrote {} ({:.1} MB, matrices {})", output.display(), size as f64 / 1e6, ty.name());
+    Ok(())
 }
 
 pub fn new_cache(lm: &LoadedModel, m: &ModelOpts) -> Result<KvCache> {

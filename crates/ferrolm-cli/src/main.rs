@@ -39,6 +39,10 @@ pub struct ModelOpts {
     /// KV cache precision: f16 (as llama.cpp) or f32 (default: f16 for GGUF, f32 for HF).
     #[arg(long, value_parser = ["f16", "f32"])]
     pub cache_type: Option<String>,
+    /// Hugging Face models: quantize the matrices at load (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k,
+    /// q5_k, q6_k, f16, ...) to run on the quantized kernels.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 /// Sampling options for `generate` and `chat`.
@@ -204,6 +208,17 @@ enum Cmd {
         #[command(flatten)]
         m: ModelOpts,
     },
+    /// Convert a Hugging Face directory into a GGUF file (loadable by ferrolm, and by llama.cpp
+    /// for the LLaMA-shaped families it knows).
+    Convert {
+        /// The Hugging Face model directory.
+        input: std::path::PathBuf,
+        /// The GGUF file to write.
+        output: std::path::PathBuf,
+        /// Matrix type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k.
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+    },
     /// Fetch a catalog model into the cache (or list the catalog).
     Pull {
         name: Option<String>,
@@ -252,6 +267,7 @@ fn run() -> anyhow::Result<()> {
         } => bench::run(&m, &p, &n, repeats, &depth, profile),
         Cmd::Info { m } => commands::info(&m),
         Cmd::Pull { name, list } => commands::pull(name, list),
+        Cmd::Convert { input, output, ty } => commands::convert(&input, &output, &ty),
     }
 }
 

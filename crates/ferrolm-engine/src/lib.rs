@@ -2,10 +2,11 @@
 //! generation sessions with stop conditions and streaming.
 
 pub mod catalog;
+pub mod convert;
 pub mod generate;
 pub mod load;
 pub mod search;
 
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
-pub use load::{load, open_gguf, LoadedModel};
+pub use load::{load, load_with, open_gguf, LoadedModel};

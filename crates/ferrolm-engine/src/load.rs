@@ -89,14 +89,25 @@ pub fn open_gguf(model: &str, quiet: bool) -> Result<(PathBuf, GgufFile)> {
     Ok((path, file))
 }
 
-/// A Hugging Face model directory.
-fn load_hf(path: PathBuf) -> Result<LoadedModel> {
+/// A Hugging Face model directory; with `quantize`, its matrices are converted in memory to
+/// that GGUF type and run on the quantized kernels.
+fn load_hf(path: PathBuf, quantize: Option<ferrolm_format::GgmlType>) -> Result<LoadedModel> {
     let dir = HfDir::open(&path)?;
     let generation = dir.generation_config()?;
     let sentence = dir.sentence_config()?;
     let tok_path = dir.tokenizer_path();
     let config = dir.config.clone();
-    let model = Model::from_hf(dir).with_context(|| format!("loading {}", path.display()))?;
+    let model = match quantize {
+        None => Model::from_hf(dir),
+        Some(ty) => {
+            drop(dir);
+            let bytes = crate::convert::convert(&path, ty)?.to_bytes()?;
+            let mut m = Model::from_gguf(Arc::new(GgufFile::from_bytes(&bytes)?))?;
+            m.kv_precision = ferrolm_model::KvPrecision::F32;
+            Ok(m)
+        }
+    }
+    .with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = match tok_path {
         Some(p) => {
             let t = Tokenizer::from_hf_file(&p, HfSpecial::from_dir(&path))?;
@@ -142,7 +153,13 @@ fn load_hf(path: PathBuf) -> Result<LoadedModel> {
 
 /// Opens a model by path (a .gguf file or a Hugging Face directory) or catalog name.
 pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
+    load_with(model, quiet, None)
+}
+
+/// [`load`], quantizing a Hugging Face model's matrices to `quantize` at load.
+pub fn load_with(model: &str, quiet: bool, quantize: Option<&str>) -> Result<LoadedModel> {
     let path = catalog::resolve(model, quiet)?;
+    let quantize = quantize.map(crate::convert::parse_type).transpose()?;
     if path.is_dir() {
         if !HfDir::is_hf_dir(&path) {
             anyhow::bail!(
@@ -150,21 +167,43 @@ pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
                 path.display()
             );
         }
-        return load_hf(path);
+        return load_hf(path, quantize);
+    }
+    if quantize.is_some() {
+        anyhow::bail!("--quantize applies to Hugging Face directories; '{}' is a GGUF file (its types are fixed; convert the original model instead)", path.display());
     }
     let (path, file) = open_gguf(model, quiet)?;
     let file = Arc::new(file);
     // The architecture is checked first: an unknown one is the clearest thing to report.
-    ferrolm_model::config_from_gguf(&file.header)?;
-    let tokenizer = Tokenizer::from_vocab(vocab_spec(&file.header)?)?;
+    if file.header.get("ferrolm.hf_config").is_none() {
+        ferrolm_model::config_from_gguf(&file.header)?;
+    }
+    let h = &file.header;
+    let tokenizer = match (h.get_str("ferrolm.tokenizer_json"), h.get_str("tokenizer.ggml.model")) {
+        (Some(json), _) => {
+            let special = HfSpecial {
+                bos_id: h.get_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
+                eos_ids: h.get_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
+                ..Default::default()
+            };
+            Some(Tokenizer::from_hf_json(json, special)?)
+        }
+        (None, Some("no_vocab" | "none")) => None,
+        _ => Some(Tokenizer::from_vocab(vocab_spec(h)?)?),
+    };
     let model_obj =
         Model::from_gguf(file.clone()).with_context(|| format!("loading {}", path.display()))?;
     let tok_text = |id: Option<u32>| {
-        id.and_then(|i| tokenizer.id_to_token(i))
+        tokenizer
+            .as_ref()
+            .and_then(|t| id.and_then(|i| t.id_to_token(i)))
             .unwrap_or("")
             .to_string()
     };
-    let (bos, eos) = (tok_text(tokenizer.bos_id()), tok_text(tokenizer.eos_id()));
+    let (bos, eos) = match &tokenizer {
+        Some(t) => (tok_text(t.bos_id()), tok_text(t.eos_id())),
+        None => (String::new(), String::new()),
+    };
     let (src, builtin) = match file
         .header
         .get("tokenizer.chat_template")
@@ -189,7 +228,7 @@ pub fn load(model: &str, quiet: bool) -> Result<LoadedModel> {
         file: Some(file),
         hf: None,
         model: model_obj,
-        tokenizer: Some(tokenizer),
+        tokenizer,
         template,
         template_is_builtin: builtin,
     })

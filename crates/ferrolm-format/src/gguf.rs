@@ -306,6 +306,20 @@ impl GgufFile {
         Ok(GgufFile { header, map })
     }
 
+    /// A GGUF image held in memory (an in-memory conversion, e.g. quantization at load), in an
+    /// anonymous map so the rest of ferrolm reads it exactly as a mapped file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<GgufFile, FormatError> {
+        let io = |source| FormatError::Map {
+            path: "<memory>".into(),
+            source,
+        };
+        let mut m = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(io)?;
+        m[..bytes.len()].copy_from_slice(bytes);
+        let map = m.make_read_only().map_err(io)?;
+        let header = parse_header(&map[..bytes.len()])?;
+        Ok(GgufFile { header, map })
+    }
+
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
         &self.map

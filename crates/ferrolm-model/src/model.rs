@@ -383,14 +383,11 @@ fn stack(
         _ => None,
     }) {
         Some(r) => {
-            let Embedding::Dense { rows, cols, data } =
-                w.embedding(Key::layer(Slot::RelBias, 0).enc(encoder))?
-            else {
-                bail!("relative position bias must be a dense table");
-            };
-            if rows != r.buckets || cols != cfg.attn.n_heads {
+            let data = w.raw(Key::layer(Slot::RelBias, 0).enc(encoder))?;
+            if data.len() != r.buckets * cfg.attn.n_heads {
                 bail!(
-                    "relative position bias has shape ({rows}, {cols}); expected ({}, {})",
+                    "relative position bias has {} values; {} buckets x {} heads expected",
+                    data.len(),
                     r.buckets,
                     cfg.attn.n_heads
                 );
@@ -421,7 +418,16 @@ fn stack(
 
 impl Model {
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Model> {
-        let config = config_from_gguf(&file.header)?;
+        // A file converted by `ferrolm convert` from a family llama.cpp lacks carries its
+        // `config.json`; its tensors use the GGUF slot names.
+        let config = match file.header.get_str("ferrolm.hf_config") {
+            Some(json) => {
+                let v: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| anyhow::anyhow!("GGUF key ferrolm.hf_config is not valid JSON: {e}"))?;
+                crate::arch::config_from_hf(&v)?.0
+            }
+            None => config_from_gguf(&file.header)?,
+        };
         let mut m = Model::build(config, &GgufWeights::new(file))?;
         m.kv_precision = KvPrecision::F16;
         Ok(m)
@@ -453,14 +459,8 @@ impl Model {
                 Slot::Output
             }))?),
         };
-        let logits_bias = if w.has(Key::global(Slot::LogitsBias)) {
-            match w.embedding(Key::global(Slot::LogitsBias))? {
-                Embedding::Dense { data, .. } => Some(data),
-                _ => None,
-            }
-        } else {
-            None
-        };
+        let lb = Key::global(Slot::LogitsBias);
+        let logits_bias = if w.has(lb) { Some(w.raw(lb)?) } else { None };
         if let Some(h) = &head {
             if h.out_dim() != config.vocab_size {
                 bail!(

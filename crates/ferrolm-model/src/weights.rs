@@ -98,8 +98,10 @@ impl Key {
 /// What the model builder needs from a weight file.
 pub trait WeightSource {
     fn has(&self, k: Key) -> bool;
-    /// A 1-D weight (norm scale) as f32.
+    /// A norm scale as f32 (with the family's load-time fix-ups).
     fn vector(&self, k: Key) -> Result<Vec<f32>>;
+    /// Any weight's values as stored (row-major f32), for tables read whole.
+    fn raw(&self, k: Key) -> Result<Vec<f32>>;
     /// The bias beside a weight, if the file has one.
     fn bias(&self, k: Key) -> Result<Option<Vec<f32>>>;
     /// A matrix `(out, in)` as a linear layer (with its bias when present).
@@ -148,8 +150,25 @@ fn gguf_stem(slot: Slot) -> &'static str {
         Slot::CrossV => "cross_attn_v",
         Slot::CrossOut => "cross_attn_o",
         Slot::RelBias => "attn_rel_b",
-        Slot::ExpGate | Slot::ExpUp | Slot::ExpDown | Slot::LogitsBias => "unsupported",
+        Slot::ExpGate => "ffn_gate_exp",
+        Slot::ExpUp => "ffn_up_exp",
+        Slot::ExpDown => "ffn_down_exp",
+        Slot::LogitsBias => "logits_bias",
     }
+}
+
+/// The GGUF name of a key: llama.cpp's names (`blk.{L}.attn_q.weight`, `enc.` before the
+/// encoder's), and `blk.{L}.ffn_gate_exp.{E}` for one expert (ferrolm's own: llama.cpp stacks
+/// experts in one 3-D tensor).
+pub fn gguf_key_name(k: Key, suffix: &str) -> String {
+    let stem = gguf_stem(k.slot);
+    let base = match (k.layer, k.expert) {
+        (Some(l), Some(e)) => format!("blk.{l}.{stem}.{e}"),
+        (Some(l), None) => format!("blk.{l}.{stem}"),
+        (None, _) => stem.to_string(),
+    };
+    let enc = if k.encoder { "enc." } else { "" };
+    format!("{enc}{base}.{suffix}")
 }
 
 pub fn gguf_name(slot: Slot, layer: Option<usize>, suffix: &str) -> String {
@@ -261,43 +280,22 @@ impl GgufWeights {
         Self { file }
     }
 
-    fn info(&self, slot: Slot, layer: Option<usize>, suffix: &str) -> Option<&TensorInfo> {
-        self.file.header.tensor(&gguf_name(slot, layer, suffix))
+    fn info(&self, k: Key, suffix: &str) -> Option<&TensorInfo> {
+        self.file.header.tensor(&gguf_key_name(k, suffix))
     }
 
-    fn required(&self, slot: Slot, layer: Option<usize>) -> Result<&TensorInfo> {
-        let name = gguf_name(slot, layer, "weight");
+    fn required(&self, k: Key) -> Result<&TensorInfo> {
+        let name = gguf_key_name(k, "weight");
         self.file.header.tensor(&name).ok_or_else(|| {
             anyhow!("the model file has no tensor '{name}', which this architecture needs; the file may be from an unsupported variant")
         })
     }
 
-    pub fn has(&self, slot: Slot, layer: Option<usize>) -> bool {
-        self.info(slot, layer, "weight").is_some()
-    }
-
-    fn vector_of(&self, info: &TensorInfo) -> Result<Tensor> {
-        let n = info.n_elements();
-        let mut out = vec![0f32; n];
-        dequantize(info.ty, self.file.tensor_bytes(info), &mut out)?;
-        Ok(Tensor::from_vec(out, n, &Device::Cpu)?)
-    }
-
-    /// A 1-D weight (norm scale, bias) as f32.
-    pub fn vector(&self, slot: Slot, layer: Option<usize>) -> Result<Tensor> {
-        let info = self.required(slot, layer)?;
-        self.vector_of(info)
-            .with_context(|| format!("loading '{}'", info.name))
-    }
-
-    /// A matrix `(out, in)` as a linear layer, quantized types kept quantized.
-    pub fn linear(&self, slot: Slot, layer: Option<usize>) -> Result<Box<dyn Linear>> {
-        let info = self.required(slot, layer)?;
-        let bias = match self.info(slot, layer, "bias") {
-            Some(b) => Some(self.vector_of(b)?),
-            None => None,
-        };
-        self.linear_of(info, bias)
+    fn vector_of(&self, info: &TensorInfo) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; info.n_elements()];
+        dequantize(info.ty, self.file.tensor_bytes(info), &mut out)
+            .with_context(|| format!("loading '{}'", info.name))?;
+        Ok(out)
     }
 
     fn linear_of(&self, info: &TensorInfo, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
@@ -340,28 +338,30 @@ impl GgufWeights {
 
 impl WeightSource for GgufWeights {
     fn has(&self, k: Key) -> bool {
-        !k.encoder && k.expert.is_none() && GgufWeights::has(self, k.slot, k.layer)
+        self.info(k, "weight").is_some()
     }
     fn vector(&self, k: Key) -> Result<Vec<f32>> {
-        Ok(GgufWeights::vector(self, k.slot, k.layer)?.to_vec1()?)
+        self.vector_of(self.required(k)?)
+    }
+    fn raw(&self, k: Key) -> Result<Vec<f32>> {
+        self.vector_of(self.required(k)?)
     }
     fn bias(&self, k: Key) -> Result<Option<Vec<f32>>> {
-        match self.info(k.slot, k.layer, "bias") {
-            Some(b) => Ok(Some(self.vector_of(b)?.to_vec1()?)),
-            None => Ok(None),
-        }
+        self.info(k, "bias").map(|b| self.vector_of(b)).transpose()
     }
     fn linear(&self, k: Key) -> Result<Box<dyn Linear>> {
-        if k.encoder || k.expert.is_some() {
-            bail!("GGUF models with encoders or experts are not supported yet");
-        }
-        GgufWeights::linear(self, k.slot, k.layer)
+        let info = self.required(k)?;
+        let bias = self
+            .bias(k)?
+            .map(|b| Tensor::from_vec(b.clone(), b.len(), &Device::Cpu))
+            .transpose()?;
+        self.linear_of(info, bias)
     }
     fn describe(&self, k: Key) -> String {
-        gguf_name(k.slot, k.layer, "weight")
+        gguf_key_name(k, "weight")
     }
     fn embedding(&self, k: Key) -> Result<Embedding> {
-        let info = self.required(k.slot, k.layer)?.clone();
+        let info = self.required(k)?.clone();
         if info.dims.len() != 2 {
             bail!("embedding '{}' should be a matrix", info.name);
         }
@@ -564,8 +564,23 @@ impl HfWeights {
         Ok(Box::new(DenseLinear::new(w, b)))
     }
 
+    /// A projection as `(out, in, row-major weights, bias)`: fused q/k/v split, `(in, out)`
+    /// storage transposed. What [`WeightSource::linear`] builds on, and what `convert` writes.
+    pub fn dense_parts(&self, k: Key) -> Result<(usize, usize, Vec<f32>, Option<Vec<f32>>)> {
+        if matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV) && self.path(k).is_none() {
+            return self.from_fused(k);
+        }
+        let (out, inp, w) = self.matrix(k)?;
+        let bias = if k.slot == Slot::TokenEmbd {
+            None
+        } else {
+            self.bias(k)?
+        };
+        Ok((out, inp, w, bias))
+    }
+
     /// q, k or v cut from the fused projection.
-    fn from_fused(&self, k: Key) -> Result<Box<dyn Linear>> {
+    fn from_fused(&self, k: Key) -> Result<(usize, usize, Vec<f32>, Option<Vec<f32>>)> {
         let fused = Key {
             slot: Slot::AttnQkv,
             ..k
@@ -588,10 +603,15 @@ impl HfWeights {
         for &r in &pick {
             out.extend_from_slice(&w[r * cols..(r + 1) * cols]);
         }
-        let bias = self
-            .bias(fused)?
-            .map(|b| pick.iter().map(|&r| b[r]).collect());
-        Self::dense(out, pick.len(), cols, bias)
+        let bias = match self.bias(fused)? {
+            Some(b) if b.len() != rows => bail!(
+                "tensor '{}' has a bias of {} values for {rows} rows",
+                self.describe(fused),
+                b.len()
+            ),
+            b => b.map(|b| pick.iter().map(|&r| b[r]).collect()),
+        };
+        Ok((pick.len(), cols, out, bias))
     }
 }
 
@@ -605,6 +625,9 @@ impl WeightSource for HfWeights {
                     ..k
                 }))
     }
+    fn raw(&self, k: Key) -> Result<Vec<f32>> {
+        Ok(self.required(k)?.to_f32())
+    }
     fn vector(&self, k: Key) -> Result<Vec<f32>> {
         let t = self.required(k)?;
         let mut v = t.to_f32();
@@ -617,15 +640,7 @@ impl WeightSource for HfWeights {
         Ok(self.tensor(k, "bias").map(|t| t.to_f32()))
     }
     fn linear(&self, k: Key) -> Result<Box<dyn Linear>> {
-        if matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV) && self.path(k).is_none() {
-            return self.from_fused(k);
-        }
-        let (out, inp, w) = self.matrix(k)?;
-        let bias = if k.slot == Slot::TokenEmbd {
-            None
-        } else {
-            self.bias(k)?
-        };
+        let (out, inp, w, bias) = self.dense_parts(k)?;
         Self::dense(w, out, inp, bias)
     }
     fn embedding(&self, k: Key) -> Result<Embedding> {
@@ -654,5 +669,69 @@ impl WeightSource for HfWeights {
             }
             None => format!("{:?}", k.slot),
         }
+    }
+}
+
+/// How the model builder used a weight (see [`Recorder`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Vector,
+    Raw,
+    Bias,
+    Linear,
+    Embedding,
+}
+
+/// A weight source that logs every weight the builder asks for: `convert` builds the model
+/// once through it, then writes exactly those weights.
+pub struct Recorder<'a> {
+    pub inner: &'a dyn WeightSource,
+    pub log: std::cell::RefCell<Vec<(Key, Use)>>,
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new(inner: &'a dyn WeightSource) -> Self {
+        Self {
+            inner,
+            log: Default::default(),
+        }
+    }
+    fn note(&self, k: Key, u: Use) {
+        let mut log = self.log.borrow_mut();
+        if !log.contains(&(k, u)) {
+            log.push((k, u));
+        }
+    }
+}
+
+impl WeightSource for Recorder<'_> {
+    fn has(&self, k: Key) -> bool {
+        self.inner.has(k)
+    }
+    fn vector(&self, k: Key) -> Result<Vec<f32>> {
+        self.note(k, Use::Vector);
+        self.inner.vector(k)
+    }
+    fn raw(&self, k: Key) -> Result<Vec<f32>> {
+        self.note(k, Use::Raw);
+        self.inner.raw(k)
+    }
+    fn bias(&self, k: Key) -> Result<Option<Vec<f32>>> {
+        self.note(k, Use::Bias);
+        self.inner.bias(k)
+    }
+    fn linear(&self, k: Key) -> Result<Box<dyn Linear>> {
+        self.note(k, Use::Linear);
+        self.inner.linear(k)
+    }
+    fn embedding(&self, k: Key) -> Result<Embedding> {
+        self.note(k, Use::Embedding);
+        self.inner.embedding(k)
+    }
+    fn norm_plus_one(&self) -> bool {
+        self.inner.norm_plus_one()
+    }
+    fn describe(&self, k: Key) -> String {
+        self.inner.describe(k)
     }
 }

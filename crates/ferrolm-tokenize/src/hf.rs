@@ -251,8 +251,20 @@ impl HfTok {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| load_error(one_line(e)))?;
+        HfTok::from_json(&text, special).map_err(|e| match e {
+            TokenizeError::HfLoad { reason, .. } => load_error(reason),
+            e => e,
+        })
+    }
+
+    /// The text of a `tokenizer.json` (e.g. carried inside a converted GGUF).
+    pub(crate) fn from_json(text: &str, special: HfSpecial) -> Result<HfTok, TokenizeError> {
+        let load_error = |reason: String| TokenizeError::HfLoad {
+            path: "<embedded tokenizer.json>".into(),
+            reason,
+        };
         let mut inner: tokenizers::Tokenizer =
-            serde_json::from_str(&text).map_err(|e| load_error(one_line(e)))?;
+            serde_json::from_str(text).map_err(|e| load_error(one_line(e)))?;
         inner
             .with_truncation(None)
             .map_err(|e| load_error(one_line(e)))?;

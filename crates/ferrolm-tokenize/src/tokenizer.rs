@@ -92,6 +92,14 @@ impl Tokenizer {
         })
     }
 
+    /// A `tokenizer.json`'s text (as `ferrolm convert` carries it inside GGUF).
+    pub fn from_hf_json(text: &str, special: HfSpecial) -> Result<Tokenizer, TokenizeError> {
+        let tok = HfTok::from_json(text, special)?;
+        Ok(Tokenizer {
+            kind: Kind::Hf(Box::new(tok)),
+        })
+    }
+
     /// sentence-transformers' `do_lower_case`: a `Lowercase` normalizer runs before the
     /// tokenizer's own (unless it has one). Hugging Face tokenizers only.
     pub fn with_lowercase(mut self) -> Result<Tokenizer, TokenizeError> {
