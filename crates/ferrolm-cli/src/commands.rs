@@ -31,14 +31,22 @@ pub fn open(m: &ModelOpts) -> Result<LoadedModel> {
 pub fn convert(input: &std::path::Path, output: &std::path::Path, ty: &str) -> Result<()> {
     let ty = ferrolm_engine::convert::parse_type(ty)?;
     if !ferrolm_format::hf::HfDir::is_hf_dir(input) {
-        bail!("'{}' is not a Hugging Face model directory (no config.json)", input.display());
+        bail!(
+            "'{}' is not a Hugging Face model directory (no config.json)",
+            input.display()
+        );
     }
     let w = ferrolm_engine::convert::convert(input, ty)?;
     let tmp = output.with_extension("gguf.partial");
     w.write_file(&tmp)?;
     std::fs::rename(&tmp, output)?;
     let size = std::fs::metadata(output)?.len();
-    eprintln!("wrote {} ({:.1} MB, matrices {})", output.display(), size as f64 / 1e6, ty.name());
+    eprintln!(
+        "wrote {} ({:.1} MB, matrices {})",
+        output.display(),
+        size as f64 / 1e6,
+        ty.name()
+    );
     Ok(())
 }
 
@@ -490,7 +498,13 @@ fn beams(
         println!("{}", json!({ "beams": out }));
     } else {
         for (i, h) in out.iter().enumerate() {
-            println!("#{i} score {:.4}: {}", h["score"], h.get("text").and_then(|t| t.as_str()).map_or(h["ids"].to_string(), |t| t.to_string()));
+            println!(
+                "#{i} score {:.4}: {}",
+                h["score"],
+                h.get("text")
+                    .and_then(|t| t.as_str())
+                    .map_or(h["ids"].to_string(), |t| t.to_string())
+            );
         }
     }
     Ok(())
@@ -542,7 +556,10 @@ pub fn embed(
         let hidden = match lm.model.topology() {
             Topology::Decoder => {
                 let mut kv = lm.model.new_cache(ids.len());
-                lm.model.forward_hidden(ids, &mut kv)?.flatten_all()?.to_vec1()?
+                lm.model
+                    .forward_hidden(ids, &mut kv)?
+                    .flatten_all()?
+                    .to_vec1()?
             }
             _ => lm.model.encode(ids, None)?,
         };
@@ -551,7 +568,11 @@ pub fn embed(
             None => rows.extend(hidden.chunks(c).map(|r| r.to_vec())),
         }
     }
-    let key = if pool_mode.is_some() { "embeddings" } else { "hidden" };
+    let key = if pool_mode.is_some() {
+        "embeddings"
+    } else {
+        "hidden"
+    };
     if m.json {
         println!("{}", json!({ key: rows }));
     } else {

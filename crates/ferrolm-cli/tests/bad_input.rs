@@ -146,3 +146,172 @@ fn prompt_longer_than_context() {
     ]);
     assert!(e.contains("--ctx"), "{e}");
 }
+
+/// A copy of an HF fixture with its `config.json` edited by `edit` (and files removed).
+fn hf_variant(
+    name: &str,
+    fixture: &str,
+    edit: impl Fn(&mut serde_json::Value),
+    remove: &[&str],
+) -> String {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/hf")
+        .join(fixture);
+    let dst = tmp(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let p = dst.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+    for f in remove {
+        let _ = std::fs::remove_file(dst.join(f));
+    }
+    dst.to_str().unwrap().to_string()
+}
+
+fn hf_fails(dir: &str) -> String {
+    fails(&["logits", "-m", dir, "--ids", "1,2,3"])
+}
+
+#[test]
+fn hf_unknown_model_type() {
+    let d = hf_variant(
+        "hf-unknown",
+        "llama",
+        |v| v["model_type"] = "llama9".into(),
+        &[],
+    );
+    let e = hf_fails(&d);
+    assert!(
+        e.contains("unknown model_type 'llama9'") && e.contains("gpt_neox"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hf_unsupported_option() {
+    let d = hf_variant(
+        "hf-option",
+        "bloom",
+        |v| v["apply_residual_connection_post_layernorm"] = true.into(),
+        &[],
+    );
+    let e = hf_fails(&d);
+    assert!(
+        e.contains("apply_residual_connection_post_layernorm = true is not supported"),
+        "{e}"
+    );
+    let d = hf_variant("hf-act", "llama", |v| v["hidden_act"] = "mish".into(), &[]);
+    assert!(hf_fails(&d).contains("activation 'mish'"));
+    let d = hf_variant(
+        "hf-rope",
+        "llama",
+        |v| v["rope_parameters"]["rope_type"] = "wavy".into(),
+        &[],
+    );
+    assert!(hf_fails(&d).contains("rope scaling type 'wavy'"));
+}
+
+#[test]
+fn hf_inconsistent_config() {
+    let d = hf_variant("hf-heads", "gpt2", |v| v["n_head"] = 5.into(), &[]);
+    let e = hf_fails(&d);
+    assert!(e.contains("not divisible by 5 attention heads"), "{e}");
+    let d = hf_variant(
+        "hf-kv",
+        "llama",
+        |v| v["num_key_value_heads"] = 3.into(),
+        &[],
+    );
+    assert!(hf_fails(&d).contains("not a multiple of 3 KV heads"));
+    let d = hf_variant(
+        "hf-type",
+        "llama",
+        |v| v["num_hidden_layers"] = "two".into(),
+        &[],
+    );
+    assert!(hf_fails(&d).contains("'num_hidden_layers' should be a non-negative integer"));
+}
+
+#[test]
+fn hf_missing_and_mismatched_tensors() {
+    let d = hf_variant(
+        "hf-layers",
+        "llama",
+        |v| v["num_hidden_layers"] = 3.into(),
+        &[],
+    );
+    let e = hf_fails(&d);
+    assert!(e.contains("no tensor 'model.layers.2."), "{e}");
+    let d = hf_variant(
+        "hf-ffn",
+        "llama",
+        |v| v["intermediate_size"] = 100.into(),
+        &[],
+    );
+    let e = hf_fails(&d);
+    assert!(
+        e.contains("'model.layers.0.mlp.up_proj.weight' has shape (128, 64)")
+            && e.contains("needs (100, 64)"),
+        "{e}"
+    );
+    let d = hf_variant("hf-noweights", "llama", |_| {}, &["model.safetensors"]);
+    assert!(hf_fails(&d).contains("safetensors"));
+}
+
+#[test]
+fn hf_malformed_files() {
+    let d = hf_variant("hf-trunc", "llama", |_| {}, &[]);
+    let p = std::path::Path::new(&d).join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+    assert!(hf_fails(&d).contains("not a valid safetensors file"));
+    let d = hf_variant("hf-json", "llama", |_| {}, &[]);
+    std::fs::write(std::path::Path::new(&d).join("config.json"), "{not json").unwrap();
+    assert!(hf_fails(&d).contains("not valid JSON"));
+}
+
+#[test]
+fn hf_usage_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf");
+    let llama = dir.join("llama");
+    let llama = llama.to_str().unwrap();
+    assert!(fails(&["generate", "-m", llama, "hello"]).contains("no tokenizer.json"));
+    let bert = dir.join("bert");
+    assert!(
+        fails(&["logits", "-m", bert.to_str().unwrap(), "--ids", "1,2"])
+            .contains("use `ferrolm embed`")
+    );
+    assert!(
+        fails(&["logits", "-m", llama, "--ids", "1", "--decoder-ids", "0"])
+            .contains("encoder-decoder")
+    );
+    assert!(fails(&[
+        "generate",
+        "-m",
+        llama,
+        "--ids",
+        "1",
+        "--beams",
+        "2",
+        "--num-return",
+        "3"
+    ])
+    .contains("num_return"));
+    assert!(fails(&[
+        "convert",
+        llama,
+        &tmp("x.gguf").to_string_lossy(),
+        "--type",
+        "q9"
+    ])
+    .contains("cannot convert to 'q9'"));
+    assert!(
+        fails(&["logits", "-m", llama, "--ids", "1", "--quantize", "q8_1"])
+            .contains("cannot convert")
+    );
+}

@@ -26,8 +26,14 @@ pub fn parse_type(name: &str) -> Result<GgmlType> {
         .find(|t| t.name().eq_ignore_ascii_case(name))
         .filter(|&t| can_quantize(t));
     ty.ok_or_else(|| {
-        let names: Vec<&str> = GgmlType::all().filter(|&t| can_quantize(t)).map(|t| t.name()).collect();
-        anyhow::anyhow!("cannot convert to '{name}'; types: {}", names.join(", ").to_lowercase())
+        let names: Vec<&str> = GgmlType::all()
+            .filter(|&t| can_quantize(t))
+            .map(|t| t.name())
+            .collect();
+        anyhow::anyhow!(
+            "cannot convert to '{name}'; types: {}",
+            names.join(", ").to_lowercase()
+        )
     })
 }
 
@@ -67,8 +73,17 @@ fn permute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
 }
 
 /// A matrix in `ty` when its rows split into whole blocks, else f16 (as llama.cpp falls back).
-fn matrix_tensor(ty: GgmlType, rows: usize, cols: usize, w: &[f32]) -> Result<(GgmlType, Vec<u8>, [usize; 2])> {
-    let ty = if cols % ty.block_size() == 0 { ty } else { GgmlType::F16 };
+fn matrix_tensor(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: &[f32],
+) -> Result<(GgmlType, Vec<u8>, [usize; 2])> {
+    let ty = if cols % ty.block_size() == 0 {
+        ty
+    } else {
+        GgmlType::F16
+    };
     Ok((ty, quantize(ty, w)?, [cols, rows]))
 }
 
@@ -86,7 +101,10 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     let mut w = GgufWriter::new();
     let s = |x: &str| MetaValue::String(x.to_string());
     let u = |x: usize| MetaValue::U32(x as u32);
-    let name = dir_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = dir_path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     w.add_meta("general.name", s(&name));
     if llama {
         let a = &cfg.attn;
@@ -100,7 +118,10 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
         w.add_meta("llama.attention.key_length", u(a.head_dim));
         w.add_meta("llama.attention.value_length", u(a.head_dim));
         w.add_meta("llama.rope.dimension_count", u(a.head_dim));
-        w.add_meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(cfg.norm.eps));
+        w.add_meta(
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(cfg.norm.eps),
+        );
         w.add_meta("llama.vocab_size", u(cfg.vocab_size));
         if let Position::Rope(r) = &cfg.layers[0].position {
             w.add_meta("llama.rope.freq_base", MetaValue::F32(r.theta));
@@ -114,7 +135,8 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     }
     match tokenizer {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             w.add_meta("ferrolm.tokenizer_json", s(&text));
             let sp = ferrolm_tokenize::HfSpecial::from_dir(dir_path);
             if let Some(b) = sp.bos_id {
@@ -130,7 +152,12 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     w.add_meta("tokenizer.ggml.model", s("no_vocab"));
     let log = rec.log.borrow().clone();
     let mut written = std::collections::HashSet::new();
-    let mut put = |w: &mut GgufWriter, name: String, dims: &[usize], ty: GgmlType, data: Vec<u8>| -> Result<()> {
+    let mut put = |w: &mut GgufWriter,
+                   name: String,
+                   dims: &[usize],
+                   ty: GgmlType,
+                   data: Vec<u8>|
+     -> Result<()> {
         if written.insert(name.clone()) {
             w.add_tensor(name, dims, ty, data)?;
         }
@@ -140,34 +167,67 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     for (k, usage) in log {
         match usage {
             Use::Vector | Use::Raw => {
-                let v = if usage == Use::Vector { hf.vector(k)? } else { hf.raw(k)? };
-                put(&mut w, gguf_key_name(k, "weight"), &[v.len()], GgmlType::F32, f32_bytes(&v))?;
+                let v = if usage == Use::Vector {
+                    hf.vector(k)?
+                } else {
+                    hf.raw(k)?
+                };
+                put(
+                    &mut w,
+                    gguf_key_name(k, "weight"),
+                    &[v.len()],
+                    GgmlType::F32,
+                    f32_bytes(&v),
+                )?;
             }
             Use::Bias => {
                 if let Some(b) = hf.bias(k)? {
-                    put(&mut w, gguf_key_name(k, "bias"), &[b.len()], GgmlType::F32, f32_bytes(&b))?;
+                    put(
+                        &mut w,
+                        gguf_key_name(k, "bias"),
+                        &[b.len()],
+                        GgmlType::F32,
+                        f32_bytes(&b),
+                    )?;
                 }
             }
             Use::Linear | Use::Embedding => {
                 // Routers and the shared-expert gate stay f32 (as llama.cpp keeps them): a small
                 // error there flips which experts run.
                 let router = matches!(k.slot, Slot::FfnRouter | Slot::ShExpGate);
-                let quantizable = (matches!(usage, Use::Linear) || k.slot == Slot::TokenEmbd) && !router;
+                let quantizable =
+                    (matches!(usage, Use::Linear) || k.slot == Slot::TokenEmbd) && !router;
                 if !quantizable {
                     let (rows, cols, m, _) = hf.dense_parts(k)?;
-                    put(&mut w, gguf_key_name(k, "weight"), &[cols, rows], GgmlType::F32, f32_bytes(&m))?;
+                    put(
+                        &mut w,
+                        gguf_key_name(k, "weight"),
+                        &[cols, rows],
+                        GgmlType::F32,
+                        f32_bytes(&m),
+                    )?;
                     continue;
                 }
                 let (rows, cols, mut m, mut bias) = hf.dense_parts(k)?;
                 if llama && matches!(k.slot, Slot::AttnQ | Slot::AttnK) {
-                    let heads = if k.slot == Slot::AttnQ { cfg.attn.n_heads } else { cfg.attn.n_kv_heads };
+                    let heads = if k.slot == Slot::AttnQ {
+                        cfg.attn.n_heads
+                    } else {
+                        cfg.attn.n_kv_heads
+                    };
                     m = permute_rows(&m, cols, heads);
                     bias = bias.map(|b| permute_rows(&b, 1, heads));
                 }
                 let (t, data, dims) = matrix_tensor(ty, rows, cols, &m)?;
                 put(&mut w, gguf_key_name(k, "weight"), &dims, t, data)?;
                 if let Some(b) = bias {
-                    put(&mut w, gguf_key_name(k, "bias"), &[b.len()], GgmlType::F32, f32_bytes(&b))?;
+                    put(
+                        &mut w,
+                        gguf_key_name(k, "bias"),
+                        &[b.len()],
+                        GgmlType::F32,
+                        f32_bytes(&b),
+                    )?;
                 }
             }
         }

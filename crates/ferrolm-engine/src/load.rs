@@ -111,7 +111,11 @@ fn load_hf(path: PathBuf, quantize: Option<ferrolm_format::GgmlType>) -> Result<
     let tokenizer = match tok_path {
         Some(p) => {
             let t = Tokenizer::from_hf_file(&p, HfSpecial::from_dir(&path))?;
-            Some(if sentence.do_lower_case { t.with_lowercase()? } else { t })
+            Some(if sentence.do_lower_case {
+                t.with_lowercase()?
+            } else {
+                t
+            })
         }
         None => None,
     };
@@ -179,11 +183,17 @@ pub fn load_with(model: &str, quiet: bool, quantize: Option<&str>) -> Result<Loa
         ferrolm_model::config_from_gguf(&file.header)?;
     }
     let h = &file.header;
-    let tokenizer = match (h.get_str("ferrolm.tokenizer_json"), h.get_str("tokenizer.ggml.model")) {
+    let tokenizer = match (
+        h.get_str("ferrolm.tokenizer_json"),
+        h.get_str("tokenizer.ggml.model"),
+    ) {
         (Some(json), _) => {
             let special = HfSpecial {
                 bos_id: h.get_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
-                eos_ids: h.get_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
+                eos_ids: h
+                    .get_u64("tokenizer.ggml.eos_token_id")
+                    .map(|x| vec![x as u32])
+                    .unwrap_or_default(),
                 ..Default::default()
             };
             Some(Tokenizer::from_hf_json(json, special)?)

@@ -168,7 +168,11 @@ fn norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Norm> {
 }
 
 /// A linear layer whose shape `(out, in)` must be `want` (`None`: either side unchecked).
-fn linear(w: &dyn WeightSource, k: Key, want: (Option<usize>, Option<usize>)) -> Result<Box<dyn Linear>> {
+fn linear(
+    w: &dyn WeightSource,
+    k: Key,
+    want: (Option<usize>, Option<usize>),
+) -> Result<Box<dyn Linear>> {
     let l = w.linear(k)?;
     let (o, i) = (l.out_dim(), l.in_dim());
     if want.0.is_some_and(|x| x != o) || want.1.is_some_and(|x| x != i) {
@@ -193,7 +197,13 @@ fn opt_norm(w: &dyn WeightSource, k: Key, spec: NormSpec) -> Result<Option<Norm>
 
 /// A dense feed-forward from `(gate, up, down)` slots: width `c`, inner width `f` (`None`:
 /// whatever the up projection has).
-fn dense_ffn(w: &dyn WeightSource, spec: Ffn, keys: [Key; 3], c: usize, f: Option<usize>) -> Result<FeedForward> {
+fn dense_ffn(
+    w: &dyn WeightSource,
+    spec: Ffn,
+    keys: [Key; 3],
+    c: usize,
+    f: Option<usize>,
+) -> Result<FeedForward> {
     let up = linear(w, keys[1], (f, Some(c)))?;
     let f = up.out_dim();
     Ok(FeedForward {
@@ -274,11 +284,20 @@ fn stack(
                     None
                 };
                 let router = linear(w, l(Slot::FfnRouter), (Some(m.experts), Some(c)))?;
-                FfnLayer::Moe(Moe { spec: m, router, experts, shared })
+                FfnLayer::Moe(Moe {
+                    spec: m,
+                    router,
+                    experts,
+                    shared,
+                })
             }
-            (Ffn::Moe(m), false) => {
-                FfnLayer::Dense(dense_ffn(w, gated(m.act), dense_keys, c, Some(cfg.ffn_hidden))?)
-            }
+            (Ffn::Moe(m), false) => FfnLayer::Dense(dense_ffn(
+                w,
+                gated(m.act),
+                dense_keys,
+                c,
+                Some(cfg.ffn_hidden),
+            )?),
             (spec, _) => FfnLayer::Dense(dense_ffn(w, spec, dense_keys, c, Some(cfg.ffn_hidden))?),
         };
         let qk = cfg
@@ -422,8 +441,9 @@ impl Model {
         // `config.json`; its tensors use the GGUF slot names.
         let config = match file.header.get_str("ferrolm.hf_config") {
             Some(json) => {
-                let v: serde_json::Value = serde_json::from_str(json)
-                    .map_err(|e| anyhow::anyhow!("GGUF key ferrolm.hf_config is not valid JSON: {e}"))?;
+                let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                    anyhow::anyhow!("GGUF key ferrolm.hf_config is not valid JSON: {e}")
+                })?;
                 crate::arch::config_from_hf(&v)?.0
             }
             None => config_from_gguf(&file.header)?,

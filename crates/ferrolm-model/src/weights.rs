@@ -665,7 +665,10 @@ impl WeightSource for HfWeights {
         match self.path(k) {
             Some(p) => format!("{}.weight", p.split('|').next().unwrap_or("")),
             None if matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV) => {
-                self.describe(Key { slot: Slot::AttnQkv, ..k })
+                self.describe(Key {
+                    slot: Slot::AttnQkv,
+                    ..k
+                })
             }
             None => format!("{:?}", k.slot),
         }

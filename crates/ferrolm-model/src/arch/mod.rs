@@ -298,11 +298,15 @@ impl HfConfig<'_> {
         })
     }
     pub fn opt_usize(&self, keys: &[&str]) -> Result<Option<usize>> {
+        // No size in a real model comes near 2^31; larger values are corrupt configs.
+        const LIMIT: u64 = 1 << 31;
         match self.raw(keys) {
             None => Ok(None),
-            Some((k, x)) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                anyhow!("config.json: '{k}' should be a non-negative integer, found {x}")
-            }),
+            Some((k, x)) => match x.as_u64() {
+                Some(n) if n < LIMIT => Ok(Some(n as usize)),
+                Some(n) => bail!("config.json: '{k}' = {n} is implausibly large"),
+                None => bail!("config.json: '{k}' should be a non-negative integer, found {x}"),
+            },
         }
     }
     pub fn usize(&self, keys: &[&str]) -> Result<usize> {
@@ -359,7 +363,11 @@ impl HfConfig<'_> {
         self.usize(&["hidden_size", "n_embd", "d_model", "n_embed"])
     }
     pub fn n_layers(&self) -> Result<usize> {
-        self.usize(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])
+        let n = self.usize(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])?;
+        if n == 0 || n > 4096 {
+            bail!("config.json: {n} layers (expected 1 to 4096)");
+        }
+        Ok(n)
     }
     /// `(H, Hkv, D)`; `Hkv` defaults to `H`, `D` to `C / H` (checked to divide).
     pub fn heads(&self) -> Result<(usize, usize, usize)> {
