@@ -79,7 +79,7 @@ fn matrix_tensor(
     cols: usize,
     w: &[f32],
 ) -> Result<(GgmlType, Vec<u8>, [usize; 2])> {
-    let ty = if cols % ty.block_size() == 0 {
+    let ty = if cols.is_multiple_of(ty.block_size()) {
         ty
     } else {
         GgmlType::F16
@@ -133,8 +133,8 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
         w.add_meta("general.architecture", s(&cfg.arch));
         w.add_meta("ferrolm.hf_config", s(&config_json.to_string()));
     }
-    match tokenizer {
-        Some(p) => {
+    if let Some(p) = tokenizer {
+        {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             w.add_meta("ferrolm.tokenizer_json", s(&text));
@@ -146,7 +146,6 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
                 w.add_meta("tokenizer.ggml.eos_token_id", u(e as usize));
             }
         }
-        None => {}
     }
     // llama.cpp loads a model without a vocabulary when told so.
     w.add_meta("tokenizer.ggml.model", s("no_vocab"));

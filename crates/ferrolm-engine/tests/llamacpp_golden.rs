@@ -93,7 +93,7 @@ fn compare(name: &str) -> Report {
     for p in prompts {
         let text = p["prompt"].as_str().unwrap();
         let want = ids_of(&p["ids"]);
-        let ids = lm.tokenizer.encode(text, true, false).unwrap();
+        let ids = lm.tok().unwrap().encode(text, true, false).unwrap();
         assert_eq!(ids, want, "token ids differ for {text:?}");
         let mut kv = lm.model.new_cache(256);
         let row: Vec<f32> = lm
@@ -202,12 +202,12 @@ fn check_special(name: &str) {
     for s in g["special"].as_array().unwrap() {
         let text = s["prompt"].as_str().unwrap();
         assert_eq!(
-            lm.tokenizer.encode(text, true, true).unwrap(),
+            lm.tok().unwrap().encode(text, true, true).unwrap(),
             ids_of(&s["ids_special"]),
             "{text:?} special"
         );
         assert_eq!(
-            lm.tokenizer.encode(text, true, false).unwrap(),
+            lm.tok().unwrap().encode(text, true, false).unwrap(),
             ids_of(&s["ids_plain"]),
             "{text:?} plain"
         );
@@ -221,10 +221,10 @@ fn perplexity_windows(name: &str, n: usize) {
     let ppl = &g["perplexity"];
     let ctx = ppl["ctx"].as_u64().unwrap() as usize;
     let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
-    let toks = lm.tokenizer.encode(&text, false, false).unwrap();
+    let toks = lm.tok().unwrap().encode(&text, false, false).unwrap();
     assert_eq!(toks.len() as u64, ppl["file_tokens"].as_u64().unwrap());
-    let bos = if lm.tokenizer.add_bos() {
-        lm.tokenizer.bos_id()
+    let bos = if lm.tok().unwrap().add_bos() {
+        lm.tok().unwrap().bos_id()
     } else {
         None
     };

@@ -272,7 +272,7 @@ pub fn rope_freqs(spec: &RopeSpec, seq_len: usize) -> (Vec<f32>, f32) {
                 .map(|f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     if medium {
                         let smooth = (old / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

@@ -440,6 +440,9 @@ impl HfTable {
     }
 }
 
+/// A projection's `(out, in, row-major weights, bias)`.
+pub type DenseParts = (usize, usize, Vec<f32>, Option<Vec<f32>>);
+
 /// Weights from a Hugging Face directory (safetensors), named by the family's [`HfTable`].
 pub struct HfWeights {
     dir: ferrolm_format::hf::HfDir,
@@ -566,9 +569,9 @@ impl HfWeights {
 
     /// A projection as `(out, in, row-major weights, bias)`: fused q/k/v split, `(in, out)`
     /// storage transposed. What [`WeightSource::linear`] builds on, and what `convert` writes.
-    pub fn dense_parts(&self, k: Key) -> Result<(usize, usize, Vec<f32>, Option<Vec<f32>>)> {
+    pub fn dense_parts(&self, k: Key) -> Result<DenseParts> {
         if matches!(k.slot, Slot::AttnQ | Slot::AttnK | Slot::AttnV) && self.path(k).is_none() {
-            return self.from_fused(k);
+            return self.split_fused(k);
         }
         let (out, inp, w) = self.matrix(k)?;
         let bias = if k.slot == Slot::TokenEmbd {
@@ -580,7 +583,7 @@ impl HfWeights {
     }
 
     /// q, k or v cut from the fused projection.
-    fn from_fused(&self, k: Key) -> Result<(usize, usize, Vec<f32>, Option<Vec<f32>>)> {
+    fn split_fused(&self, k: Key) -> Result<DenseParts> {
         let fused = Key {
             slot: Slot::AttnQkv,
             ..k
