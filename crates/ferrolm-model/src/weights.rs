@@ -418,6 +418,7 @@ pub fn qkv_rows(layout: QkvLayout, h: usize, hkv: usize, d: usize) -> [Vec<usize
 /// A Hugging Face family's tensor names: module paths with `{L}` (layer) and `{E}` (expert);
 /// `.weight` / `.bias` are appended. A slot that is absent from the table is absent from the
 /// family. `encoder` holds the encoder stack's names of encoder-decoder models.
+#[derive(Debug)]
 pub struct HfTable {
     pub names: &'static [(Slot, &'static str)],
     pub encoder: &'static [(Slot, &'static str)],

@@ -546,3 +546,88 @@ fn rope_scaling(s: &Value, orig_default: usize) -> Result<RopeScaling> {
         other => bail!("config.json: rope scaling type '{other}' is not supported; ferrolm knows linear, dynamic, yarn, llama3, longrope"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rope_of(v: Value) -> RopeSpec {
+        let (cfg, _) = config_from_hf(&v).unwrap();
+        match &cfg.layers[0].position {
+            Position::Rope(r) => r.clone(),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    fn llama(extra: Value) -> Value {
+        let mut v = json!({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "max_position_embeddings": 64});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn rope_scaling_is_read_in_every_spelling() {
+        // transformers 5 (`rope_parameters`), 4.x (`rope_theta` + `rope_scaling` with
+        // `rope_type` or the older `type`) give the same spec.
+        let v5 = rope_of(llama(
+            json!({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}}),
+        ));
+        let v4 = rope_of(llama(
+            json!({"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+        ));
+        let v3 = rope_of(llama(
+            json!({"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}),
+        ));
+        assert_eq!(v5, v4);
+        assert_eq!(v4, v3);
+        assert_eq!(v5.scaling, RopeScaling::Linear { factor: 2.0 });
+        assert_eq!(v5.theta, 5e5);
+        let y = rope_of(llama(
+            json!({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}),
+        ));
+        assert!(matches!(y.scaling, RopeScaling::Yarn { factor, orig: 16, .. } if factor == 4.0));
+        let d = rope_of(llama(
+            json!({"rope_scaling": {"type": "dynamic", "factor": 2.0}}),
+        ));
+        assert_eq!(
+            d.scaling,
+            RopeScaling::Dynamic {
+                factor: 2.0,
+                orig: 64
+            }
+        );
+        let l3 = rope_of(llama(
+            json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}),
+        ));
+        assert!(matches!(l3.scaling, RopeScaling::Llama3 { orig: 32, .. }));
+        let n = rope_of(llama(json!({"rope_scaling": null})));
+        assert_eq!(n.scaling, RopeScaling::None);
+    }
+
+    #[test]
+    fn bad_rope_scaling_is_named() {
+        let e = config_from_hf(&llama(
+            json!({"rope_scaling": {"type": "wavy", "factor": 2.0}}),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("'wavy'"), "{e}");
+        let e = config_from_hf(&llama(json!({"rope_scaling": {"type": "linear"}}))).unwrap_err();
+        assert!(e.to_string().contains("needs 'factor'"), "{e}");
+    }
+
+    #[test]
+    fn every_family_is_registered_once() {
+        let mut names = supported_hf_types();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len());
+        assert_eq!(n, 21);
+    }
+}
