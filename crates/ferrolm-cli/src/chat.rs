@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> {
-    let params = sampling(s)?;
     let lm = open(m)?;
+    let params = sampling(s, &lm)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
     {

@@ -67,7 +67,23 @@ pub fn precision(m: &ModelOpts, model: &ferrolm_model::Model) -> ferrolm_model::
     }
 }
 
-pub fn sampling(s: &SampleOpts) -> Result<SamplingParams> {
+/// Sampling parameters: the flags given, else the model's `generation_config.json` (Hugging
+/// Face models: `do_sample` with its `temperature`, `top_k`, `top_p`, `repetition_penalty`,
+/// or greedy), else ferrolm's defaults (greedy; top-k 40, top-p 0.95, min-p 0.05 when sampling).
+pub fn sampling(s: &SampleOpts, lm: &LoadedModel) -> Result<SamplingParams> {
+    let gen = lm.hf.as_ref().and_then(|h| h.generation.as_ref());
+    // transformers' defaults when a config samples without naming a value.
+    let (g_temp, g_top_k, g_top_p, g_min_p) = match gen {
+        Some(g) if g.do_sample == Some(true) => (
+            g.temperature.unwrap_or(1.0),
+            g.top_k.unwrap_or(50),
+            g.top_p.unwrap_or(1.0),
+            0.0,
+        ),
+        Some(_) => (0.0, 40, 0.95, 0.0),
+        None => (0.0, 40, 0.95, 0.05),
+    };
+    let g_rep = gen.and_then(|g| g.repetition_penalty);
     let mut logit_bias = Vec::new();
     for b in &s.logit_bias {
         let (id, v) = b
@@ -86,13 +102,17 @@ pub fn sampling(s: &SampleOpts) -> Result<SamplingParams> {
         logit_bias.push((id, v));
     }
     let p = SamplingParams {
-        temperature: s.temperature,
-        top_k: s.top_k,
-        top_p: s.top_p,
-        min_p: s.min_p,
+        temperature: s.temperature.unwrap_or(g_temp),
+        top_k: s.top_k.unwrap_or(g_top_k),
+        top_p: s.top_p.unwrap_or(g_top_p),
+        min_p: s.min_p.unwrap_or(g_min_p),
         typical_p: s.typical_p,
         tfs_z: s.tfs,
-        repeat_penalty: s.repeat_penalty,
+        repeat_penalty: if s.repeat_penalty != 1.0 {
+            s.repeat_penalty
+        } else {
+            g_rep.unwrap_or(1.0)
+        },
         repeat_last_n: s.repeat_last_n,
         frequency_penalty: s.frequency_penalty,
         presence_penalty: s.presence_penalty,
@@ -230,8 +250,8 @@ pub fn generate(
     b: &BeamOpts,
     text: Option<String>,
 ) -> Result<()> {
-    let sampling = sampling(s)?;
     let lm = open(m)?;
+    let sampling = sampling(s, &lm)?;
     if b.beams.is_some_and(|n| n > 1) || b.num_return.is_some() {
         return beams(m, s, b, &lm, ids, text);
     }

@@ -51,15 +51,18 @@ pub struct SampleOpts {
     /// Tokens to generate.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 128)]
     pub n: usize,
-    /// 0 means greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
+    /// 0 means greedy (default: greedy, or the model's generation_config.json).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Default 40 (or the model's generation_config.json when it samples).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Default 0.95 (or the model's generation_config.json when it samples).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Default 0.05 (0 when the model's generation_config.json decides the sampling).
+    #[arg(long)]
+    pub min_p: Option<f32>,
     #[arg(long, default_value_t = 1.0)]
     pub typical_p: f32,
     #[arg(long, default_value_t = 1.0)]

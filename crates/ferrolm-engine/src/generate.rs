@@ -91,6 +91,11 @@ pub fn generate(
         }
     }
     let eog = lm.end_of_generation_ids();
+    let gen = lm.hf.as_ref().and_then(|h| h.generation.as_ref());
+    let forced = (
+        gen.and_then(|g| g.forced_bos_token_id),
+        gen.and_then(|g| g.forced_eos_token_id),
+    );
     let mut stops = StopMatcher::new(req.stop.clone());
     let mut utf8 = Utf8Stream::default();
     let mut ids = Vec::new();
@@ -112,7 +117,20 @@ pub fn generate(
             break;
         }
         let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        let tok = chain.sample(&row);
+        // generation_config.json's forced tokens: the first (forced_bos) and the last allowed
+        // (forced_eos) new token, as transformers' logits processors force them.
+        let forced = match (ids.len(), forced) {
+            (0, (Some(b), _)) => Some(b),
+            (n, (_, Some(e))) if n + 1 == req.max_tokens && !req.ignore_eos => Some(e),
+            _ => None,
+        };
+        let tok = match forced {
+            Some(t) if (t as usize) < row.len() => {
+                chain.accept(t);
+                t
+            }
+            _ => chain.sample(&row),
+        };
         ids.push(tok);
         if !req.ignore_eos && eog.contains(&tok) {
             finish = FinishReason::Stop;
