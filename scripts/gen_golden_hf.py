@@ -74,14 +74,14 @@ from transformers import GenerationConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
-V = 256
+V = 128
 T = 12
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 COMMON_LLAMA = dict(
     vocab_size=V,
     hidden_size=64,
-    intermediate_size=128,
+    intermediate_size=96,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -131,14 +131,14 @@ SPECS = [
                "original_max_position_embeddings = 8 and attention_factor = "
                "sqrt(1 + ln(factor) / ln(original)) scales cos and sin; long_factor is used "
                "since every sequence here is longer than 8."),
-    dict(name="mistral", cfg="MistralConfig", model="MistralForCausalLM", dtype="f32",
+    dict(name="mistral", cfg="MistralConfig", model="MistralForCausalLM", dtype="f16",
          kw=dict(COMMON_LLAMA, sliding_window=4, head_dim=16)),
-    dict(name="qwen2", cfg="Qwen2Config", model="Qwen2ForCausalLM", dtype="f32",
+    dict(name="qwen2", cfg="Qwen2Config", model="Qwen2ForCausalLM", dtype="f16",
          kw=dict(COMMON_LLAMA, tie_word_embeddings=False)),
     dict(name="qwen3", cfg="Qwen3Config", model="Qwen3ForCausalLM", dtype="f16",
          kw=dict(COMMON_LLAMA, head_dim=32, tie_word_embeddings=False)),
     # ---- gemma family (RMSNorm weight is used as 1 + w) ----
-    dict(name="gemma", cfg="GemmaConfig", model="GemmaForCausalLM", dtype="f32", norm_offset=0.0,
+    dict(name="gemma", cfg="GemmaConfig", model="GemmaForCausalLM", dtype="f16", norm_offset=0.0,
          kw=dict(COMMON_LLAMA, head_dim=32, num_key_value_heads=1)),
     dict(name="gemma2", cfg="Gemma2Config", model="Gemma2ForCausalLM", dtype="bf16",
          norm_offset=0.0, emb_std=0.05, norm_offsets={"model.norm.weight": 2.0},
@@ -156,43 +156,43 @@ SPECS = [
                  })),
     # ---- GPT-2 style and friends ----
     dict(name="gpt2", cfg="GPT2Config", model="GPT2LMHeadModel", dtype="f32", beam=True,
-         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=128,
+         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    dict(name="opt", cfg="OPTConfig", model="OPTForCausalLM", dtype="f32",
-         kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=128,
+    dict(name="opt", cfg="OPTConfig", model="OPTForCausalLM", dtype="f16",
+         kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=96,
                  num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64,
                  do_layer_norm_before=True, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
     dict(name="opt-post", cfg="OPTConfig", model="OPTForCausalLM", dtype="f16",
-         kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=128,
+         kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=96,
                  num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64,
                  do_layer_norm_before=False, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
-    dict(name="gpt_neox", cfg="GPTNeoXConfig", model="GPTNeoXForCausalLM", dtype="f32",
+    dict(name="gpt_neox", cfg="GPTNeoXConfig", model="GPTNeoXForCausalLM", dtype="f16",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=128, max_position_embeddings=64, use_parallel_residual=True,
+                 intermediate_size=96, max_position_embeddings=64, use_parallel_residual=True,
                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                   "partial_rotary_factor": 0.5},
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="gpt_neox-seq", cfg="GPTNeoXConfig", model="GPTNeoXForCausalLM", dtype="bf16",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=128, max_position_embeddings=64, use_parallel_residual=False,
+                 intermediate_size=96, max_position_embeddings=64, use_parallel_residual=False,
                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                   "partial_rotary_factor": 0.5},
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="gptj", cfg="GPTJConfig", model="GPTJForCausalLM", dtype="f16",
-         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=128,
+         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96,
                  rotary_dim=8, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="falcon", cfg="FalconConfig", model="FalconForCausalLM", dtype="f32",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_kv_heads=2, ffn_hidden_size=128, new_decoder_architecture=True,
+                 num_kv_heads=2, ffn_hidden_size=96, new_decoder_architecture=True,
                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    dict(name="falcon-old", cfg="FalconConfig", model="FalconForCausalLM", dtype="f32",
+    dict(name="falcon-old", cfg="FalconConfig", model="FalconForCausalLM", dtype="f16",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 ffn_hidden_size=128, new_decoder_architecture=False, multi_query=True,
+                 ffn_hidden_size=96, new_decoder_architecture=False, multi_query=True,
                  parallel_attn=True, max_position_embeddings=64,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="falcon-rw", cfg="FalconConfig", model="FalconForCausalLM", dtype="f16", attn_impl="sdpa",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 ffn_hidden_size=128, new_decoder_architecture=False, multi_query=False,
+                 ffn_hidden_size=96, new_decoder_architecture=False, multi_query=False,
                  parallel_attn=False, alibi=True, bias=True, max_position_embeddings=64,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="bloom", cfg="BloomConfig", model="BloomForCausalLM", dtype="bf16",
@@ -204,30 +204,30 @@ SPECS = [
                  max_seq_len=64, attn_config={"alibi": True, "alibi_bias_max": 8},
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     dict(name="phi", cfg="PhiConfig", model="PhiForCausalLM", dtype="bf16",
-         kw=dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+         kw=dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=64,
                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                   "partial_rotary_factor": 0.5},
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    dict(name="gpt_bigcode", cfg="GPTBigCodeConfig", model="GPTBigCodeForCausalLM", dtype="f32",
-         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=128,
+    dict(name="gpt_bigcode", cfg="GPTBigCodeConfig", model="GPTBigCodeForCausalLM", dtype="f16",
+         kw=dict(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96,
                  multi_query=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     # ---- mixture of experts ----
     dict(name="mixtral", cfg="MixtralConfig", model="MixtralForCausalLM", dtype="f16",
          kw=dict(COMMON_LLAMA, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)),
     dict(name="qwen2_moe", cfg="Qwen2MoeConfig", model="Qwen2MoeForCausalLM", dtype="bf16",
          kw=dict(COMMON_LLAMA, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
-                 shared_expert_intermediate_size=128, norm_topk_prob=False,
+                 shared_expert_intermediate_size=96, norm_topk_prob=False,
                  decoder_sparse_step=1, mlp_only_layers=[])),
     # ---- encoder ----
     dict(name="bert", cfg="BertConfig", model="BertModel", dtype="f32", kind="encoder",
          kw=dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=128, max_position_embeddings=64, type_vocab_size=2,
+                 intermediate_size=96, max_position_embeddings=64, type_vocab_size=2,
                  pad_token_id=0)),
     # ---- encoder-decoder ----
     dict(name="t5", cfg="T5Config", model="T5ForConditionalGeneration", dtype="f16",
          kind="encoder-decoder", beam=True, emb_std=1.0, relbias_std=1.0,
-         kw=dict(vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+         kw=dict(vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2,
                  num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
                  relative_attention_max_distance=16, feed_forward_proj="relu",
                  tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
@@ -239,7 +239,7 @@ SPECS = [
                "always ties lm_head to shared and writes tie_word_embeddings=true plus "
                "scale_decoder_outputs=false; the references use the stored lm_head.weight and "
                "no d_model**-0.5 output scaling).",
-         kw=dict(vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+         kw=dict(vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2,
                  num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
                  relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
                  tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
@@ -248,8 +248,8 @@ SPECS = [
          kind="encoder-decoder", beam=True, std=0.1, emb_std=0.2,
          norm_offsets={"decoder.layernorm_embedding.weight": 0.1},
          kw=dict(vocab_size=V, d_model=64, encoder_layers=2, decoder_layers=2,
-                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                 decoder_ffn_dim=128, max_position_embeddings=64, pad_token_id=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=96,
+                 decoder_ffn_dim=96, max_position_embeddings=64, pad_token_id=1,
                  bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
                  forced_bos_token_id=None, forced_eos_token_id=None)),
 ]
@@ -417,7 +417,7 @@ class Fixture:
         a clear argmax at every step (top1 - top2 >= 0.02), so that tiny float differences
         cannot flip a greedy token; beam fixtures also need a usable eos (see beams)."""
         base = self.seed
-        for attempt in range(12):
+        for attempt in range(40):
             self.seed = base + 100 * attempt
             try:
                 g = self.run_once()

@@ -255,7 +255,7 @@ fn hf_missing_and_mismatched_tensors() {
     );
     let e = hf_fails(&d);
     assert!(
-        e.contains("'model.layers.0.mlp.up_proj.weight' has shape (128, 64)")
+        e.contains("'model.layers.0.mlp.up_proj.weight' has shape (96, 64)")
             && e.contains("needs (100, 64)"),
         "{e}"
     );
