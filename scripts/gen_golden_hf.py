@@ -104,6 +104,8 @@ SPECS = [
     # ---- llama family ----
     dict(name="llama", cfg="LlamaConfig", model="LlamaForCausalLM", dtype="f16",
          kw=dict(COMMON_LLAMA, tie_word_embeddings=False), beam=True),
+    dict(name="qwen2-sharded", cfg="Qwen2Config", model="Qwen2ForCausalLM", dtype="bf16",
+         shard="60KB", kw=dict(COMMON_LLAMA)),
     dict(name="llama-tied", cfg="LlamaConfig", model="LlamaForCausalLM", dtype="f32",
          kw=dict(COMMON_LLAMA, tie_word_embeddings=True)),
     dict(name="llama-rope-linear", cfg="LlamaConfig", model="LlamaForCausalLM", dtype="f16",
@@ -355,7 +357,12 @@ class Fixture:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        model.save_pretrained(self.dir)
+        # `shard`: several safetensors files and model.safetensors.index.json, as large
+        # checkpoints are stored.
+        if self.spec.get("shard"):
+            model.save_pretrained(self.dir, max_shard_size=self.spec["shard"])
+        else:
+            model.save_pretrained(self.dir)
         if lm_head is not None:
             from safetensors.torch import load_file, save_file
             path = self.dir / "model.safetensors"
@@ -397,7 +404,9 @@ class Fixture:
         exactly the stored values (returns the stored names it could not match by name: MoE
         experts, which transformers 5 fuses in memory and splits again when saving)."""
         from safetensors.torch import load_file
-        stored = load_file(str(self.dir / "model.safetensors"))
+        stored = {}
+        for f in sorted(self.dir.glob("*.safetensors")):
+            stored.update(load_file(str(f)))
         want = DTYPES[self.spec["dtype"]]
         assert {t.dtype for t in stored.values()} == {want}, (self.name, want)
         sd = model.state_dict()
