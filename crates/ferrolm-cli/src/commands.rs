@@ -309,34 +309,21 @@ pub fn info(m: &ModelOpts) -> Result<()> {
     }
     let file_size = std::fs::metadata(&lm.path)?.len();
     let tok = lm.tok()?;
-    let windows: Vec<String> = c
-        .layers
-        .iter()
-        .map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into()))
-        .collect();
+    let windows = layer_windows(c);
     let template = h.get("tokenizer.chat_template").and_then(|v| v.as_str());
-    let v = json!({
-        "name": lm.name,
-        "path": lm.path.display().to_string(),
-        "architecture": c.arch,
+    let mut v = config_json(&lm);
+    let more = json!({
         "gguf_version": h.version,
         "file_bytes": file_size,
         "parameters": n_params,
-        "layers": c.n_layers(),
-        "hidden": c.hidden,
-        "ffn_hidden": c.ffn_hidden,
-        "heads": c.attn.n_heads,
-        "kv_heads": c.attn.n_kv_heads,
-        "head_dim": c.attn.head_dim,
-        "vocab_size": c.vocab_size,
-        "context_length": c.context_length,
-        "layer_windows": windows,
-        "tied_embeddings": c.tied_embeddings,
         "tensor_types": types.iter().map(|(k, (n, b))| json!({"type": k, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
         "bos": tok.bos_id(), "eos": tok.eos_id(), "add_bos": tok.add_bos(),
         "end_of_generation": tok.end_of_generation_ids(),
         "chat_template": template,
     });
+    v.as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
     if m.json {
         println!("{v}");
         return Ok(());
@@ -389,40 +376,54 @@ pub fn info(m: &ModelOpts) -> Result<()> {
 /// `info` for a Hugging Face directory: the config as ferrolm reads it.
 fn info_hf(m: &ModelOpts, lm: &LoadedModel) -> Result<()> {
     let c = &lm.model.config;
-    let windows: Vec<String> = c
-        .layers
-        .iter()
-        .map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into()))
-        .collect();
-    let v = json!({
-        "name": lm.name,
-        "path": lm.path.display().to_string(),
-        "architecture": c.arch,
+    let mut v = config_json(lm);
+    let more = json!({
         "topology": format!("{:?}", c.topology),
-        "layers": c.n_layers(),
         "encoder_layers": c.encoder_layers.len(),
-        "hidden": c.hidden,
-        "ffn_hidden": c.ffn_hidden,
         "ffn": format!("{:?}", c.ffn),
         "norm": format!("{:?} {:?} {:?}", c.norm.kind, c.placement, c.residual),
         "position": format!("{:?}", c.layers[0].position),
-        "heads": c.attn.n_heads,
-        "kv_heads": c.attn.n_kv_heads,
-        "head_dim": c.attn.head_dim,
-        "vocab_size": c.vocab_size,
-        "context_length": c.context_length,
-        "layer_windows": windows,
-        "tied_embeddings": c.tied_embeddings,
         "tokenizer": lm.tokenizer.is_some(),
         "end_of_generation": lm.end_of_generation_ids(),
         "decoder_start": lm.decoder_start(),
     });
+    v.as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
     if m.json {
         println!("{v}");
     } else {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
+}
+
+/// Each layer's window (`global` for none).
+fn layer_windows(c: &ferrolm_model::ModelConfig) -> Vec<String> {
+    c.layers
+        .iter()
+        .map(|l| l.window.map(|w| w.to_string()).unwrap_or("global".into()))
+        .collect()
+}
+
+/// What `info --json` says of every model: its name, path and shape.
+fn config_json(lm: &LoadedModel) -> serde_json::Value {
+    let c = &lm.model.config;
+    json!({
+        "name": lm.name,
+        "path": lm.path.display().to_string(),
+        "architecture": c.arch,
+        "layers": c.n_layers(),
+        "hidden": c.hidden,
+        "ffn_hidden": c.ffn_hidden,
+        "heads": c.attn.n_heads,
+        "kv_heads": c.attn.n_kv_heads,
+        "head_dim": c.attn.head_dim,
+        "vocab_size": c.vocab_size,
+        "context_length": c.context_length,
+        "layer_windows": layer_windows(c),
+        "tied_embeddings": c.tied_embeddings,
+    })
 }
 
 fn summarize_windows(w: &[String]) -> String {

@@ -87,6 +87,30 @@ fn matrix_tensor(
     Ok((ty, quantize(ty, w)?, [cols, rows]))
 }
 
+/// The GGUF being written; a tensor asked for twice (a tied head is also the embedding) is
+/// written once.
+struct Out {
+    w: GgufWriter,
+    written: std::collections::HashSet<String>,
+}
+
+impl Out {
+    fn put(&mut self, name: String, dims: &[usize], ty: GgmlType, data: Vec<u8>) -> Result<()> {
+        if self.written.insert(name.clone()) {
+            self.w.add_tensor(name, dims, ty, data)?;
+        }
+        Ok(())
+    }
+    /// An f32 tensor: 1-D unless `dims` (ggml order) says otherwise.
+    fn f32(&mut self, name: String, dims: Option<[usize; 2]>, v: &[f32]) -> Result<()> {
+        let data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        match dims {
+            Some(d) => self.put(name, &d, GgmlType::F32, data),
+            None => self.put(name, &[v.len()], GgmlType::F32, data),
+        }
+    }
+}
+
 /// Converts a Hugging Face directory into a GGUF image with matrices in `ty`.
 pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     let dir = HfDir::open(dir_path)?;
@@ -150,64 +174,25 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
     // llama.cpp loads a model without a vocabulary when told so.
     w.add_meta("tokenizer.ggml.model", s("no_vocab"));
     let log = rec.log.borrow().clone();
-    let mut written = std::collections::HashSet::new();
-    let mut put = |w: &mut GgufWriter,
-                   name: String,
-                   dims: &[usize],
-                   ty: GgmlType,
-                   data: Vec<u8>|
-     -> Result<()> {
-        if written.insert(name.clone()) {
-            w.add_tensor(name, dims, ty, data)?;
-        }
-        Ok(())
+    let mut out = Out {
+        w,
+        written: Default::default(),
     };
-    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     for (k, usage) in log {
         match usage {
-            Use::Vector | Use::Raw => {
-                let v = if usage == Use::Vector {
-                    hf.vector(k)?
-                } else {
-                    hf.raw(k)?
-                };
-                put(
-                    &mut w,
-                    gguf_key_name(k, "weight"),
-                    &[v.len()],
-                    GgmlType::F32,
-                    f32_bytes(&v),
-                )?;
-            }
+            Use::Vector => out.f32(gguf_key_name(k, "weight"), None, &hf.vector(k)?)?,
+            Use::Raw => out.f32(gguf_key_name(k, "weight"), None, &hf.raw(k)?)?,
             Use::Bias => {
                 if let Some(b) = hf.bias(k)? {
-                    put(
-                        &mut w,
-                        gguf_key_name(k, "bias"),
-                        &[b.len()],
-                        GgmlType::F32,
-                        f32_bytes(&b),
-                    )?;
+                    out.f32(gguf_key_name(k, "bias"), None, &b)?;
                 }
             }
             Use::Linear | Use::Embedding => {
-                // Routers and the shared-expert gate stay f32 (as llama.cpp keeps them): a small
-                // error there flips which experts run.
-                let router = matches!(k.slot, Slot::FfnRouter | Slot::ShExpGate);
-                let quantizable =
-                    (matches!(usage, Use::Linear) || k.slot == Slot::TokenEmbd) && !router;
-                if !quantizable {
-                    let (rows, cols, m, _) = hf.dense_parts(k)?;
-                    put(
-                        &mut w,
-                        gguf_key_name(k, "weight"),
-                        &[cols, rows],
-                        GgmlType::F32,
-                        f32_bytes(&m),
-                    )?;
-                    continue;
-                }
                 let (rows, cols, mut m, mut bias) = hf.dense_parts(k)?;
+                // Routers and the shared-expert gate stay f32 (as llama.cpp keeps them): a small
+                // error there flips which experts run. Position and type tables stay f32 too.
+                let router = matches!(k.slot, Slot::FfnRouter | Slot::ShExpGate);
+                let matrix = matches!(usage, Use::Linear) || k.slot == Slot::TokenEmbd;
                 if llama && matches!(k.slot, Slot::AttnQ | Slot::AttnK) {
                     let heads = if k.slot == Slot::AttnQ {
                         cfg.attn.n_heads
@@ -217,20 +202,20 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
                     m = permute_rows(&m, cols, heads);
                     bias = bias.map(|b| permute_rows(&b, 1, heads));
                 }
-                let (t, data, dims) = matrix_tensor(ty, rows, cols, &m)?;
-                put(&mut w, gguf_key_name(k, "weight"), &dims, t, data)?;
+                let name = gguf_key_name(k, "weight");
+                if matrix && !router {
+                    let (t, data, dims) = matrix_tensor(ty, rows, cols, &m)?;
+                    out.put(name, &dims, t, data)?;
+                } else {
+                    out.f32(name, Some([cols, rows]), &m)?;
+                }
                 if let Some(b) = bias {
-                    put(
-                        &mut w,
-                        gguf_key_name(k, "bias"),
-                        &[b.len()],
-                        GgmlType::F32,
-                        f32_bytes(&b),
-                    )?;
+                    out.f32(gguf_key_name(k, "bias"), None, &b)?;
                 }
             }
         }
     }
+    let Out { w, written } = out;
     if written.is_empty() {
         bail!("nothing to convert in {}", dir_path.display());
     }

@@ -76,6 +76,22 @@ impl LoadedModel {
     }
 }
 
+/// The model's chat template (ChatML when it has none, `true` then) with its BOS/EOS texts.
+fn template(src: Option<String>, tok: Option<&Tokenizer>) -> Result<(ChatTemplate, bool)> {
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tok.and_then(|t| t.id_to_token(i)))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (bos, eos) = (
+        text(tok.and_then(|t| t.bos_id())),
+        text(tok.and_then(|t| t.eos_id())),
+    );
+    let builtin = src.is_none();
+    let src = src.unwrap_or_else(|| ferrolm_tokenize::fallback_chatml().to_string());
+    Ok((ChatTemplate::new(&src, &bos, &eos)?, builtin))
+}
+
 /// Opens the GGUF file behind a path or catalog name, refusing what is not one.
 pub fn open_gguf(model: &str, quiet: bool) -> Result<(PathBuf, GgufFile)> {
     let path = catalog::resolve(model, quiet)?;
@@ -119,22 +135,7 @@ fn load_hf(path: PathBuf, quantize: Option<ferrolm_format::GgmlType>) -> Result<
         }
         None => None,
     };
-    let text = |id: Option<u32>| {
-        tokenizer
-            .as_ref()
-            .and_then(|t| id.and_then(|i| t.id_to_token(i)))
-            .unwrap_or("")
-            .to_string()
-    };
-    let (bos, eos) = match &tokenizer {
-        Some(t) => (text(t.bos_id()), text(t.eos_id())),
-        None => (String::new(), String::new()),
-    };
-    let (src, builtin) = match hf_chat_template(&path) {
-        Some(s) => (s, false),
-        None => (ferrolm_tokenize::fallback_chatml().to_string(), true),
-    };
-    let template = ChatTemplate::new(&src, &bos, &eos)?;
+    let (template, builtin) = template(hf_chat_template(&path), tokenizer.as_ref())?;
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
@@ -203,26 +204,11 @@ pub fn load_with(model: &str, quiet: bool, quantize: Option<&str>) -> Result<Loa
     };
     let model_obj =
         Model::from_gguf(file.clone()).with_context(|| format!("loading {}", path.display()))?;
-    let tok_text = |id: Option<u32>| {
-        tokenizer
-            .as_ref()
-            .and_then(|t| id.and_then(|i| t.id_to_token(i)))
-            .unwrap_or("")
-            .to_string()
-    };
-    let (bos, eos) = match &tokenizer {
-        Some(t) => (tok_text(t.bos_id()), tok_text(t.eos_id())),
-        None => (String::new(), String::new()),
-    };
-    let (src, builtin) = match file
+    let src = file
         .header
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.as_str())
-    {
-        Some(s) => (s.to_string(), false),
-        None => (ferrolm_tokenize::fallback_chatml().to_string(), true),
-    };
-    let template = ChatTemplate::new(&src, &bos, &eos)?;
+        .get_str("tokenizer.chat_template")
+        .map(str::to_string);
+    let (template, builtin) = template(src, tokenizer.as_ref())?;
     let name = catalog::CATALOG
         .iter()
         .find(|e| e.name == model)

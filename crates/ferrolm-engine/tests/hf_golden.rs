@@ -58,53 +58,37 @@ fn check(dir: &Path) -> Result<String, String> {
     let start = g["decoder_ids"]
         .as_array()
         .map(|_| ids(&g["decoder_ids"])[0]);
+    // (what, ours, PyTorch's) for each output the fixture has.
+    let mut outputs: Vec<(&str, Vec<f32>, &Value)> = Vec::new();
+    let all_logits =
+        |tokens: &[u32], kv: &mut ferrolm_model::KvCache| -> Result<Vec<f32>, String> {
+            let t = model.forward(tokens, kv, Logits::All).map_err(err)?;
+            Ok(t.flatten_all().unwrap().to_vec1().unwrap())
+        };
     match model.topology() {
         Topology::Decoder => {
             let mut kv = model.new_cache(input.len());
-            let l: Vec<f32> = model
-                .forward(&input, &mut kv, Logits::All)
-                .map_err(err)?
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let d = max_diff(&l, &rows(&g["logits"]));
-            notes.push(format!("logits {d:.1e}"));
-            if d > TOL {
-                return Err(format!("logits differ by {d}"));
-            }
+            outputs.push(("logits", all_logits(&input, &mut kv)?, &g["logits"]));
         }
         Topology::Encoder => {
             let types = g.get("token_type_ids").map(ids);
             let h = model.encode(&input, types.as_deref()).map_err(err)?;
-            let d = max_diff(&h, &rows(&g["hidden"]));
-            notes.push(format!("hidden {d:.1e}"));
-            if d > TOL {
-                return Err(format!("hidden states differ by {d}"));
-            }
+            outputs.push(("hidden", h, &g["hidden"]));
         }
         Topology::EncoderDecoder => {
             let h = model.encode(&input, None).map_err(err)?;
-            let d = max_diff(&h, &rows(&g["hidden"]));
-            notes.push(format!("encoder {d:.1e}"));
-            if d > TOL {
-                return Err(format!("encoder hidden states differ by {d}"));
-            }
             let dec = ids(&g["decoder_ids"]);
             let mut kv = model.new_cache(dec.len());
             model.start_decoder(&h, &mut kv).map_err(err)?;
-            let l: Vec<f32> = model
-                .forward(&dec, &mut kv, Logits::All)
-                .map_err(err)?
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let d = max_diff(&l, &rows(&g["logits"]));
-            notes.push(format!("logits {d:.1e}"));
-            if d > TOL {
-                return Err(format!("decoder logits differ by {d}"));
-            }
+            outputs.push(("encoder", h, &g["hidden"]));
+            outputs.push(("logits", all_logits(&dec, &mut kv)?, &g["logits"]));
+        }
+    }
+    for (what, ours, theirs) in &outputs {
+        let d = max_diff(ours, &rows(theirs));
+        notes.push(format!("{what} {d:.1e}"));
+        if d > TOL {
+            return Err(format!("{what} differ by {d}"));
         }
     }
     if let Some(gr) = g.get("greedy") {

@@ -322,6 +322,11 @@ impl ModelConfig {
         self.layers.len()
     }
 
+    /// Gives every (decoder) layer the same positional scheme.
+    pub fn set_position(&mut self, p: Position) {
+        self.layers.iter_mut().for_each(|l| l.position = p.clone());
+    }
+
     /// Checked once at load, so the forward code can rely on these.
     pub fn validate(&self) -> Result<()> {
         let a = &self.attn;

@@ -421,6 +421,8 @@ pub fn qkv_rows(layout: QkvLayout, h: usize, hkv: usize, d: usize) -> [Vec<usize
 #[derive(Debug)]
 pub struct HfTable {
     pub names: &'static [(Slot, &'static str)],
+    /// Names shared with a related family, looked up after `names` (which may override them).
+    pub also: &'static [(Slot, &'static str)],
     pub encoder: &'static [(Slot, &'static str)],
     pub qkv: QkvLayout,
     /// Matrices stored `(in, out)` (GPT-2's Conv1D), transposed at load.
@@ -433,6 +435,7 @@ impl HfTable {
     pub const fn new(names: &'static [(Slot, &'static str)]) -> HfTable {
         HfTable {
             names,
+            also: &[],
             encoder: &[],
             qkv: QkvLayout::Concat,
             transposed: false,
@@ -463,12 +466,15 @@ impl HfWeights {
 
     /// The module path for `k`, or `None` when the family has no such weight.
     fn path(&self, k: Key) -> Option<String> {
-        let names = if k.encoder {
-            self.table.encoder
+        let names: &[&[(Slot, &str)]] = if k.encoder {
+            &[self.table.encoder]
         } else {
-            self.table.names
+            &[self.table.names, self.table.also]
         };
-        let (_, t) = names.iter().find(|(s, _)| *s == k.slot)?;
+        let (_, t) = names
+            .iter()
+            .flat_map(|n| n.iter())
+            .find(|(s, _)| *s == k.slot)?;
         let mut p = t.to_string();
         if let Some(il) = k.layer {
             p = p.replace("{L}", &il.to_string());

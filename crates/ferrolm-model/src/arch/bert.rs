@@ -26,32 +26,17 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     c.refuse("position_embedding_type", |x| {
         x.as_str() != Some("absolute")
     })?;
-    let (h, hkv, d) = c.heads()?;
-    Ok((
-        ModelConfig {
-            topology: Topology::Encoder,
-            vocab_size: c.vocab()?,
-            hidden: c.hidden()?,
-            ffn_hidden: c.usize(&["intermediate_size"])?,
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_eps"], 1e-12)?,
-            },
-            placement: NormPlacement::Post,
-            final_norm: false,
-            ffn: Ffn::Plain {
-                act: c.act(&["hidden_act"], "gelu")?,
-            },
-            embed: EmbedSpec {
-                learned_pos: Some(0),
-                token_types: c.opt_usize(&["type_vocab_size"])?.unwrap_or(2) > 0,
-                norm: true,
-            },
-            layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    let act = c.act(&["hidden_act"], "gelu")?;
+    let f = c.usize(&["intermediate_size"])?;
+    let mut cfg = c.base(NormKind::Layer, 1e-12, Ffn::Plain { act }, f, false)?;
+    cfg.topology = Topology::Encoder;
+    cfg.placement = NormPlacement::Post;
+    cfg.final_norm = false;
+    let token_types = c.opt_usize(&["type_vocab_size"])?.unwrap_or(2) > 0;
+    cfg.embed = EmbedSpec {
+        learned_pos: Some(0),
+        token_types,
+        norm: true,
+    };
+    Ok((cfg, &TABLE))
 }

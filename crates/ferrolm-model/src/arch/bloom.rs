@@ -25,30 +25,15 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     c.refuse("apply_residual_connection_post_layernorm", |x| {
         x.as_bool() == Some(true)
     })?;
-    let (h, hkv, d) = c.heads()?;
-    let hidden = c.hidden()?;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden,
-            ffn_hidden: 4 * hidden,
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
-            },
-            ffn: Ffn::Plain {
-                act: Activation::GeluTanh,
-            },
-            embed: EmbedSpec {
-                norm: true,
-                ..Default::default()
-            },
-            tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
-            layers: vec![LayerPlan::new(None, Position::Alibi(AlibiSlopes::Bloom)); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    let act = Activation::GeluTanh;
+    let mut cfg = c.base(
+        NormKind::Layer,
+        1e-5,
+        Ffn::Plain { act },
+        4 * c.hidden()?,
+        true,
+    )?;
+    cfg.set_position(Position::Alibi(AlibiSlopes::Bloom));
+    cfg.embed.norm = true;
+    Ok((cfg, &TABLE))
 }

@@ -50,56 +50,32 @@ static PER_HEAD: HfTable = table!(
 );
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    let (h, _, d) = c.heads()?;
-    let hidden = c.hidden()?;
+    let act = c.act(&["activation"], "gelu")?;
+    let f = c
+        .opt_usize(&["ffn_hidden_size"])?
+        .unwrap_or(4 * c.hidden()?);
+    let mut cfg = c.base(NormKind::Layer, 1e-5, Ffn::Plain { act }, f, true)?;
+    let h = cfg.attn.n_heads;
     let new = c.bool_or("new_decoder_architecture", false)?;
     let mq = c.bool_or("multi_query", true)?;
-    let parallel = c.bool_or("parallel_attn", true)?;
-    let hkv = if new {
-        c.opt_usize(&["num_kv_heads"])?.unwrap_or(h)
+    let (table, hkv): (&'static HfTable, usize) = if new {
+        (&NEW, c.opt_usize(&["num_kv_heads"])?.unwrap_or(h))
     } else if mq {
-        1
+        (&MQ, 1)
     } else {
-        h
+        (&PER_HEAD, h)
     };
-    let table = if new {
-        &NEW
-    } else if mq {
-        &MQ
-    } else {
-        &PER_HEAD
-    };
-    let position = if c.bool_or("alibi", false)? {
+    cfg.attn.n_kv_heads = hkv;
+    cfg.set_position(if c.bool_or("alibi", false)? {
         Position::Alibi(AlibiSlopes::BloomScaled)
     } else {
-        Position::Rope(c.rope(None, 10_000.0, d, RopeLayout::Half)?)
-    };
+        Position::Rope(c.rope(None, 10_000.0, cfg.attn.head_dim, RopeLayout::Half)?)
+    });
     let two_norms = new && c.opt_usize(&["num_ln_in_parallel_attn"])?.unwrap_or(2) == 2;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden,
-            ffn_hidden: c.opt_usize(&["ffn_hidden_size"])?.unwrap_or(4 * hidden),
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
-            },
-            residual: if new || parallel {
-                Residual::Parallel {
-                    shared_norm: !two_norms,
-                }
-            } else {
-                Residual::Sequential
-            },
-            ffn: Ffn::Plain {
-                act: c.act(&["activation"], "gelu")?,
-            },
-            tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
-            layers: vec![LayerPlan::new(None, position); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        table,
-    ))
+    if new || c.bool_or("parallel_attn", true)? {
+        cfg.residual = Residual::Parallel {
+            shared_norm: !two_norms,
+        };
+    }
+    Ok((cfg, table))
 }

@@ -1,32 +1,21 @@
 //! Gemma 2 (HF `gemma2`): Gemma with sandwich norms, attention and final logit softcaps,
 //! `query_pre_attn_scalar`, and sliding-window layers alternating with global ones.
 
-use super::{gemma, HfConfig};
+use super::{gemma, llama, HfConfig};
 use crate::spec::*;
 use crate::weights::{HfTable, Slot::*};
 use anyhow::Result;
 
+/// Gemma 2/3 name their norms differently from LLaMA; the rest is LLaMA's.
 pub const NAMES: &[(crate::weights::Slot, &str)] = &[
-    (TokenEmbd, "model.embed_tokens"),
-    (OutputNorm, "model.norm"),
-    (Output, "lm_head"),
-    (AttnNorm, "model.layers.{L}.input_layernorm"),
-    (AttnQ, "model.layers.{L}.self_attn.q_proj"),
-    (AttnK, "model.layers.{L}.self_attn.k_proj"),
-    (AttnV, "model.layers.{L}.self_attn.v_proj"),
-    (AttnOut, "model.layers.{L}.self_attn.o_proj"),
-    (AttnQNorm, "model.layers.{L}.self_attn.q_norm"),
-    (AttnKNorm, "model.layers.{L}.self_attn.k_norm"),
     (PostAttnNorm, "model.layers.{L}.post_attention_layernorm"),
     (FfnNorm, "model.layers.{L}.pre_feedforward_layernorm"),
     (PostFfnNorm, "model.layers.{L}.post_feedforward_layernorm"),
-    (FfnGate, "model.layers.{L}.mlp.gate_proj"),
-    (FfnUp, "model.layers.{L}.mlp.up_proj"),
-    (FfnDown, "model.layers.{L}.mlp.down_proj"),
 ];
 
 pub static TABLE: HfTable = HfTable {
     norm_plus_one: true,
+    also: llama::NAMES,
     ..HfTable::new(NAMES)
 };
 

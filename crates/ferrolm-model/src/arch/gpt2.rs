@@ -30,30 +30,14 @@ pub fn gpt2_like(c: &HfConfig, n_kv_heads: Option<usize>) -> Result<ModelConfig>
     c.refuse("scale_attn_by_inverse_layer_idx", |x| {
         x.as_bool() == Some(true)
     })?;
-    c.refuse("reorder_and_upcast_attn", |_| false)?;
-    let (h, _, d) = c.heads()?;
-    let hidden = c.hidden()?;
-    Ok(ModelConfig {
-        vocab_size: c.vocab()?,
-        hidden,
-        ffn_hidden: c.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden),
-        attn: AttentionSpec::new(h, n_kv_heads.unwrap_or(h), d),
-        norm: NormSpec {
-            kind: NormKind::Layer,
-            eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
-        },
-        ffn: Ffn::Plain {
-            act: c.act(&["activation_function"], "gelu_new")?,
-        },
-        embed: EmbedSpec {
-            learned_pos: Some(0),
-            ..Default::default()
-        },
-        tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
-        layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
-        context_length: c.context()?,
-        ..Default::default()
-    })
+    let act = c.act(&["activation_function"], "gelu_new")?;
+    let f = c.opt_usize(&["n_inner"])?.unwrap_or(4 * c.hidden()?);
+    let mut cfg = c.base(NormKind::Layer, 1e-5, Ffn::Plain { act }, f, true)?;
+    if let Some(k) = n_kv_heads {
+        cfg.attn.n_kv_heads = k;
+    }
+    cfg.embed.learned_pos = Some(0);
+    Ok(cfg)
 }
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {

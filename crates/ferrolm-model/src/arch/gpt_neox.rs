@@ -23,32 +23,19 @@ static TABLE: HfTable = HfTable {
 };
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    let (h, hkv, d) = c.heads()?;
+    let act = c.act(&["hidden_act"], "gelu")?;
+    let f = c.usize(&["intermediate_size"])?;
+    let mut cfg = c.base(NormKind::Layer, 1e-5, Ffn::Plain { act }, f, false)?;
     let pct = c.partial_rotary(&["rotary_pct", "partial_rotary_factor"], 1.0)?;
-    let rope = c.rope(None, 10_000.0, (d as f32 * pct) as usize, RopeLayout::Half)?;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden: c.hidden()?,
-            ffn_hidden: c.usize(&["intermediate_size"])?,
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_eps"], 1e-5)?,
-            },
-            residual: if c.bool_or("use_parallel_residual", true)? {
-                Residual::Parallel { shared_norm: false }
-            } else {
-                Residual::Sequential
-            },
-            ffn: Ffn::Plain {
-                act: c.act(&["hidden_act"], "gelu")?,
-            },
-            tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
-            layers: vec![LayerPlan::new(None, Position::Rope(rope)); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    let dims = (cfg.attn.head_dim as f32 * pct) as usize;
+    cfg.set_position(Position::Rope(c.rope(
+        None,
+        10_000.0,
+        dims,
+        RopeLayout::Half,
+    )?));
+    if c.bool_or("use_parallel_residual", true)? {
+        cfg.residual = Residual::Parallel { shared_norm: false };
+    }
+    Ok((cfg, &TABLE))
 }

@@ -20,29 +20,16 @@ static TABLE: HfTable = HfTable::new(&[
 ]);
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    let (h, hkv, d) = c.heads()?;
-    let hidden = c.hidden()?;
-    let dims = c.opt_usize(&["rotary_dim"])?.unwrap_or(d);
-    let rope = c.rope(None, 10_000.0, dims, RopeLayout::Interleaved)?;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden,
-            ffn_hidden: c.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden),
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
-            },
-            residual: Residual::Parallel { shared_norm: true },
-            ffn: Ffn::Plain {
-                act: c.act(&["activation_function"], "gelu_new")?,
-            },
-            tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
-            layers: vec![LayerPlan::new(None, Position::Rope(rope)); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    let act = c.act(&["activation_function"], "gelu_new")?;
+    let f = c.opt_usize(&["n_inner"])?.unwrap_or(4 * c.hidden()?);
+    let mut cfg = c.base(NormKind::Layer, 1e-5, Ffn::Plain { act }, f, false)?;
+    let dims = c.opt_usize(&["rotary_dim"])?.unwrap_or(cfg.attn.head_dim);
+    cfg.set_position(Position::Rope(c.rope(
+        None,
+        10_000.0,
+        dims,
+        RopeLayout::Interleaved,
+    )?));
+    cfg.residual = Residual::Parallel { shared_norm: true };
+    Ok((cfg, &TABLE))
 }

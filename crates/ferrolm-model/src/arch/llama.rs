@@ -24,15 +24,7 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         vocab_size: m.vocab_size()?,
         hidden,
         ffn_hidden: m.usize("feed_forward_length")?,
-        attn: AttentionSpec {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            scale_at: ScaleAt::Scores,
-            softcap: None,
-            qk_norm: false,
-        },
+        attn: AttentionSpec::new(n_heads, n_kv_heads, head_dim),
         norm: NormSpec {
             kind: NormKind::Rms,
             eps: m
@@ -84,30 +76,19 @@ pub fn llama_like(
     window: Option<usize>,
     sliding: impl Fn(usize) -> bool,
 ) -> Result<ModelConfig> {
-    let (h, hkv, d) = c.heads()?;
-    let n = c.n_layers()?;
-    let rope = c.rope(None, 10_000.0, d, RopeLayout::Half)?;
-    let windows = c.windows(n, window, sliding)?;
-    Ok(ModelConfig {
-        vocab_size: c.vocab()?,
-        hidden: c.hidden()?,
-        ffn_hidden: c.usize(&["intermediate_size"])?,
-        attn: AttentionSpec::new(h, hkv, d),
-        norm: NormSpec {
-            kind: NormKind::Rms,
-            eps: c.f32_or(&["rms_norm_eps"], 1e-6)?,
-        },
-        ffn: Ffn::Gated {
-            act: c.act(&["hidden_act", "hidden_activation"], "silu")?,
-        },
-        tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
-        layers: windows
-            .into_iter()
-            .map(|w| LayerPlan::new(w, Position::Rope(rope.clone())))
-            .collect(),
-        context_length: c.context()?,
-        ..Default::default()
-    })
+    let act = c.act(&["hidden_act", "hidden_activation"], "silu")?;
+    let f = c.usize(&["intermediate_size"])?;
+    let mut cfg = c.base(NormKind::Rms, 1e-6, Ffn::Gated { act }, f, false)?;
+    let rope = c.rope(None, 10_000.0, cfg.attn.head_dim, RopeLayout::Half)?;
+    cfg.set_position(Position::Rope(rope));
+    for (l, w) in cfg
+        .layers
+        .iter_mut()
+        .zip(c.windows(c.n_layers()?, window, sliding)?)
+    {
+        l.window = w;
+    }
+    Ok(cfg)
 }
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {

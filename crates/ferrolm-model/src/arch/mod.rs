@@ -387,6 +387,36 @@ impl HfConfig<'_> {
         };
         Ok((h, hkv, d))
     }
+    /// What every family reads the same way: vocabulary, width, heads, layer count (positions
+    /// `None` until the family sets them), context, the norm's epsilon under its usual keys,
+    /// and the tied head (`tie_word_embeddings`, default `tied`).
+    pub fn base(
+        &self,
+        kind: NormKind,
+        eps: f32,
+        ffn: Ffn,
+        ffn_hidden: usize,
+        tied: bool,
+    ) -> Result<ModelConfig> {
+        let (h, hkv, d) = self.heads()?;
+        let eps_keys = ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"];
+        Ok(ModelConfig {
+            vocab_size: self.vocab()?,
+            hidden: self.hidden()?,
+            ffn_hidden,
+            attn: AttentionSpec::new(h, hkv, d),
+            norm: NormSpec {
+                kind,
+                eps: self.f32_or(&eps_keys, eps)?,
+            },
+            ffn,
+            tied_embeddings: self.bool_or("tie_word_embeddings", tied)?,
+            layers: vec![LayerPlan::new(None, Position::None); self.n_layers()?],
+            context_length: self.context()?,
+            ..Default::default()
+        })
+    }
+
     /// The rotated fraction of each head: `rope_parameters.partial_rotary_factor` or a key.
     pub fn partial_rotary(&self, keys: &[&str], default: f32) -> Result<f32> {
         if let Some(x) = self

@@ -22,8 +22,6 @@ static TABLE: HfTable = HfTable {
 };
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
-    let (h, _, d) = c.heads()?;
-    let hidden = c.hidden()?;
     let ac = c.v.get("attn_config").cloned().unwrap_or_default();
     let get = |k: &str| ac.get(k).filter(|x| !x.is_null());
     if get("alibi").and_then(|x| x.as_bool()) == Some(false) {
@@ -36,36 +34,23 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
             }
         }
     }
+    // transformers' MPT ignores `expansion_ratio` and always uses 4; so do we.
+    let act = Activation::Gelu;
+    let mut cfg = c.base(
+        NormKind::Layer,
+        1e-5,
+        Ffn::Plain { act },
+        4 * c.hidden()?,
+        true,
+    )?;
+    cfg.tied_embeddings = true;
+    cfg.attn.n_kv_heads = cfg.attn.n_heads;
+    if let Some(s) = get("softmax_scale").and_then(|x| x.as_f64()) {
+        cfg.attn.scale = s as f32;
+    }
     let max_bias = get("alibi_bias_max")
         .and_then(|x| x.as_f64())
         .unwrap_or(8.0) as f32;
-    let mut attn = AttentionSpec::new(h, h, d);
-    if let Some(s) = get("softmax_scale").and_then(|x| x.as_f64()) {
-        attn.scale = s as f32;
-    }
-    // transformers' MPT ignores `expansion_ratio` and always uses 4; so do we.
-    let ratio = 4;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden,
-            ffn_hidden: ratio * hidden,
-            attn,
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: c.f32_or(&["layer_norm_epsilon"], 1e-5)?,
-            },
-            ffn: Ffn::Plain {
-                act: Activation::Gelu,
-            },
-            tied_embeddings: true,
-            layers: vec![
-                LayerPlan::new(None, Position::Alibi(AlibiSlopes::Mpt { max_bias }));
-                c.n_layers()?
-            ],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    cfg.set_position(Position::Alibi(AlibiSlopes::Mpt { max_bias }));
+    Ok((cfg, &TABLE))
 }

@@ -31,36 +31,19 @@ pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     c.refuse("layer_norm_elementwise_affine", |x| {
         x.as_bool() == Some(false)
     })?;
-    let (h, hkv, d) = c.heads()?;
+    let act = c.act(&["activation_function"], "relu")?;
+    let mut cfg = c.base(
+        NormKind::Layer,
+        1e-5,
+        Ffn::Plain { act },
+        c.usize(&["ffn_dim"])?,
+        true,
+    )?;
     let before = c.bool_or("do_layer_norm_before", true)?;
-    Ok((
-        ModelConfig {
-            vocab_size: c.vocab()?,
-            hidden,
-            ffn_hidden: c.usize(&["ffn_dim"])?,
-            attn: AttentionSpec::new(h, hkv, d),
-            norm: NormSpec {
-                kind: NormKind::Layer,
-                eps: 1e-5,
-            },
-            placement: if before {
-                NormPlacement::Pre
-            } else {
-                NormPlacement::Post
-            },
-            final_norm: before && !c.bool_or("_remove_final_layer_norm", false)?,
-            ffn: Ffn::Plain {
-                act: c.act(&["activation_function"], "relu")?,
-            },
-            embed: EmbedSpec {
-                learned_pos: Some(2),
-                ..Default::default()
-            },
-            tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
-            layers: vec![LayerPlan::new(None, Position::None); c.n_layers()?],
-            context_length: c.context()?,
-            ..Default::default()
-        },
-        &TABLE,
-    ))
+    if !before {
+        cfg.placement = NormPlacement::Post;
+    }
+    cfg.final_norm = before && !c.bool_or("_remove_final_layer_norm", false)?;
+    cfg.embed.learned_pos = Some(2);
+    Ok((cfg, &TABLE))
 }

@@ -7,28 +7,19 @@ use crate::spec::*;
 use crate::weights::{HfTable, Slot::*};
 use anyhow::Result;
 
-static TABLE: HfTable = HfTable::new(&[
-    (TokenEmbd, "model.embed_tokens"),
-    (OutputNorm, "model.norm"),
-    (Output, "lm_head"),
-    (AttnNorm, "model.layers.{L}.input_layernorm"),
-    (AttnQ, "model.layers.{L}.self_attn.q_proj"),
-    (AttnK, "model.layers.{L}.self_attn.k_proj"),
-    (AttnV, "model.layers.{L}.self_attn.v_proj"),
-    (AttnOut, "model.layers.{L}.self_attn.o_proj"),
-    (FfnNorm, "model.layers.{L}.post_attention_layernorm"),
-    (FfnGate, "model.layers.{L}.mlp.gate_proj"),
-    (FfnUp, "model.layers.{L}.mlp.up_proj"),
-    (FfnDown, "model.layers.{L}.mlp.down_proj"),
-    (FfnRouter, "model.layers.{L}.mlp.gate"),
-    (ExpGate, "model.layers.{L}.mlp.experts.{E}.gate_proj"),
-    (ExpUp, "model.layers.{L}.mlp.experts.{E}.up_proj"),
-    (ExpDown, "model.layers.{L}.mlp.experts.{E}.down_proj"),
-    (ShGate, "model.layers.{L}.mlp.shared_expert.gate_proj"),
-    (ShUp, "model.layers.{L}.mlp.shared_expert.up_proj"),
-    (ShDown, "model.layers.{L}.mlp.shared_expert.down_proj"),
-    (ShExpGate, "model.layers.{L}.mlp.shared_expert_gate"),
-]);
+static TABLE: HfTable = HfTable {
+    also: llama::NAMES,
+    ..HfTable::new(&[
+        (FfnRouter, "model.layers.{L}.mlp.gate"),
+        (ExpGate, "model.layers.{L}.mlp.experts.{E}.gate_proj"),
+        (ExpUp, "model.layers.{L}.mlp.experts.{E}.up_proj"),
+        (ExpDown, "model.layers.{L}.mlp.experts.{E}.down_proj"),
+        (ShGate, "model.layers.{L}.mlp.shared_expert.gate_proj"),
+        (ShUp, "model.layers.{L}.mlp.shared_expert.up_proj"),
+        (ShDown, "model.layers.{L}.mlp.shared_expert.down_proj"),
+        (ShExpGate, "model.layers.{L}.mlp.shared_expert_gate"),
+    ])
+};
 
 pub fn hf(c: &HfConfig) -> Result<(ModelConfig, &'static HfTable)> {
     let window = if c.bool_or("use_sliding_window", false)? {
