@@ -37,20 +37,21 @@ fn add_into(x: &mut [f32], h: &[f32], c: usize) {
 }
 
 /// A sub-layer: `s.n -> s.h`.
-enum Sub<'a> {
-    SelfAttn(&'a mut LayerKv),
+enum Sub<'a, 'b> {
+    SelfAttn(&'a mut [&'b mut LayerKv]),
     Cross(&'a LayerKv, &'a Attention),
     Ffn,
 }
 
 impl Block {
-    /// `x: (T, C)` in place. `cross_kv` holds the encoder's keys and values for layers with
-    /// cross-attention. Works in `s`'s buffers.
+    /// `x: (T, C)` in place: the rows of the sequences in `ctx.segments`, `kvs[i]` the cache of
+    /// sequence `i`. `cross_kv` holds the encoder's keys and values for layers with
+    /// cross-attention (one sequence). Works in `s`'s buffers.
     pub fn forward_rows(
         &self,
         x: &mut [f32],
         ctx: &StepCtx,
-        kv: &mut LayerKv,
+        kvs: &mut [&mut LayerKv],
         cross_kv: Option<&LayerKv>,
         s: &mut Scratch,
     ) -> Result<()> {
@@ -60,7 +61,7 @@ impl Block {
         if let Residual::Parallel { .. } = self.residual {
             self.norm_into(&self.attn_norm, x, s, t * c);
             self.attn
-                .forward_rows(t, &self.plan, ctx, kv, self.index, s)?;
+                .forward_rows(t, &self.plan, ctx, kvs, self.index, s)?;
             std::mem::swap(&mut s.h, &mut s.a);
             if let Some(n) = &self.ffn_norm {
                 self.norm_into(n, x, s, t * c);
@@ -79,7 +80,7 @@ impl Block {
         self.sub(
             x,
             ctx,
-            Sub::SelfAttn(kv),
+            Sub::SelfAttn(kvs),
             &self.attn_norm,
             self.post_attn_norm.as_ref(),
             s,
@@ -132,9 +133,9 @@ impl Block {
             trace_rows(&format!("{name}_norm"), l, &s.n[..t * c], &[t, c]);
         }
         match f {
-            Sub::SelfAttn(kv) => self
+            Sub::SelfAttn(kvs) => self
                 .attn
-                .forward_rows(t, &self.plan, ctx, kv, self.index, s)?,
+                .forward_rows(t, &self.plan, ctx, kvs, self.index, s)?,
             Sub::Cross(kv, attn) => attn.forward_cross(t, ctx, kv, s)?,
             Sub::Ffn => self.ffn.forward_rows(t, l, s)?,
         }

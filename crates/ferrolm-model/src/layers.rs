@@ -531,6 +531,8 @@ pub struct Attention {
 /// causality, and the stack's score biases.
 pub struct StepCtx<'a> {
     pub pos: &'a [usize],
+    /// `(first row, rows)` of each sequence in the call (one segment for a single sequence).
+    pub segments: &'a [(usize, usize)],
     /// One `rope_tables` per distinct RoPE spec.
     pub rope: Vec<(RopeSpec, Vec<f32>)>,
     /// Queries see only earlier keys (decoders); encoders see all.
@@ -745,13 +747,15 @@ pub fn attend(
 }
 
 impl Attention {
-    /// `s.n (T, C) -> s.h (T, C)`, reading and extending the layer's cache.
+    /// `s.n (T, C) -> s.h (T, C)`, reading and extending the layer's caches: the rows are the
+    /// sequences of `ctx.segments` one after another, `kvs[i]` the cache of segment `i`. The
+    /// projections run over all rows at once; attention runs per sequence.
     pub fn forward_rows(
         &self,
         t: usize,
         plan: &LayerPlan,
         ctx: &StepCtx,
-        kv: &mut LayerKv,
+        kvs: &mut [&mut LayerKv],
         layer: usize,
         s: &mut Scratch,
     ) -> Result<()> {
@@ -797,10 +801,12 @@ impl Attention {
             q.iter_mut().for_each(|x| *x *= a.scale);
         }
         // Rounded to the cache precision as llama.cpp stores them.
-        kv.precision.round_slice(q);
-        kv.precision.round_slice(k);
-        kv.precision.round_slice(v);
-        kv.append(k, v, ctx.pos);
+        let precision = kvs
+            .first()
+            .map_or(crate::kv::KvPrecision::F32, |kv| kv.precision);
+        precision.round_slice(q);
+        precision.round_slice(k);
+        precision.round_slice(v);
         let mask = Mask {
             causal: ctx.causal,
             window: plan.window,
@@ -810,8 +816,17 @@ impl Attention {
                 _ => ScoreBias::None,
             },
         };
-        let out = attend(a, q, kv, ctx.pos, &mask, l);
-        kv.trim();
+        if kvs.len() != ctx.segments.len() {
+            anyhow::bail!("{} caches for {} sequences", kvs.len(), ctx.segments.len());
+        }
+        let (qw, kw) = (h * d, hkv * d);
+        let mut out = Vec::with_capacity(t * qw);
+        for (kv, &(r0, n)) in kvs.iter_mut().zip(ctx.segments) {
+            let pos = &ctx.pos[r0..r0 + n];
+            kv.append(&k[r0 * kw..(r0 + n) * kw], &v[r0 * kw..(r0 + n) * kw], pos);
+            out.extend(attend(a, &q[r0 * qw..(r0 + n) * qw], kv, pos, &mask, l));
+            kv.trim();
+        }
         drop(p);
         trace_rows("kqv_out", l, &out, &[t, h * d]);
         let c = self.o.out_dim();

@@ -95,12 +95,16 @@ struct Stack {
 impl Stack {
     /// Runs `ids` at positions `pos` through the stack into `out (T, C)`.
     #[allow(clippy::too_many_arguments)]
+    /// The rows of several sequences run together: `segments[i]` = (first row, rows) of
+    /// sequence `i`, `kv[i]` its per-layer caches. Row-wise work and the products run over all
+    /// rows at once; attention per sequence.
     fn run(
         &self,
         ids: &[u32],
         types: Option<&[u32]>,
         pos: &[usize],
-        kv: &mut [LayerKv],
+        segments: &[(usize, usize)],
+        kv: &mut [&mut [LayerKv]],
         cross: &[LayerKv],
         scratch: &mut Scratch,
         out: &mut [f32],
@@ -115,20 +119,27 @@ impl Stack {
             for b in &self.blocks {
                 if let Position::Rope(spec) = &b.plan.position {
                     if !rope.iter().any(|(s, _)| s == spec) {
-                        rope.push((spec.clone(), rope_tables(spec, pos)));
+                        // Per sequence: a dynamic scaling depends on each one's length.
+                        let t: Vec<f32> = segments
+                            .iter()
+                            .flat_map(|&(r0, n)| rope_tables(spec, &pos[r0..r0 + n]))
+                            .collect();
+                        rope.push((spec.clone(), t));
                     }
                 }
             }
             trace_rows("inp_scaled", None, x, &[t, c]);
             let ctx = StepCtx {
                 pos,
+                segments,
                 rope,
                 causal: self.causal,
                 alibi: &self.alibi,
                 relative: &self.relative,
             };
-            for (i, (block, layer_kv)) in self.blocks.iter().zip(kv.iter_mut()).enumerate() {
-                block.forward_rows(x, &ctx, layer_kv, cross.get(i), scratch)?;
+            for (i, block) in self.blocks.iter().enumerate() {
+                let mut layer: Vec<&mut LayerKv> = kv.iter_mut().map(|s| &mut s[i]).collect();
+                block.forward_rows(x, &ctx, &mut layer, cross.get(i), scratch)?;
             }
             match &self.final_norm {
                 Some(n) => scope("norms").run(|| n.rows(x, out)),
@@ -517,15 +528,12 @@ impl Model {
         let mut kv = KvCache::new(vec![None; n], ids.len(), KvPrecision::F32);
         let pos = kv.reserve(ids.len())?;
         let mut out = vec![0f32; ids.len() * self.config.hidden];
-        st.run(
-            ids,
-            types,
-            &pos,
-            &mut kv.layers,
-            &[],
-            &mut kv.scratch,
-            &mut out,
-        )?;
+        let segs = [(0, ids.len())];
+        let KvCache {
+            layers, scratch, ..
+        } = &mut kv;
+        let mut layers = [layers.as_mut_slice()];
+        st.run(ids, types, &pos, &segs, &mut layers, &[], scratch, &mut out)?;
         Ok(out)
     }
 
@@ -593,14 +601,78 @@ impl Model {
             scratch,
             ..
         } = kv;
+        let segs = [(0, tokens.len())];
+        let mut layers = [layers.as_mut_slice()];
         self.main
-            .run(tokens, None, &pos, layers, cross, scratch, out)
+            .run(tokens, None, &pos, &segs, &mut layers, cross, scratch, out)
+    }
+
+    /// One step for several sequences at once (a server's batch): `seqs[i].0` are the next
+    /// tokens of the sequence whose cache is `seqs[i].1` (a prompt chunk, or one decode token).
+    /// All rows share the products; attention reads each sequence's own cache. Returns the
+    /// logits of each sequence's last token. With the 32-block formats every row gets the bits
+    /// it would get alone (`ferrolm-kernels/tests/batch_invariance.rs`).
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>> {
+        if self.config.topology != Topology::Decoder {
+            bail!("batched steps are for decoder-only models");
+        }
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut segs = Vec::with_capacity(seqs.len());
+        for (toks, kv) in seqs.iter_mut() {
+            if toks.is_empty() {
+                bail!("a sequence in the batch has no tokens");
+            }
+            if kv.next_pos + toks.len() > kv.n_ctx {
+                bail!("a sequence would pass its context of {} tokens", kv.n_ctx);
+            }
+        }
+        for (toks, kv) in seqs.iter_mut() {
+            segs.push((ids.len(), toks.len()));
+            ids.extend_from_slice(toks);
+            pos.extend(kv.reserve(toks.len())?);
+        }
+        let c = self.config.hidden;
+        let mut hidden = vec![0f32; ids.len() * c];
+        let mut layers: Vec<&mut [LayerKv]> = seqs
+            .iter_mut()
+            .map(|(_, kv)| kv.layers.as_mut_slice())
+            .collect();
+        self.main.run(
+            &ids,
+            None,
+            &pos,
+            &segs,
+            &mut layers,
+            &[],
+            scratch,
+            &mut hidden,
+        )?;
+        let mut last = Vec::with_capacity(segs.len() * c);
+        for &(r0, n) in &segs {
+            last.extend_from_slice(&hidden[(r0 + n - 1) * c..(r0 + n) * c]);
+        }
+        let y = self.logits_rows(&last)?;
+        let v = y.len() / segs.len();
+        Ok(y.chunks(v).map(|r| r.to_vec()).collect())
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let t = hidden.dim(0)?;
         let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+        let y = self.logits_rows(&h)?;
+        let v = y.len() / t.max(1);
+        Ok(Tensor::from_vec(y, (t, v), &candle_core::Device::Cpu)?)
+    }
+
+    /// Logits rows `(T, V)` for hidden rows `(T, C)`: head, `final_logits_bias`, softcap.
+    pub fn logits_rows(&self, h: &[f32]) -> Result<Vec<f32>> {
+        let t = h.len() / self.config.hidden;
         let head = self.head.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "this model ({}) is an encoder and has no LM head; use embed",
@@ -609,7 +681,7 @@ impl Model {
         })?;
         let v = head.out_dim();
         let mut y = vec![0f32; t * v];
-        scope("matmul: output head").run(|| head.forward_slice(&h, &mut y))?;
+        scope("matmul: output head").run(|| head.forward_slice(h, &mut y))?;
         if let Some(b) = &self.logits_bias {
             for row in y.chunks_exact_mut(v) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -620,7 +692,7 @@ impl Model {
             let inv = (1.0 / cap as f64) as f32;
             y.iter_mut().for_each(|x| *x = (*x * inv).tanh() * cap);
         }
-        Ok(Tensor::from_vec(y, (t, v), &candle_core::Device::Cpu)?)
+        Ok(y)
     }
 
     /// Final hidden states `(T, C)` for `tokens`, run in micro-batches of at most `UBATCH`
