@@ -6,6 +6,7 @@ pub mod convert;
 pub mod generate;
 pub mod load;
 pub mod search;
+pub mod serve;
 
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};

@@ -61,6 +61,16 @@ impl LoadedModel {
         ids
     }
 
+    /// Prompt ids for a conversation: the chat template with the assistant's turn opened,
+    /// tokenized with special tokens parsed; BOS added unless the template wrote it.
+    pub fn chat_prompt(&self, messages: &[ferrolm_tokenize::ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        let tok = self.tok()?;
+        let bos_text = tok.bos_id().and_then(|b| tok.id_to_token(b)).unwrap_or("");
+        let add_bos = !(tok.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
+        Ok(tok.encode(&text, add_bos, true)?)
+    }
+
     /// The decoder's first token for encoder-decoder models (`decoder_start_token_id`).
     pub fn decoder_start(&self) -> Option<u32> {
         let hf = self.hf.as_ref()?;

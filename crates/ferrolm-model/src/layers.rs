@@ -642,17 +642,27 @@ pub fn attend(
     mask: &Mask,
     layer: Option<usize>,
 ) -> Vec<f32> {
+    attend_many(a, &[(q, kv, q_pos)], mask, layer)
+}
+
+/// [`attend`] for several sequences at once: `parts[i] = (q (T_i, H, D), its cache, its
+/// positions)`; returns the outputs one after another `(sum T_i, H * D)`. Every (sequence,
+/// head, run of queries) is one parallel task, so many short sequences (a server's decode
+/// step) fill the threads in one dispatch. Each query's arithmetic is that of `attend` on its
+/// own sequence.
+pub fn attend_many(
+    a: &AttentionSpec,
+    parts: &[(&[f32], &LayerKv, &[usize])],
+    mask: &Mask,
+    layer: Option<usize>,
+) -> Vec<f32> {
     use ferrolm_kernels::numerics::{
         dot_batched, dot_single, pv_accumulate, pv_finish_batched, pv_finish_single, softmax_row,
     };
     use ferrolm_kernels::pool::{global, SharedOut};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
-    let (t, s) = (q_pos.len(), kv.len());
-    let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
     let stride = hkv * d;
     let n_rep = h / hkv;
-    let batched = t >= 2;
-    let lanes = if batched { 16 } else { 64 };
     let (causal, window) = (mask.causal, mask.window);
     let visible =
         |qp: usize, kp: usize| (!causal || kp <= qp) && window.is_none_or(|w| qp.abs_diff(kp) < w);
@@ -668,25 +678,43 @@ pub fn attend(
         ScoreBias::Alibi(slopes) => slopes[hh] * (kp as f32 - qp as f32),
         ScoreBias::Relative(table, spec) => table[relative_bucket(&spec, qp, kp) * h + hh],
     };
-    let tracing = crate::trace::enabled();
-    let mut out = vec![0f32; t * h * d];
+    let total: usize = parts.iter().map(|p| p.2.len()).sum();
+    // Probabilities are traced for single-sequence calls only.
+    let tracing = crate::trace::enabled() && parts.len() == 1;
+    let (t0, s0) = (parts[0].2.len(), parts[0].1.len());
+    let mut out = vec![0f32; total * h * d];
     let mut probs = if tracing {
-        vec![0f32; h * t * s]
+        vec![0f32; h * t0 * s0]
     } else {
         Vec::new()
     };
     let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
-    // Tasks are (head, run of queries), so few heads still fill every thread.
-    let q_chunk = t
-        .div_ceil((global().threads() * 4).div_ceil(h))
-        .clamp(1, 64);
-    let chunks = t.div_ceil(q_chunk);
-    global().run(h * chunks, |task| {
-        let (hh, qc) = (task / chunks, task % chunks);
+    // Tasks are (sequence, head, run of queries), so few heads still fill every thread.
+    let mut tasks: Vec<(usize, usize, usize, usize, usize)> = Vec::new(); // (part, head, q0, q1, row0)
+    let mut row0 = 0;
+    for (pi, &(_, _, pos)) in parts.iter().enumerate() {
+        let t = pos.len();
+        let q_chunk = t
+            .div_ceil((global().threads() * 4).div_ceil(h))
+            .clamp(1, 64);
+        for hh in 0..h {
+            for q0 in (0..t).step_by(q_chunk) {
+                tasks.push((pi, hh, q0, (q0 + q_chunk).min(t), row0));
+            }
+        }
+        row0 += t;
+    }
+    global().run(tasks.len(), |task| {
+        let (pi, hh, q0, q1, row0) = tasks[task];
+        let (q, kv, q_pos) = parts[pi];
+        let (t, s) = (q_pos.len(), kv.len());
+        let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
+        let batched = t >= 2;
+        let lanes = if batched { 16 } else { 64 };
         let g = hh / n_rep;
         let mut row = vec![0f32; s];
         let mut acc = vec![0f32; lanes * d];
-        for ti in qc * q_chunk..((qc + 1) * q_chunk).min(t) {
+        for ti in q0..q1 {
             let qp = q_pos[ti];
             let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
             // Visible keys lie in lo..hi; whole 16-wide chunks outside it are masked, and
@@ -729,8 +757,8 @@ pub fn attend(
             kv.precision.round_slice(&mut row[c0..c1]);
             acc.iter_mut().for_each(|x| *x = 0.0);
             pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, &mut acc);
-            // SAFETY: (head, query) output rows belong to one task each.
-            let o = unsafe { o_ptr.slice((ti * h + hh) * d, d) };
+            // SAFETY: (row, head) output slices belong to one task each.
+            let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
             if batched {
                 pv_finish_batched(&acc, d, o);
             } else {
@@ -739,7 +767,7 @@ pub fn attend(
         }
     });
     if tracing {
-        if let Ok(p) = Tensor::from_vec(probs, (h, t, s), &Device::Cpu) {
+        if let Ok(p) = Tensor::from_vec(probs, (h, t0, s0), &Device::Cpu) {
             crate::trace::trace("kq_soft_max", layer, &p);
         }
     }
@@ -791,7 +819,9 @@ impl Attention {
             ferrolm_kernels::pool::par_rows(q, h * d, |r0, run| {
                 apply_rope(spec, &tables[r0 * dims..], run, h, d)
             });
-            apply_rope(spec, tables, k, hkv, d);
+            ferrolm_kernels::pool::par_rows(k, hkv * d, |r0, run| {
+                apply_rope(spec, &tables[r0 * dims..], run, hkv, d)
+            });
         }
         trace_rows("Qcur", l, q, &[t, h, d]);
         trace_rows("Kcur", l, k, &[t, hkv, d]);
@@ -820,11 +850,17 @@ impl Attention {
             anyhow::bail!("{} caches for {} sequences", kvs.len(), ctx.segments.len());
         }
         let (qw, kw) = (h * d, hkv * d);
-        let mut out = Vec::with_capacity(t * qw);
         for (kv, &(r0, n)) in kvs.iter_mut().zip(ctx.segments) {
             let pos = &ctx.pos[r0..r0 + n];
             kv.append(&k[r0 * kw..(r0 + n) * kw], &v[r0 * kw..(r0 + n) * kw], pos);
-            out.extend(attend(a, &q[r0 * qw..(r0 + n) * qw], kv, pos, &mask, l));
+        }
+        let parts: Vec<(&[f32], &LayerKv, &[usize])> = kvs
+            .iter()
+            .zip(ctx.segments)
+            .map(|(kv, &(r0, n))| (&q[r0 * qw..(r0 + n) * qw], &**kv, &ctx.pos[r0..r0 + n]))
+            .collect();
+        let out = attend_many(a, &parts, &mask, l);
+        for kv in kvs.iter_mut() {
             kv.trim();
         }
         drop(p);

@@ -1,0 +1,726 @@
+//! The engine thread: admission, the continuous-batching loop, sampling and events.
+
+use super::blocks::{block_hashes, BlockHash, BlockPool};
+use super::{Event, Finish, Job, Metrics, ServeConfig, Sink, SubmitError, TokenLogprob};
+use crate::generate::Utf8Stream;
+use crate::load::LoadedModel;
+use anyhow::{bail, Result};
+use ferrolm_model::layers::Scratch;
+use ferrolm_model::spec::Topology;
+use ferrolm_model::KvCache;
+use ferrolm_sample::{SamplerChain, StopMatcher, StopState};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+enum Msg {
+    Submit(u64, Job, Sink),
+    Cancel(u64),
+    Embed(Vec<Vec<u32>>, mpsc::Sender<Result<Vec<Vec<f32>>>>),
+    Shutdown(Instant),
+}
+
+/// State shared between the engine thread and the callers.
+struct Shared {
+    metrics: Mutex<Metrics>,
+    accepting: AtomicBool,
+    waiting: AtomicUsize,
+}
+
+/// One model's inference thread. Dropping it shuts the thread down (cancelling what runs).
+pub struct Engine {
+    tx: Mutex<mpsc::Sender<Msg>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    next_id: AtomicU64,
+    cfg: ServeConfig,
+    lm: Arc<LoadedModel>,
+}
+
+impl Engine {
+    /// Starts the engine thread for `lm`.
+    pub fn start(lm: Arc<LoadedModel>, mut cfg: ServeConfig) -> Result<Engine> {
+        if cfg.block_size == 0 || cfg.max_running == 0 || cfg.max_step_tokens < 2 {
+            bail!("serve config: block size, running sequences and step tokens must be positive");
+        }
+        cfg.n_ctx = cfg.n_ctx.min(lm.model.config.context_length.max(1));
+        cfg.prefill_chunk = cfg.prefill_chunk.clamp(2, cfg.max_step_tokens);
+        let shared = Arc::new(Shared {
+            metrics: Mutex::new(Metrics {
+                kv_blocks_total: cfg.kv_blocks,
+                ..Default::default()
+            }),
+            accepting: AtomicBool::new(true),
+            waiting: AtomicUsize::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let worker = Worker::new(lm.clone(), cfg.clone(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("ferrolm-engine-{}", lm.name))
+            .spawn(move || worker.run(rx))?;
+        Ok(Engine {
+            tx: Mutex::new(tx),
+            shared,
+            thread: Mutex::new(Some(thread)),
+            next_id: AtomicU64::new(1),
+            cfg,
+            lm,
+        })
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.cfg
+    }
+
+    fn send(&self, m: Msg) -> bool {
+        self.tx.lock().map(|tx| tx.send(m).is_ok()).unwrap_or(false)
+    }
+
+    /// Admits a job into the queue; its events go to `sink`. Returns the job's id.
+    pub fn submit(&self, job: Job, sink: Sink) -> Result<u64, SubmitError> {
+        let refuse = |e: SubmitError| {
+            if let Ok(mut m) = self.shared.metrics.lock() {
+                m.requests_rejected += 1;
+            }
+            Err(e)
+        };
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return refuse(SubmitError::ShuttingDown);
+        }
+        if self.lm.model.topology() != Topology::Decoder {
+            return refuse(SubmitError::NotGenerative);
+        }
+        if job.prompt.is_empty() {
+            return refuse(SubmitError::EmptyPrompt);
+        }
+        if job.prompt.len() + job.max_tokens > self.cfg.n_ctx {
+            return refuse(SubmitError::TooLong {
+                prompt: job.prompt.len(),
+                max_tokens: job.max_tokens,
+                n_ctx: self.cfg.n_ctx,
+            });
+        }
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.cfg.queue_capacity {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return refuse(SubmitError::QueueFull { waiting });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut m) = self.shared.metrics.lock() {
+            m.requests_total += 1;
+        }
+        if !self.send(Msg::Submit(id, job, sink)) {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(id)
+    }
+
+    /// Cancels a job (its sink gets `Done { finish: Cancelled }`).
+    pub fn cancel(&self, id: u64) {
+        self.send(Msg::Cancel(id));
+    }
+
+    /// Pooled sentence embeddings (or last-token hidden states for decoders) of each input, on
+    /// the engine thread.
+    pub fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Msg::Embed(inputs, tx)) {
+            bail!("the engine has stopped");
+        }
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the engine stopped before answering"))?
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let mut m = self
+            .shared
+            .metrics
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        m.queue_depth = self.shared.waiting.load(Ordering::SeqCst);
+        m
+    }
+
+    /// Stops accepting, lets running jobs finish until `deadline` has passed, cancels the
+    /// rest, and waits for the engine thread.
+    pub fn shutdown(&self, deadline: Duration) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        self.send(Msg::Shutdown(Instant::now() + deadline));
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+/// A running sequence.
+struct Seq {
+    id: u64,
+    job: Job,
+    sink: Sink,
+    deadline: Option<Instant>,
+    kv: KvCache,
+    /// Prompt then generated tokens; `fed` of them are in the cache.
+    tokens: Vec<u32>,
+    fed: usize,
+    prompt_len: usize,
+    cached_tokens: usize,
+    generated: usize,
+    chain: SamplerChain,
+    stops: StopMatcher,
+    utf8: Utf8Stream,
+    /// Blocks held in the pool.
+    blocks: usize,
+    /// Hashes of the prompt's full blocks, and how many are in the prefix cache already.
+    hashes: Vec<BlockHash>,
+    published: usize,
+    done: Option<Finish>,
+}
+
+struct Worker {
+    lm: Arc<LoadedModel>,
+    cfg: ServeConfig,
+    shared: Arc<Shared>,
+    pool: BlockPool,
+    waiting: VecDeque<(u64, Job, Sink)>,
+    running: Vec<Seq>,
+    /// Sequences pushed out for room, to be recomputed before new jobs are admitted.
+    preempted: VecDeque<(u64, Seq)>,
+    scratch: Scratch,
+    eog: Vec<u32>,
+    /// Prefix caching needs every position's keys kept (no sliding windows).
+    prefix_cache: bool,
+    shutdown: Option<Instant>,
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    row.iter().map(|&v| (v as f64 - lse) as f32).collect()
+}
+
+impl Worker {
+    fn new(lm: Arc<LoadedModel>, cfg: ServeConfig, shared: Arc<Shared>) -> Worker {
+        let eog = lm.end_of_generation_ids();
+        let prefix_cache = lm.model.config.layers.iter().all(|l| l.window.is_none());
+        Worker {
+            pool: BlockPool::new(cfg.kv_blocks),
+            lm,
+            cfg,
+            shared,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            preempted: VecDeque::new(),
+            scratch: Scratch::default(),
+            eog,
+            prefix_cache,
+            shutdown: None,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            let idle = self.running.is_empty() && self.waiting.is_empty() && self.preempted.is_empty();
+            if idle && self.shutdown.is_some() {
+                break;
+            }
+            // Block for work when idle; otherwise take what has arrived and step.
+            let first = if idle {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                None
+            };
+            for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                self.handle(m);
+            }
+            if let Some(d) = self.shutdown {
+                if Instant::now() >= d {
+                    self.cancel_all();
+                    break;
+                }
+            }
+            self.expire();
+            self.admit();
+            if let Err(e) = self.step() {
+                // A failed step fails the jobs in it, never the engine.
+                for s in &mut self.running {
+                    let _ = (s.sink)(Event::Error {
+                        message: format!("inference failed: {e:#}"),
+                    });
+                    s.done = Some(Finish::Cancelled);
+                }
+            }
+            self.reap();
+            self.publish_metrics();
+        }
+        self.cancel_all();
+        self.publish_metrics();
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Submit(id, job, sink) => self.waiting.push_back((id, job, sink)),
+            Msg::Cancel(id) => {
+                if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
+                    s.done = Some(Finish::Cancelled);
+                }
+                if let Some(i) = self.waiting.iter().position(|w| w.0 == id) {
+                    let (_, job, mut sink) = self.waiting.remove(i).unwrap();
+                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let _ = sink(done(Finish::Cancelled, job.prompt.len(), 0, 0));
+                    self.count_cancelled();
+                }
+            }
+            Msg::Embed(inputs, reply) => {
+                let _ = reply.send(self.embed(&inputs));
+            }
+            Msg::Shutdown(deadline) => self.shutdown = Some(deadline),
+        }
+    }
+
+    fn embed(&mut self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let model = &self.lm.model;
+        let sentence = self.lm.hf.as_ref().map(|h| h.sentence);
+        let c = model.config.hidden;
+        let mut out = Vec::with_capacity(inputs.len());
+        for ids in inputs {
+            if ids.is_empty() {
+                bail!("an input has no tokens");
+            }
+            if ids.len() > model.config.context_length {
+                bail!(
+                    "an input has {} tokens but the model takes at most {}",
+                    ids.len(),
+                    model.config.context_length
+                );
+            }
+            let v = model.config.vocab_size as u32;
+            if let Some(bad) = ids.iter().find(|&&i| i >= v) {
+                bail!("token id {bad} is outside the vocabulary (0..{v})");
+            }
+            let hidden = match model.topology() {
+                Topology::Decoder => {
+                    let mut kv = model.new_cache(ids.len());
+                    model.forward_hidden(ids, &mut kv)?.flatten_all()?.to_vec1()?
+                }
+                _ => model.encode(ids, None)?,
+            };
+            let (pooling, normalize) = match sentence {
+                Some(s) => (s.pooling, s.normalize),
+                // A decoder without sentence-transformers config: its last token, normalised.
+                None => (ferrolm_format::hf::Pooling::LastToken, true),
+            };
+            out.push(ferrolm_format::hf::pool(&hidden, c, pooling, normalize));
+        }
+        Ok(out)
+    }
+
+    fn count_cancelled(&self) {
+        if let Ok(mut m) = self.shared.metrics.lock() {
+            m.requests_cancelled += 1;
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        for s in &mut self.running {
+            s.done.get_or_insert(Finish::Cancelled);
+        }
+        self.reap();
+        while let Some((_, job, mut sink)) = self.waiting.pop_front() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = sink(done(Finish::Cancelled, job.prompt.len(), 0, 0));
+            self.count_cancelled();
+        }
+        while let Some((_, mut s)) = self.preempted.pop_front() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = (s.sink)(done(Finish::Cancelled, s.prompt_len, s.generated, s.cached_tokens));
+            self.count_cancelled();
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for s in &mut self.running {
+            if s.done.is_none() && s.deadline.is_some_and(|d| now >= d) {
+                s.done = Some(Finish::Timeout);
+            }
+        }
+    }
+
+    /// Blocks a sequence of `positions` needs.
+    fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.cfg.block_size)
+    }
+
+    /// Moves waiting jobs into the running set while there is room, with their cached prefix.
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_running
+            && self.shutdown.is_none()
+            && self.preempted.is_empty()
+        {
+            let Some((_, job, _)) = self.waiting.front() else {
+                break;
+            };
+            let need = self.blocks_for(job.prompt.len() + 1);
+            if !self.pool.take(need) {
+                break;
+            }
+            let (id, job, sink) = self.waiting.pop_front().unwrap();
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            let mut seq = self.new_seq(id, job, sink, need);
+            self.reuse_prefix(&mut seq);
+            self.running.push(seq);
+        }
+    }
+
+    fn new_seq(&self, id: u64, job: Job, sink: Sink, blocks: usize) -> Seq {
+        let mut chain = job.sampling.build_chain();
+        for &t in &job.prompt {
+            chain.accept(t);
+        }
+        let hashes = if self.prefix_cache {
+            block_hashes(&job.prompt, self.cfg.block_size)
+        } else {
+            Vec::new()
+        };
+        Seq {
+            id,
+            deadline: job.timeout.map(|t| Instant::now() + t),
+            kv: self.lm.model.new_cache(self.cfg.n_ctx),
+            tokens: job.prompt.clone(),
+            fed: 0,
+            prompt_len: job.prompt.len(),
+            cached_tokens: 0,
+            generated: 0,
+            chain,
+            stops: StopMatcher::new(job.stop.clone()),
+            utf8: Utf8Stream::default(),
+            blocks,
+            hashes,
+            published: 0,
+            done: None,
+            job,
+            sink,
+        }
+    }
+
+    /// Copies the longest cached prefix of the prompt into the sequence's cache. At least two
+    /// prompt tokens are left to compute, so every prompt row still runs in a chunk of two or
+    /// more rows (the arithmetic of a prompt does not depend on what was cached).
+    fn reuse_prefix(&mut self, s: &mut Seq) {
+        if !self.prefix_cache || s.hashes.is_empty() {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let mut hit = s.hashes.iter().take_while(|h| self.pool.contains(**h)).count();
+        while hit > 0 && s.prompt_len - hit * bs < 2 {
+            hit -= 1;
+        }
+        if let Ok(mut m) = self.shared.metrics.lock() {
+            m.prefix_cache_queries += 1;
+            if hit > 0 {
+                m.prefix_cache_hits += 1;
+                m.prefix_cache_tokens += (hit * bs) as u64;
+            }
+        }
+        for (b, h) in s.hashes[..hit].iter().enumerate() {
+            let Some(block) = self.pool.lookup(*h) else {
+                return;
+            };
+            for (layer, (k, v)) in s.kv.layers.iter_mut().zip(&block.layers) {
+                layer.k.extend_from_slice(k);
+                layer.v.extend_from_slice(v);
+                layer.pos.extend(b * bs..(b + 1) * bs);
+            }
+            s.kv.next_pos = (b + 1) * bs;
+            s.fed = (b + 1) * bs;
+        }
+        s.cached_tokens = s.fed;
+        s.published = hit;
+    }
+
+    /// One batched forward over every running sequence's next tokens.
+    fn step(&mut self) -> Result<()> {
+        let mut budget = self.cfg.max_step_tokens;
+        // (index into running, tokens this step)
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        // Decoding sequences first (one token each), then prompt chunks.
+        for pass in 0..2 {
+            for (i, s) in self.running.iter().enumerate() {
+                let pending = s.tokens.len() - s.fed;
+                if s.done.is_some() || pending == 0 || budget == 0 {
+                    continue;
+                }
+                let decoding = pending == 1;
+                if (pass == 0) != decoding {
+                    continue;
+                }
+                let mut n = pending.min(self.cfg.prefill_chunk).min(budget);
+                // Never leave or take a one-row piece of a longer prompt (see reuse_prefix).
+                if n < pending && pending - n == 1 {
+                    n -= 1;
+                }
+                if n == 1 && pending > 1 || n == 0 {
+                    continue;
+                }
+                plan.push((i, n));
+                budget -= n;
+            }
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let rows = {
+            let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(plan.len());
+            let mut rest: &mut [Seq] = &mut self.running;
+            let mut base = 0;
+            for &(i, n) in &plan {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+                let (s, tail) = tail.split_first_mut().unwrap();
+                batch.push((&s.tokens[s.fed..s.fed + n], &mut s.kv));
+                rest = tail;
+                base = i + 1;
+            }
+            self.lm.model.forward_batch(&mut batch, &mut self.scratch)?
+        };
+        for (&(i, n), logits) in plan.iter().zip(rows) {
+            self.running[i].fed += n;
+            self.publish_prefix(i);
+            if self.running[i].fed == self.running[i].tokens.len() {
+                self.sample(i, &logits);
+            }
+        }
+        if let Ok(mut m) = self.shared.metrics.lock() {
+            m.steps += 1;
+        }
+        Ok(())
+    }
+
+    /// Puts the sequence's newly completed prompt blocks into the prefix cache.
+    fn publish_prefix(&mut self, i: usize) {
+        if !self.prefix_cache {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let s = &mut self.running[i];
+        let full = s.fed.min(s.prompt_len) / bs;
+        while s.published < full.min(s.hashes.len()) {
+            let b = s.published;
+            let rows = b * bs..(b + 1) * bs;
+            let layers = s
+                .kv
+                .layers
+                .iter()
+                .map(|l| {
+                    let w = l.k.len() / l.pos.len().max(1);
+                    (
+                        l.k[rows.start * w..rows.end * w].to_vec(),
+                        l.v[rows.start * w..rows.end * w].to_vec(),
+                    )
+                })
+                .collect();
+            self.pool.insert(s.hashes[b], layers);
+            s.published += 1;
+        }
+    }
+
+    /// Samples the next token of sequence `i` from `logits` and reports it.
+    fn sample(&mut self, i: usize, logits: &[f32]) {
+        let eog = &self.eog;
+        let tok_ref = self.lm.tokenizer.as_ref();
+        let s = &mut self.running[i];
+        if s.done.is_some() {
+            return;
+        }
+        let tok = s.chain.sample(logits);
+        let logprob = s.job.logprobs.map(|k| {
+            let lp = log_softmax(logits);
+            let text = |id: u32| -> (String, Vec<u8>) {
+                let bytes = tok_ref.map(|t| t.token_bytes(id, false)).unwrap_or_default();
+                (String::from_utf8_lossy(&bytes).to_string(), bytes)
+            };
+            let mut order: Vec<usize> = (0..lp.len()).collect();
+            let k = k.min(lp.len());
+            order.select_nth_unstable_by(k.saturating_sub(1).min(lp.len() - 1), |&a, &b| {
+                lp[b].total_cmp(&lp[a])
+            });
+            let mut top: Vec<usize> = order[..k].to_vec();
+            top.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
+            let (token, bytes) = text(tok);
+            TokenLogprob {
+                token,
+                bytes,
+                logprob: lp[tok as usize],
+                top: top
+                    .into_iter()
+                    .map(|j| {
+                        let (t, b) = text(j as u32);
+                        (t, b, lp[j])
+                    })
+                    .collect(),
+            }
+        });
+        s.generated += 1;
+        s.tokens.push(tok);
+        let mut alive = true;
+        if !s.job.ignore_eos && eog.contains(&tok) {
+            s.done = Some(Finish::Stop);
+            // The end-of-generation token itself is not text; its log-probability still counts.
+            if logprob.is_some() {
+                alive = (s.sink)(Event::Token {
+                    id: tok,
+                    text: String::new(),
+                    logprob,
+                });
+            }
+        } else {
+            let bytes = tok_ref.map(|t| t.token_bytes(tok, false)).unwrap_or_default();
+            let piece = s.utf8.push(&bytes);
+            let text = match s.stops.push(&piece) {
+                StopState::Continue { emit } => emit,
+                StopState::Stop { emit } => {
+                    s.done = Some(Finish::Stop);
+                    emit
+                }
+            };
+            alive = (s.sink)(Event::Token {
+                id: tok,
+                text,
+                logprob,
+            });
+            if s.done.is_none() && (s.generated >= s.job.max_tokens || s.tokens.len() >= s.kv.n_ctx) {
+                s.done = Some(Finish::Length);
+            }
+        }
+        if !alive {
+            s.done = Some(Finish::Cancelled);
+            return;
+        }
+        if s.done.is_none() {
+            // Room for the next position; when the pool is out, the newest other sequence is
+            // preempted (its work recomputed later), and failing that this one waits.
+            let need = s.tokens.len().div_ceil(self.cfg.block_size);
+            if need > s.blocks {
+                if self.pool.take(need - s.blocks) {
+                    self.running[i].blocks = need;
+                } else {
+                    self.preempt(i, need);
+                }
+            }
+        }
+    }
+
+    /// Frees the newest sequence other than `keep` (back to the queue's front, to be
+    /// recomputed from its prompt and what it has generated) until `keep` gets its blocks.
+    fn preempt(&mut self, keep: usize, need: usize) {
+        loop {
+            let have = self.running[keep].blocks;
+            if self.pool.take(need - have) {
+                self.running[keep].blocks = need;
+                return;
+            }
+            let victim = (0..self.running.len())
+                .rev()
+                .find(|&j| j != keep && self.running[j].done.is_none() && self.running[j].blocks > 0);
+            let Some(j) = victim else {
+                // Nothing to free: this sequence ends here.
+                self.running[keep].done = Some(Finish::Length);
+                return;
+            };
+            let v = &mut self.running[j];
+            self.pool.release(v.blocks);
+            v.blocks = 0;
+            v.kv.clear();
+            v.fed = 0;
+            v.published = v.hashes.len();
+        }
+    }
+
+    /// Removes finished sequences, reporting `Done` and freeing their blocks; sequences
+    /// preempted to zero blocks go back to the queue.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            if s.done.is_none() && s.blocks > 0 {
+                i += 1;
+                continue;
+            }
+            let mut s = self.running.swap_remove(i);
+            self.pool.release(s.blocks);
+            match s.done {
+                Some(f) => {
+                    let tail = s.stops.flush();
+                    if !tail.is_empty() && f != Finish::Stop {
+                        let _ = (s.sink)(Event::Token {
+                            id: u32::MAX,
+                            text: tail,
+                            logprob: None,
+                        });
+                    }
+                    let _ = (s.sink)(done(f, s.prompt_len, s.generated, s.cached_tokens));
+                    if let Ok(mut m) = self.shared.metrics.lock() {
+                        m.prompt_tokens_total += s.prompt_len as u64;
+                        m.generated_tokens_total += s.generated as u64;
+                        match f {
+                            Finish::Cancelled | Finish::Timeout => m.requests_cancelled += 1,
+                            _ => m.requests_finished += 1,
+                        }
+                    }
+                }
+                None => {
+                    // Preempted: recompute later from everything it has so far.
+                    let need = self.blocks_for(s.tokens.len() + 1);
+                    if self.pool.take(need) {
+                        s.blocks = need;
+                        self.running.push(s);
+                    } else {
+                        let id = s.id;
+                        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+                        self.preempted.push_front((id, s));
+                    }
+                }
+            }
+        }
+        // Preempted sequences come back first.
+        while let Some((_, mut s)) = self.preempted.pop_front() {
+            let need = self.blocks_for(s.tokens.len() + 1);
+            if self.running.len() >= self.cfg.max_running || !self.pool.take(need) {
+                self.preempted.push_front((s.id, s));
+                break;
+            }
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            s.blocks = need;
+            self.running.push(s);
+        }
+    }
+
+    fn publish_metrics(&self) {
+        if let Ok(mut m) = self.shared.metrics.lock() {
+            m.running = self.running.len();
+            m.kv_blocks_used = self.pool.used();
+            m.kv_blocks_total = self.pool.total();
+        }
+    }
+}
+
+fn done(finish: Finish, prompt: usize, generated: usize, cached: usize) -> Event {
+    Event::Done {
+        finish,
+        prompt_tokens: prompt,
+        completion_tokens: generated,
+        cached_tokens: cached,
+    }
+}

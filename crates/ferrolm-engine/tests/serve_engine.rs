@@ -1,0 +1,169 @@
+//! The serving engine on SmolLM2: concurrent requests give each the answer it gets alone and
+//! finish faster than one after another; a shared prompt prefix is served from the prefix
+//! cache with the same answers; cancellation frees the blocks; bad jobs are refused.
+
+use ferrolm_engine::serve::{Engine, Event, Finish, Job, ServeConfig, SubmitError};
+use ferrolm_engine::{load, LoadedModel};
+use ferrolm_sample::SamplingParams;
+use ferrolm_tokenize::ChatMessage;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+fn model() -> Option<Arc<LoadedModel>> {
+    let p = ferrolm_format::test_models::file("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    Some(Arc::new(load(p.to_str().unwrap(), true).unwrap()))
+}
+
+fn chat(lm: &LoadedModel, system: Option<&str>, user: &str) -> Vec<u32> {
+    let mut m = Vec::new();
+    if let Some(s) = system {
+        m.push(ChatMessage { role: "system".into(), content: s.into() });
+    }
+    m.push(ChatMessage { role: "user".into(), content: user.into() });
+    let text = lm.template.render(&m, true).unwrap();
+    lm.tok().unwrap().encode(&text, false, true).unwrap()
+}
+
+fn job(prompt: Vec<u32>, n: usize) -> Job {
+    Job {
+        prompt,
+        max_tokens: n,
+        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        stop: Vec::new(),
+        ignore_eos: false,
+        logprobs: None,
+        timeout: None,
+    }
+}
+
+/// Submits and returns a receiver of (text, finish, cached tokens, time to first token).
+fn start(e: &Engine, j: Job) -> mpsc::Receiver<(String, Finish, usize, Duration)> {
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    let mut text = String::new();
+    let mut first: Option<Duration> = None;
+    e.submit(
+        j,
+        Box::new(move |ev| {
+            match ev {
+                Event::Token { text: t, .. } => {
+                    first.get_or_insert(t0.elapsed());
+                    text.push_str(&t);
+                }
+                Event::Done { finish, cached_tokens, .. } => {
+                    let _ = tx.send((std::mem::take(&mut text), finish, cached_tokens, first.unwrap_or_default()));
+                }
+                Event::Error { message } => panic!("{message}"),
+            }
+            true
+        }),
+    )
+    .unwrap();
+    rx
+}
+
+const QUESTIONS: [&str; 8] = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Write a haiku about rain.",
+    "What is 12 times 12?",
+    "Who wrote Hamlet?",
+    "Give me a word that rhymes with cat.",
+    "What is the boiling point of water?",
+    "Say hello in Spanish.",
+];
+
+#[test]
+fn concurrent_requests_equal_alone_and_run_faster() {
+    let Some(lm) = model() else { return };
+    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..24).map(|i| chat(&lm, None, &format!("{} ({})", QUESTIONS[i % 8], i / 8))).collect();
+    let t = Instant::now();
+    let alone: Vec<String> = prompts.iter().map(|p| start(&e, job(p.clone(), 32)).recv().unwrap().0).collect();
+    let sequential = t.elapsed();
+    let t = Instant::now();
+    ferrolm_model::profile::enable(std::env::var_os("FERROLM_PROFILE").is_some());
+    let rxs: Vec<_> = prompts.iter().map(|p| start(&e, job(p.clone(), 32))).collect();
+    let together: Vec<String> = rxs.iter().map(|r| r.recv().unwrap().0).collect();
+    let concurrent = t.elapsed();
+    for (name, secs, calls) in ferrolm_model::profile::take() {
+        println!("  {name:<28} {:>8.1} ms {calls:>7} calls", secs * 1e3);
+    }
+    ferrolm_model::profile::enable(false);
+    let speedup = sequential.as_secs_f64() / concurrent.as_secs_f64();
+    println!("24 requests x 32 tokens: one after another {sequential:.2?}, concurrently {concurrent:.2?}: {speedup:.2}x");
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, b, "request {i}");
+    }
+    // Batching must pay off clearly even on a busy 2-core machine (the figure is reported).
+    assert!(speedup > 1.3, "{speedup}");
+    let m = e.metrics();
+    assert_eq!(m.requests_finished, 48);
+    assert_eq!(m.running, 0);
+}
+
+#[test]
+fn a_shared_system_prompt_comes_from_the_prefix_cache() {
+    let Some(lm) = model() else { return };
+    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
+    let system = "You are a careful assistant for a library. ".repeat(60);
+    let prompts: Vec<Vec<u32>> = QUESTIONS.iter().map(|q| chat(&lm, Some(&system), q)).collect();
+    println!("prompt lengths {:?}", prompts.iter().map(|p| p.len()).collect::<Vec<_>>());
+    // Cold: a fresh engine per request; warm: one engine, the prefix cached after the first.
+    let mut cold = Vec::new();
+    for p in &prompts {
+        let e1 = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
+        cold.push(start(&e1, job(p.clone(), 16)).recv().unwrap());
+    }
+    let warm: Vec<_> = prompts.iter().map(|p| start(&e, job(p.clone(), 16)).recv().unwrap()).collect();
+    let m = e.metrics();
+    println!(
+        "prefix cache: {} of {} lookups hit, {} prompt tokens reused",
+        m.prefix_cache_hits, m.prefix_cache_queries, m.prefix_cache_tokens
+    );
+    let ms = |v: &[(String, Finish, usize, Duration)]| {
+        let mut t: Vec<f64> = v.iter().map(|x| x.3.as_secs_f64() * 1e3).collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    println!("median time to first token: cold {:.1} ms, warm {:.1} ms", ms(&cold), ms(&warm[1..]));
+    for (i, (c, w)) in cold.iter().zip(&warm).enumerate() {
+        assert_eq!(c.0, w.0, "request {i}");
+    }
+    assert_eq!(m.prefix_cache_hits, (prompts.len() - 1) as u64);
+    assert!(warm[1..].iter().all(|w| w.2 >= 500), "cached tokens {:?}", warm.iter().map(|w| w.2).collect::<Vec<_>>());
+}
+
+#[test]
+fn cancelled_jobs_free_their_blocks_and_bad_jobs_are_refused() {
+    let Some(lm) = model() else { return };
+    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 512, queue_capacity: 2, ..Default::default() }).unwrap();
+    let idle = e.metrics().kv_blocks_used;
+    // A client that goes away after three tokens.
+    let (tx, rx) = mpsc::channel();
+    let mut seen = 0;
+    e.submit(
+        job(chat(&lm, None, "Tell me a long story."), 200),
+        Box::new(move |ev| {
+            if let Event::Done { finish, .. } = ev {
+                let _ = tx.send(finish);
+                return false;
+            }
+            seen += 1;
+            seen < 3
+        }),
+    )
+    .unwrap();
+    assert_eq!(rx.recv().unwrap(), Finish::Cancelled);
+    std::thread::sleep(Duration::from_millis(100));
+    let m = e.metrics();
+    assert_eq!((m.running, m.requests_cancelled), (0, 1));
+    assert!(m.kv_blocks_used <= idle + 200 / 16, "held blocks were not freed: {m:?}");
+    assert_eq!(
+        e.submit(job(vec![1; 500], 100), Box::new(|_| true)),
+        Err(SubmitError::TooLong { prompt: 500, max_tokens: 100, n_ctx: 512 })
+    );
+    assert_eq!(e.submit(job(vec![], 1), Box::new(|_| true)), Err(SubmitError::EmptyPrompt));
+    e.shutdown(Duration::from_secs(1));
+    assert_eq!(e.submit(job(vec![1], 1), Box::new(|_| true)), Err(SubmitError::ShuttingDown));
+}
