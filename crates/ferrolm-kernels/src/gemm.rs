@@ -80,11 +80,12 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// The 32 unsigned codes of one block (levels plus `1 << shift`), its `d` and `m`.
 fn unpack(kind: QuantKind, blk: &[u8], codes: &mut [u8]) -> (f32, f32) {
     let d = f16_at(blk, 0);
+    // Low nibbles to codes 0..16, high nibbles to 16..32: two masks over 128 bits at once.
     let nib = |qs: &[u8], codes: &mut [u8]| {
-        for j in 0..16 {
-            codes[j] = qs[j] & 0x0F;
-            codes[j + 16] = qs[j] >> 4;
-        }
+        const LOW: u128 = 0x0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F_0F0F;
+        let q = u128::from_le_bytes(qs[..16].try_into().unwrap());
+        codes[..16].copy_from_slice(&(q & LOW).to_le_bytes());
+        codes[16..32].copy_from_slice(&((q >> 4) & LOW).to_le_bytes());
     };
     let hi = |qh: u32, codes: &mut [u8]| {
         for (j, c) in codes.iter_mut().enumerate() {
