@@ -127,8 +127,10 @@ impl TileBuf {
         self.codes.resize(nb * 4 * 64, 0);
         self.dexp.resize(nb * 4 * 16, 0.0);
         self.mins.resize(nb * 8, 0.0);
-        for b in 0..nb {
-            for (r, row) in rows.iter().enumerate() {
+        // Row by row, so the reads run through memory in address order (the tile's rows
+        // are usually consecutive in the matrix) and the prefetchers keep ahead of them.
+        for (r, row) in rows.iter().enumerate() {
+            for b in 0..nb {
                 let (p, half) = (r / 2, r % 2);
                 let at = (b * 4 + p) * 64 + half * 32;
                 let (d, m) = unpack(
