@@ -143,7 +143,10 @@ pub struct Metrics {
     pub queue_depth: usize,
     pub running: usize,
     pub kv_blocks_total: usize,
+    /// Blocks held by running sequences plus cached prefix blocks.
     pub kv_blocks_used: usize,
+    /// Of those, blocks in the prefix cache (evicted whenever sequences need room).
+    pub kv_blocks_cached: usize,
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
     /// Prompt tokens served from the prefix cache.

@@ -711,6 +711,7 @@ impl Worker {
         if let Ok(mut m) = self.shared.metrics.lock() {
             m.running = self.running.len();
             m.kv_blocks_used = self.pool.used();
+            m.kv_blocks_cached = self.pool.used() - self.pool.held();
             m.kv_blocks_total = self.pool.total();
         }
     }
