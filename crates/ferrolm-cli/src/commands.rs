@@ -145,11 +145,7 @@ fn prompt_ids(
 
 /// Chat-template rendering of one user turn, tokenized with special tokens parsed.
 pub fn chat_prompt(lm: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-    let text = lm.template.render(messages, true)?;
-    let tok = lm.tok()?;
-    let bos_text = tok.bos_id().and_then(|b| tok.id_to_token(b)).unwrap_or("");
-    let add_bos = !(lm.tok()?.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
-    Ok(lm.tok()?.encode(&text, add_bos, true)?)
+    lm.chat_prompt(messages)
 }
 
 pub fn tokenize(m: &ModelOpts, special: bool, text: &str) -> Result<()> {

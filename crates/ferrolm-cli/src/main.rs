@@ -222,6 +222,8 @@ enum Cmd {
         #[arg(long = "type", default_value = "f16")]
         ty: String,
     },
+    /// Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, ...).
+    Serve(ferrolm_server::ServeArgs),
     /// Fetch a catalog model into the cache (or list the catalog).
     Pull {
         name: Option<String>,
@@ -269,6 +271,10 @@ fn run() -> anyhow::Result<()> {
             profile,
         } => bench::run(&m, &p, &n, repeats, &depth, profile),
         Cmd::Info { m } => commands::info(&m),
+        Cmd::Serve(a) => {
+            commands::set_threads(a.threads);
+            ferrolm_server::run(&a)
+        }
         Cmd::Pull { name, list } => commands::pull(name, list),
         Cmd::Convert { input, output, ty } => commands::convert(&input, &output, &ty),
     }

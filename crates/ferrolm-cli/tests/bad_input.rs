@@ -315,3 +315,27 @@ fn hf_usage_errors() {
             .contains("cannot convert")
     );
 }
+
+#[test]
+fn serve_refuses_bad_settings() {
+    let e = fails(&["serve", "-m", "no-such-model.gguf", "--port", "0"]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = fails(&["serve", "--host", "999.1.1.1", "--port", "0"]);
+    assert!(e.contains("cannot listen") && e.contains("--host"), "{e}");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let e = fails(&["serve", "--port", &port, "-m", "no-such-model.gguf"]);
+    assert!(e.contains("another server"), "{e}");
+    if let Some(smol) = ferrolm_format::test_models::file("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        let e = fails(&[
+            "serve",
+            "-m",
+            smol.to_str().unwrap(),
+            "--port",
+            "0",
+            "--kv-mem-mb",
+            "1",
+        ]);
+        assert!(e.contains("--kv-mem-mb"), "{e}");
+    }
+}

@@ -17,9 +17,15 @@ fn model() -> Option<Arc<LoadedModel>> {
 fn chat(lm: &LoadedModel, system: Option<&str>, user: &str) -> Vec<u32> {
     let mut m = Vec::new();
     if let Some(s) = system {
-        m.push(ChatMessage { role: "system".into(), content: s.into() });
+        m.push(ChatMessage {
+            role: "system".into(),
+            content: s.into(),
+        });
     }
-    m.push(ChatMessage { role: "user".into(), content: user.into() });
+    m.push(ChatMessage {
+        role: "user".into(),
+        content: user.into(),
+    });
     let text = lm.template.render(&m, true).unwrap();
     lm.tok().unwrap().encode(&text, false, true).unwrap()
 }
@@ -28,7 +34,10 @@ fn job(prompt: Vec<u32>, n: usize) -> Job {
     Job {
         prompt,
         max_tokens: n,
-        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
         stop: Vec::new(),
         ignore_eos: false,
         logprobs: None,
@@ -50,8 +59,17 @@ fn start(e: &Engine, j: Job) -> mpsc::Receiver<(String, Finish, usize, Duration)
                     first.get_or_insert(t0.elapsed());
                     text.push_str(&t);
                 }
-                Event::Done { finish, cached_tokens, .. } => {
-                    let _ = tx.send((std::mem::take(&mut text), finish, cached_tokens, first.unwrap_or_default()));
+                Event::Done {
+                    finish,
+                    cached_tokens,
+                    ..
+                } => {
+                    let _ = tx.send((
+                        std::mem::take(&mut text),
+                        finish,
+                        cached_tokens,
+                        first.unwrap_or_default(),
+                    ));
                 }
                 Event::Error { message } => panic!("{message}"),
             }
@@ -76,14 +94,29 @@ const QUESTIONS: [&str; 8] = [
 #[test]
 fn concurrent_requests_equal_alone_and_run_faster() {
     let Some(lm) = model() else { return };
-    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
-    let prompts: Vec<Vec<u32>> = (0..24).map(|i| chat(&lm, None, &format!("{} ({})", QUESTIONS[i % 8], i / 8))).collect();
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 2048,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompts: Vec<Vec<u32>> = (0..24)
+        .map(|i| chat(&lm, None, &format!("{} ({})", QUESTIONS[i % 8], i / 8)))
+        .collect();
     let t = Instant::now();
-    let alone: Vec<String> = prompts.iter().map(|p| start(&e, job(p.clone(), 32)).recv().unwrap().0).collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| start(&e, job(p.clone(), 32)).recv().unwrap().0)
+        .collect();
     let sequential = t.elapsed();
     let t = Instant::now();
     ferrolm_model::profile::enable(std::env::var_os("FERROLM_PROFILE").is_some());
-    let rxs: Vec<_> = prompts.iter().map(|p| start(&e, job(p.clone(), 32))).collect();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| start(&e, job(p.clone(), 32)))
+        .collect();
     let together: Vec<String> = rxs.iter().map(|r| r.recv().unwrap().0).collect();
     let concurrent = t.elapsed();
     for (name, secs, calls) in ferrolm_model::profile::take() {
@@ -113,17 +146,40 @@ fn concurrent_requests_equal_alone_and_run_faster() {
 #[test]
 fn a_shared_system_prompt_comes_from_the_prefix_cache() {
     let Some(lm) = model() else { return };
-    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 2048,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let system = "You are a careful assistant for a library. ".repeat(60);
-    let prompts: Vec<Vec<u32>> = QUESTIONS.iter().map(|q| chat(&lm, Some(&system), q)).collect();
-    println!("prompt lengths {:?}", prompts.iter().map(|p| p.len()).collect::<Vec<_>>());
+    let prompts: Vec<Vec<u32>> = QUESTIONS
+        .iter()
+        .map(|q| chat(&lm, Some(&system), q))
+        .collect();
+    println!(
+        "prompt lengths {:?}",
+        prompts.iter().map(|p| p.len()).collect::<Vec<_>>()
+    );
     // Cold: a fresh engine per request; warm: one engine, the prefix cached after the first.
     let mut cold = Vec::new();
     for p in &prompts {
-        let e1 = Engine::start(lm.clone(), ServeConfig { n_ctx: 2048, ..Default::default() }).unwrap();
+        let e1 = Engine::start(
+            lm.clone(),
+            ServeConfig {
+                n_ctx: 2048,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         cold.push(start(&e1, job(p.clone(), 16)).recv().unwrap());
     }
-    let warm: Vec<_> = prompts.iter().map(|p| start(&e, job(p.clone(), 16)).recv().unwrap()).collect();
+    let warm: Vec<_> = prompts
+        .iter()
+        .map(|p| start(&e, job(p.clone(), 16)).recv().unwrap())
+        .collect();
     let m = e.metrics();
     println!(
         "prefix cache: {} of {} lookups hit, {} prompt tokens reused",
@@ -134,18 +190,34 @@ fn a_shared_system_prompt_comes_from_the_prefix_cache() {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     };
-    println!("median time to first token: cold {:.1} ms, warm {:.1} ms", ms(&cold), ms(&warm[1..]));
+    println!(
+        "median time to first token: cold {:.1} ms, warm {:.1} ms",
+        ms(&cold),
+        ms(&warm[1..])
+    );
     for (i, (c, w)) in cold.iter().zip(&warm).enumerate() {
         assert_eq!(c.0, w.0, "request {i}");
     }
     assert_eq!(m.prefix_cache_hits, (prompts.len() - 1) as u64);
-    assert!(warm[1..].iter().all(|w| w.2 >= 500), "cached tokens {:?}", warm.iter().map(|w| w.2).collect::<Vec<_>>());
+    assert!(
+        warm[1..].iter().all(|w| w.2 >= 500),
+        "cached tokens {:?}",
+        warm.iter().map(|w| w.2).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn cancelled_jobs_free_their_blocks_and_bad_jobs_are_refused() {
     let Some(lm) = model() else { return };
-    let e = Engine::start(lm.clone(), ServeConfig { n_ctx: 512, queue_capacity: 2, ..Default::default() }).unwrap();
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 512,
+            queue_capacity: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let idle = e.metrics().kv_blocks_used;
     // A client that goes away after three tokens.
     let (tx, rx) = mpsc::channel();
@@ -166,12 +238,25 @@ fn cancelled_jobs_free_their_blocks_and_bad_jobs_are_refused() {
     std::thread::sleep(Duration::from_millis(100));
     let m = e.metrics();
     assert_eq!((m.running, m.requests_cancelled), (0, 1));
-    assert!(m.kv_blocks_used <= idle + 200 / 16, "held blocks were not freed: {m:?}");
+    assert!(
+        m.kv_blocks_used <= idle + 200 / 16,
+        "held blocks were not freed: {m:?}"
+    );
     assert_eq!(
         e.submit(job(vec![1; 500], 100), Box::new(|_| true)),
-        Err(SubmitError::TooLong { prompt: 500, max_tokens: 100, n_ctx: 512 })
+        Err(SubmitError::TooLong {
+            prompt: 500,
+            max_tokens: 100,
+            n_ctx: 512
+        })
     );
-    assert_eq!(e.submit(job(vec![], 1), Box::new(|_| true)), Err(SubmitError::EmptyPrompt));
+    assert_eq!(
+        e.submit(job(vec![], 1), Box::new(|_| true)),
+        Err(SubmitError::EmptyPrompt)
+    );
     e.shutdown(Duration::from_secs(1));
-    assert_eq!(e.submit(job(vec![1], 1), Box::new(|_| true)), Err(SubmitError::ShuttingDown));
+    assert_eq!(
+        e.submit(job(vec![1], 1), Box::new(|_| true)),
+        Err(SubmitError::ShuttingDown)
+    );
 }

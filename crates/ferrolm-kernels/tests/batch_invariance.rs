@@ -20,11 +20,10 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-fn check(
-    name: &str,
-    ty: GgmlType,
-    mm: &dyn Fn(&[u8], usize, usize, &[f32], &mut [f32]),
-) -> Vec<usize> {
+/// A product `y (m, n) = x (m, k) W^T` over quantized `W`.
+type Product<'a> = &'a dyn Fn(&[u8], usize, usize, &[f32], &mut [f32]);
+
+fn check(name: &str, ty: GgmlType, mm: Product) -> Vec<usize> {
     let (n, k) = (64, 512);
     let w = quantize(ty, &data(n * k, 1)).unwrap();
     let mut differs = Vec::new();

@@ -105,7 +105,9 @@ pub enum Event {
         /// Prompt tokens whose KV came from the prefix cache.
         cached_tokens: usize,
     },
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Receives a job's events on the engine thread; returning `false` (the client is gone)

@@ -203,7 +203,12 @@ struct Worker {
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     row.iter().map(|&v| (v as f64 - lse) as f32).collect()
 }
 
@@ -228,7 +233,8 @@ impl Worker {
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
-            let idle = self.running.is_empty() && self.waiting.is_empty() && self.preempted.is_empty();
+            let idle =
+                self.running.is_empty() && self.waiting.is_empty() && self.preempted.is_empty();
             if idle && self.shutdown.is_some() {
                 break;
             }
@@ -242,7 +248,10 @@ impl Worker {
             } else {
                 None
             };
-            for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            for m in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
                 self.handle(m);
             }
             if let Some(d) = self.shutdown {
@@ -313,7 +322,10 @@ impl Worker {
             let hidden = match model.topology() {
                 Topology::Decoder => {
                     let mut kv = model.new_cache(ids.len());
-                    model.forward_hidden(ids, &mut kv)?.flatten_all()?.to_vec1()?
+                    model
+                        .forward_hidden(ids, &mut kv)?
+                        .flatten_all()?
+                        .to_vec1()?
                 }
                 _ => model.encode(ids, None)?,
             };
@@ -345,7 +357,12 @@ impl Worker {
         }
         while let Some((_, mut s)) = self.preempted.pop_front() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            let _ = (s.sink)(done(Finish::Cancelled, s.prompt_len, s.generated, s.cached_tokens));
+            let _ = (s.sink)(done(
+                Finish::Cancelled,
+                s.prompt_len,
+                s.generated,
+                s.cached_tokens,
+            ));
             self.count_cancelled();
         }
     }
@@ -424,7 +441,11 @@ impl Worker {
             return;
         }
         let bs = self.cfg.block_size;
-        let mut hit = s.hashes.iter().take_while(|h| self.pool.contains(**h)).count();
+        let mut hit = s
+            .hashes
+            .iter()
+            .take_while(|h| self.pool.contains(**h))
+            .count();
         while hit > 0 && s.prompt_len - hit * bs < 2 {
             hit -= 1;
         }
@@ -519,18 +540,17 @@ impl Worker {
         while s.published < full.min(s.hashes.len()) {
             let b = s.published;
             let rows = b * bs..(b + 1) * bs;
-            let layers = s
-                .kv
-                .layers
-                .iter()
-                .map(|l| {
-                    let w = l.k.len() / l.pos.len().max(1);
-                    (
-                        l.k[rows.start * w..rows.end * w].to_vec(),
-                        l.v[rows.start * w..rows.end * w].to_vec(),
-                    )
-                })
-                .collect();
+            let layers =
+                s.kv.layers
+                    .iter()
+                    .map(|l| {
+                        let w = l.k.len() / l.pos.len().max(1);
+                        (
+                            l.k[rows.start * w..rows.end * w].to_vec(),
+                            l.v[rows.start * w..rows.end * w].to_vec(),
+                        )
+                    })
+                    .collect();
             self.pool.insert(s.hashes[b], layers);
             s.published += 1;
         }
@@ -548,7 +568,9 @@ impl Worker {
         let logprob = s.job.logprobs.map(|k| {
             let lp = log_softmax(logits);
             let text = |id: u32| -> (String, Vec<u8>) {
-                let bytes = tok_ref.map(|t| t.token_bytes(id, false)).unwrap_or_default();
+                let bytes = tok_ref
+                    .map(|t| t.token_bytes(id, false))
+                    .unwrap_or_default();
                 (String::from_utf8_lossy(&bytes).to_string(), bytes)
             };
             let mut order: Vec<usize> = (0..lp.len()).collect();
@@ -586,7 +608,9 @@ impl Worker {
                 });
             }
         } else {
-            let bytes = tok_ref.map(|t| t.token_bytes(tok, false)).unwrap_or_default();
+            let bytes = tok_ref
+                .map(|t| t.token_bytes(tok, false))
+                .unwrap_or_default();
             let piece = s.utf8.push(&bytes);
             let text = match s.stops.push(&piece) {
                 StopState::Continue { emit } => emit,
@@ -600,7 +624,8 @@ impl Worker {
                 text,
                 logprob,
             });
-            if s.done.is_none() && (s.generated >= s.job.max_tokens || s.tokens.len() >= s.kv.n_ctx) {
+            if s.done.is_none() && (s.generated >= s.job.max_tokens || s.tokens.len() >= s.kv.n_ctx)
+            {
                 s.done = Some(Finish::Length);
             }
         }
@@ -631,9 +656,9 @@ impl Worker {
                 self.running[keep].blocks = need;
                 return;
             }
-            let victim = (0..self.running.len())
-                .rev()
-                .find(|&j| j != keep && self.running[j].done.is_none() && self.running[j].blocks > 0);
+            let victim = (0..self.running.len()).rev().find(|&j| {
+                j != keep && self.running[j].done.is_none() && self.running[j].blocks > 0
+            });
             let Some(j) = victim else {
                 // Nothing to free: this sequence ends here.
                 self.running[keep].done = Some(Finish::Length);

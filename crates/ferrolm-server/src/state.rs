@@ -1,0 +1,151 @@
+//! The server's state: one engine per loaded model, found by the request's `model` field.
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::HttpMetrics;
+use anyhow::{bail, Result};
+use ferrolm_engine::serve::{Engine, ServeConfig};
+use ferrolm_engine::LoadedModel;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A served model: its id, weights and engine thread.
+pub struct ModelEntry {
+    pub id: String,
+    pub lm: Arc<LoadedModel>,
+    pub engine: Engine,
+    /// Unix time the model was loaded.
+    pub created: u64,
+    /// Tokens that end a generation (not reported in log-probabilities).
+    pub eog: Vec<u32>,
+}
+
+impl ModelEntry {
+    /// The context size the engine enforces.
+    pub fn n_ctx(&self) -> usize {
+        self.engine.config().n_ctx
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.lm.model.config.vocab_size
+    }
+}
+
+/// Server-wide limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A generation is cut off (finish reason `length`) after this long.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub struct AppState {
+    pub models: Vec<Arc<ModelEntry>>,
+    pub limits: Limits,
+    pub metrics: HttpMetrics,
+    pub shutting_down: AtomicBool,
+    next_id: AtomicU64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AppState {
+    /// Starts one engine per model; model ids must be distinct.
+    pub fn new(models: Vec<(Arc<LoadedModel>, ServeConfig)>, limits: Limits) -> Result<AppState> {
+        let mut entries: Vec<Arc<ModelEntry>> = Vec::new();
+        for (lm, cfg) in models {
+            let id = lm.name.clone();
+            if entries.iter().any(|e| e.id == id) {
+                bail!("two models have the id '{id}'; serve each model once");
+            }
+            let eog = lm.end_of_generation_ids();
+            let engine = Engine::start(lm.clone(), cfg)?;
+            entries.push(Arc::new(ModelEntry {
+                id,
+                lm,
+                engine,
+                created: unix_now(),
+                eog,
+            }));
+        }
+        Ok(AppState {
+            models: entries,
+            limits,
+            metrics: HttpMetrics::default(),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The model a request names (404 `model_not_found` otherwise).
+    pub fn model(&self, id: &str) -> ApiResult<Arc<ModelEntry>> {
+        self.models
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .ok_or_else(|| {
+                let ids: Vec<String> = self.models.iter().map(|m| m.id.clone()).collect();
+                ApiError::model_not_found(id, &ids)
+            })
+    }
+
+    /// A response id such as `chatcmpl-1f3a...`, unique within this process.
+    pub fn response_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        format!("{prefix}-{t:016x}{n:08x}")
+    }
+}
+
+/// Bytes of keys and values one position takes across the layers (f32 rows).
+pub fn kv_bytes_per_position(lm: &LoadedModel) -> usize {
+    let c = &lm.model.config;
+    c.layers.len() * 2 * c.attn.n_kv_heads * c.attn.head_dim * std::mem::size_of::<f32>()
+}
+
+/// The engine's limits for `lm` from `ferrolm serve`'s flags: context `--ctx` (default: the
+/// model's, at most 8192), and as many KV blocks as fit in `--kv-mem-mb`.
+pub fn engine_config(lm: &LoadedModel, args: &crate::ServeArgs) -> Result<ServeConfig> {
+    let base = ServeConfig::default();
+    let n_ctx = args.ctx.unwrap_or(lm.model.config.context_length.min(8192));
+    if n_ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    if args.max_running == 0 {
+        bail!("--max-running must be at least 1");
+    }
+    let block_bytes = kv_bytes_per_position(lm).max(1) * base.block_size;
+    let kv_blocks = (args.kv_mem_mb << 20) / block_bytes;
+    let need = n_ctx.div_ceil(base.block_size);
+    if kv_blocks < need {
+        bail!(
+            "--kv-mem-mb {} holds {} positions of '{}', less than one context of {n_ctx}; raise --kv-mem-mb to at least {} or lower --ctx",
+            args.kv_mem_mb,
+            kv_blocks * base.block_size,
+            lm.name,
+            (need * block_bytes).div_ceil(1 << 20)
+        );
+    }
+    Ok(ServeConfig {
+        n_ctx,
+        max_running: args.max_running,
+        queue_capacity: args.queue,
+        kv_blocks,
+        ..base
+    })
+}
