@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 enum Msg {
-    Submit(u64, Job, Sink),
+    Submit(u64, Job, Sink, Instant),
     Cancel(u64),
     Embed(Vec<Vec<u32>>, mpsc::Sender<Result<Vec<Vec<f32>>>>),
     Shutdown(Instant),
@@ -110,7 +110,7 @@ impl Engine {
         if let Ok(mut m) = self.shared.metrics.lock() {
             m.requests_total += 1;
         }
-        if !self.send(Msg::Submit(id, job, sink)) {
+        if !self.send(Msg::Submit(id, job, sink, Instant::now())) {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::ShuttingDown);
         }
@@ -183,6 +183,8 @@ struct Seq {
     hashes: Vec<BlockHash>,
     published: usize,
     done: Option<Finish>,
+    /// An `Error` event was sent; no `Done` follows.
+    errored: bool,
 }
 
 struct Worker {
@@ -190,7 +192,8 @@ struct Worker {
     cfg: ServeConfig,
     shared: Arc<Shared>,
     pool: BlockPool,
-    waiting: VecDeque<(u64, Job, Sink)>,
+    /// (id, job, sink, deadline counted from submission).
+    waiting: VecDeque<(u64, Job, Sink, Option<Instant>)>,
     running: Vec<Seq>,
     /// Sequences pushed out for room, to be recomputed before new jobs are admitted.
     preempted: VecDeque<(u64, Seq)>,
@@ -269,6 +272,7 @@ impl Worker {
                         message: format!("inference failed: {e:#}"),
                     });
                     s.done = Some(Finish::Cancelled);
+                    s.errored = true;
                 }
             }
             self.reap();
@@ -280,13 +284,16 @@ impl Worker {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Submit(id, job, sink) => self.waiting.push_back((id, job, sink)),
+            Msg::Submit(id, job, sink, at) => {
+                let deadline = job.timeout.map(|t| at + t);
+                self.waiting.push_back((id, job, sink, deadline))
+            }
             Msg::Cancel(id) => {
                 if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
                     s.done = Some(Finish::Cancelled);
                 }
                 if let Some(i) = self.waiting.iter().position(|w| w.0 == id) {
-                    let (_, job, mut sink) = self.waiting.remove(i).unwrap();
+                    let (_, job, mut sink, _) = self.waiting.remove(i).unwrap();
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                     let _ = sink(done(Finish::Cancelled, job.prompt.len(), 0, 0));
                     self.count_cancelled();
@@ -350,7 +357,7 @@ impl Worker {
             s.done.get_or_insert(Finish::Cancelled);
         }
         self.reap();
-        while let Some((_, job, mut sink)) = self.waiting.pop_front() {
+        while let Some((_, job, mut sink, _)) = self.waiting.pop_front() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             let _ = sink(done(Finish::Cancelled, job.prompt.len(), 0, 0));
             self.count_cancelled();
@@ -367,11 +374,23 @@ impl Worker {
         }
     }
 
+    /// Ends jobs past their deadline, running or still waiting.
     fn expire(&mut self) {
         let now = Instant::now();
         for s in &mut self.running {
             if s.done.is_none() && s.deadline.is_some_and(|d| now >= d) {
                 s.done = Some(Finish::Timeout);
+            }
+        }
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].3.is_some_and(|d| now >= d) {
+                let (_, job, mut sink, _) = self.waiting.remove(i).unwrap();
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                let _ = sink(done(Finish::Timeout, job.prompt.len(), 0, 0));
+                self.count_cancelled();
+            } else {
+                i += 1;
             }
         }
     }
@@ -387,16 +406,17 @@ impl Worker {
             && self.shutdown.is_none()
             && self.preempted.is_empty()
         {
-            let Some((_, job, _)) = self.waiting.front() else {
+            let Some((_, job, _, _)) = self.waiting.front() else {
                 break;
             };
             let need = self.blocks_for(job.prompt.len() + 1);
             if !self.pool.take(need) {
                 break;
             }
-            let (id, job, sink) = self.waiting.pop_front().unwrap();
+            let (id, job, sink, deadline) = self.waiting.pop_front().unwrap();
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             let mut seq = self.new_seq(id, job, sink, need);
+            seq.deadline = deadline;
             self.reuse_prefix(&mut seq);
             self.running.push(seq);
         }
@@ -428,6 +448,7 @@ impl Worker {
             hashes,
             published: 0,
             done: None,
+            errored: false,
             job,
             sink,
         }
@@ -686,6 +707,7 @@ impl Worker {
             let mut s = self.running.swap_remove(i);
             self.pool.release(s.blocks);
             match s.done {
+                Some(_) if s.errored => self.count_cancelled(),
                 Some(f) => {
                     let tail = s.stops.flush();
                     if !tail.is_empty() && f != Finish::Stop {
