@@ -49,7 +49,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Sequences generating at once, per model.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub max_running: usize,
     /// Requests waiting beyond the running ones, per model; past it, 429.
     #[arg(long, default_value_t = 256)]

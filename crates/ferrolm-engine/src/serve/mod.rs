@@ -43,7 +43,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             n_ctx: 4096,
-            max_running: 32,
+            max_running: 64,
             queue_capacity: 256,
             max_step_tokens: 512,
             prefill_chunk: 256,
