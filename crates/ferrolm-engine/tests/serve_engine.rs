@@ -260,3 +260,39 @@ fn cancelled_jobs_free_their_blocks_and_bad_jobs_are_refused() {
         Err(SubmitError::ShuttingDown)
     );
 }
+
+#[test]
+fn running_out_of_kv_blocks_preempts_and_recomputes() {
+    let Some(lm) = model() else { return };
+    // 12 blocks of 16 positions: six ~30-token prompts are admitted, then cannot all grow to 62.
+    let cfg = ServeConfig {
+        n_ctx: 512,
+        kv_blocks: 12,
+        ..Default::default()
+    };
+    let e = Engine::start(lm.clone(), cfg).unwrap();
+    let rxs: Vec<_> = QUESTIONS[..6]
+        .iter()
+        .map(|q| {
+            let mut j = job(chat(&lm, None, q), 32);
+            j.ignore_eos = true;
+            start(&e, j)
+        })
+        .collect();
+    for r in &rxs {
+        let (text, finish, _, _) = r.recv_timeout(Duration::from_secs(120)).unwrap();
+        assert_eq!(finish, Finish::Length, "{text}");
+        assert!(!text.is_empty());
+    }
+    let mut m = e.metrics();
+    for _ in 0..50 {
+        if m.running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        m = e.metrics();
+    }
+    assert_eq!((m.requests_finished, m.running), (6, 0), "{m:?}");
+    assert!(m.preemptions > 0, "{m:?}");
+    assert!(m.kv_blocks_used <= 12);
+}

@@ -154,4 +154,6 @@ pub struct Metrics {
     /// Prompt tokens served from the prefix cache.
     pub prefix_cache_tokens: u64,
     pub steps: u64,
+    /// Sequences pushed out for KV room (recomputed later).
+    pub preemptions: u64,
 }

@@ -685,6 +685,9 @@ impl Worker {
                 self.running[keep].done = Some(Finish::Length);
                 return;
             };
+            if let Ok(mut m) = self.shared.metrics.lock() {
+                m.preemptions += 1;
+            }
             let v = &mut self.running[j];
             self.pool.release(v.blocks);
             v.blocks = 0;
