@@ -220,6 +220,12 @@ impl HttpMetrics {
                 "Batched forward steps.",
                 |m| m.steps as f64,
             ),
+            (
+                "ferrolm_preemptions_total",
+                "counter",
+                "Sequences pushed out for KV room and recomputed later.",
+                |m| m.preemptions as f64,
+            ),
         ];
         for (name, kind, help, get) in series {
             header(&mut out, name, kind, help);
