@@ -132,7 +132,7 @@ impl HttpMetrics {
             }
         }
         type Get = fn(&Metrics) -> f64;
-        let series: [(&str, &str, &str, Get); 15] = [
+        let series: [(&str, &str, &str, Get); 16] = [
             (
                 "ferrolm_requests_total",
                 "counter",
