@@ -454,9 +454,28 @@ pub fn pv_accumulate(
     pv_accumulate_portable(probs, v, stride, d, lanes, acc)
 }
 
+/// `reduce_add16` of lanes `lane(0..16)` for 16 consecutive elements at once: the same
+/// additions per element, as whole-row vector operations.
+fn reduce16_rows(lane: impl Fn(usize) -> [f32; 16]) -> [f32; 16] {
+    let add = |x: [f32; 16], y: [f32; 16]| -> [f32; 16] { std::array::from_fn(|i| x[i] + y[i]) };
+    let a: [[f32; 16]; 8] = std::array::from_fn(|i| add(lane(i + 8), lane(i)));
+    let b: [[f32; 16]; 4] = std::array::from_fn(|i| add(a[i + 4], a[i]));
+    add(add(b[0], b[2]), add(b[1], b[3]))
+}
+
+/// The 16 elements `e..e + 16` of lane `l`.
+fn lane16(acc: &[f32], d: usize, l: usize, e: usize) -> [f32; 16] {
+    acc[l * d + e..l * d + e + 16].try_into().unwrap()
+}
+
 /// Reduces 16 lanes of `pv_accumulate` into `out` (tinyBLAS order).
 pub fn pv_finish_batched(acc: &[f32], d: usize, out: &mut [f32]) {
-    for (e, o) in out.iter_mut().enumerate().take(d) {
+    let mut e = 0;
+    while e + 16 <= d {
+        out[e..e + 16].copy_from_slice(&reduce16_rows(|l| lane16(acc, d, l, e)));
+        e += 16;
+    }
+    for (e, o) in out.iter_mut().enumerate().take(d).skip(e) {
         let mut l16 = [0f32; 16];
         for (l, x) in l16.iter_mut().enumerate() {
             *x = acc[l * d + e];
@@ -467,7 +486,21 @@ pub fn pv_finish_batched(acc: &[f32], d: usize, out: &mut [f32]) {
 
 /// Reduces 64 lanes of `pv_accumulate` into `out` (`ggml_vec_dot_f16` order).
 pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
-    for (e, o) in out.iter_mut().enumerate().take(d) {
+    let mut e = 0;
+    while e + 16 <= d {
+        let r = reduce16_rows(|l| {
+            let (x0, x32, x16, x48) = (
+                lane16(acc, d, l, e),
+                lane16(acc, d, 32 + l, e),
+                lane16(acc, d, 16 + l, e),
+                lane16(acc, d, 48 + l, e),
+            );
+            std::array::from_fn(|i| (x0[i] + x32[i]) + (x16[i] + x48[i]))
+        });
+        out[e..e + 16].copy_from_slice(&r);
+        e += 16;
+    }
+    for (e, o) in out.iter_mut().enumerate().take(d).skip(e) {
         let mut l16 = [0f32; 16];
         for (l, x) in l16.iter_mut().enumerate() {
             *x = (acc[l * d + e] + acc[(32 + l) * d + e])
@@ -480,6 +513,40 @@ pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_pv_finish_gives_the_per_element_bits() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for d in [8usize, 24, 64, 80, 256] {
+            let acc: Vec<f32> = (0..64 * d).map(|_| rnd() * 1e3).collect();
+            let (mut single, mut batched) = (vec![0f32; d], vec![0f32; d]);
+            pv_finish_single(&acc, d, &mut single);
+            pv_finish_batched(&acc, d, &mut batched);
+            for e in 0..d {
+                let s16: [f32; 16] = std::array::from_fn(|l| {
+                    (acc[l * d + e] + acc[(32 + l) * d + e])
+                        + (acc[(16 + l) * d + e] + acc[(48 + l) * d + e])
+                });
+                let b16: [f32; 16] = std::array::from_fn(|l| acc[l * d + e]);
+                assert_eq!(
+                    single[e].to_bits(),
+                    reduce_add16(&s16).to_bits(),
+                    "d {d} e {e}"
+                );
+                assert_eq!(
+                    batched[e].to_bits(),
+                    reduce_add16(&b16).to_bits(),
+                    "d {d} e {e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn vector_softmax_and_pv_give_the_portable_bits() {
