@@ -7,11 +7,13 @@
         [--model smollm2-135m-instruct] [--embed-model all-minilm-l6-v2]
 
 Chat and completions, streaming and not, n=2, stop, seed, logprobs, usage, embeddings (the
-client asks for base64 by default) and error cases. Prints one line per check and exits
+client asks for base64 by default), structured output (`response_format` json_schema and
+json_object) and error cases. Prints one line per check and exits
 non-zero if any failed.
 """
 
 import argparse
+import json
 import sys
 import traceback
 
@@ -180,6 +182,46 @@ def embeddings(c, a):
 
 
 @check
+def structured_output(c, a):
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "pets": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+        },
+        "required": ["name", "age", "pets"],
+        "additionalProperties": False,
+    }
+    r = c.chat.completions.create(
+        model=a.model,
+        messages=[{"role": "user", "content": "Describe a person as JSON."}],
+        temperature=0.7,
+        seed=1,
+        n=2,
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}},
+    )
+    for ch in r.choices:
+        v = json.loads(ch.message.content)
+        expect(set(v) == {"name", "age", "pets"} and isinstance(v["age"], int), repr(v))
+        expect(ch.finish_reason == "stop", ch.finish_reason)
+    text = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(
+            model=a.model,
+            messages=[{"role": "user", "content": "Give a JSON object with the keys name and age of a cat."}],
+            temperature=0,
+            max_tokens=300,
+            stream=True,
+            response_format={"type": "json_object"},
+        )
+        if ch.choices
+    )
+    expect(isinstance(json.loads(text), dict), repr(text))
+
+
+@check
 def errors(c, a):
     try:
         c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
@@ -197,9 +239,9 @@ def errors(c, a):
         c.chat.completions.create(
             model=a.model,
             messages=[{"role": "user", "content": "hi"}],
-            response_format={"type": "json_object"},
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}},
         )
-        expect(False, "json_object accepted")
+        expect(False, "a bad JSON schema accepted")
     except openai.BadRequestError as e:
         expect(e.param == "response_format", repr(e.body))
     try:

@@ -1,8 +1,8 @@
 //! `ferrolm chat`: an interactive REPL with history, streaming answers, `/reset` and `/exit`.
 //! Ctrl-C while an answer streams stops that answer; at the prompt it leaves.
 
-use crate::commands::{chat_prompt, new_cache, open, sampling};
-use crate::{ModelOpts, SampleOpts};
+use crate::commands::{chat_prompt, constraint, grammar, new_cache, open, sampling};
+use crate::{ConstrainOpts, ModelOpts, SampleOpts};
 use anyhow::Result;
 use ferrolm_engine::{generate, GenerateRequest};
 use ferrolm_tokenize::ChatMessage;
@@ -10,9 +10,12 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> {
+pub fn run(m: &ModelOpts, s: &SampleOpts, c: &ConstrainOpts, system: Option<String>) -> Result<()> {
+    let grammar = grammar(c)?;
     let lm = open(m)?;
     let params = sampling(s, &lm)?;
+    // Compiled once; every answer starts from a fresh copy.
+    let constraint = constraint(grammar, &lm)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
     {
@@ -78,6 +81,7 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, system: Option<String>) -> Result<()> 
             sampling: params.clone(),
             stop: s.stop.clone(),
             ignore_eos: false,
+            constraint: constraint.clone(),
         };
         cancel.store(false, Ordering::SeqCst);
         busy.store(true, Ordering::SeqCst);

@@ -1,9 +1,12 @@
 //! The one-shot commands: tokenize, logits, generate, info, pull; and the shared set-up
 //! (threads, model loading, sampling parameters from flags).
 
-use crate::{BeamOpts, ModelOpts, SampleOpts};
-use anyhow::{anyhow, bail, Result};
-use ferrolm_engine::{catalog, generate as run_generate, GenerateRequest, LoadedModel};
+use crate::{BeamOpts, ConstrainOpts, ModelOpts, SampleOpts};
+use anyhow::{anyhow, bail, Context, Result};
+use ferrolm_engine::constrain::{Constraint, Grammar};
+use ferrolm_engine::{
+    catalog, generate as run_generate, FinishReason, GenerateRequest, LoadedModel,
+};
 use ferrolm_model::spec::Topology;
 use ferrolm_model::{KvCache, Logits};
 use ferrolm_sample::SamplingParams;
@@ -238,17 +241,56 @@ pub fn logits(
     Ok(())
 }
 
+/// The grammar the constraint flags ask for, if any (files read, JSON parsed).
+pub fn grammar(c: &ConstrainOpts) -> Result<Option<Grammar>> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("{flag} '{}': cannot read it", path.display()))
+    };
+    Ok(if let Some(arg) = &c.json_schema {
+        let text = if arg.trim_start().starts_with('{') {
+            arg.clone()
+        } else {
+            read("--json-schema", std::path::Path::new(arg))?
+        };
+        let schema = serde_json::from_str(&text)
+            .with_context(|| format!("--json-schema '{arg}' is not valid JSON"))?;
+        Some(Grammar::JsonSchema(schema))
+    } else if c.json_object {
+        Some(Grammar::JsonObject)
+    } else if let Some(rx) = &c.regex {
+        Some(Grammar::Regex(rx.clone()))
+    } else if let Some(path) = &c.grammar {
+        Some(Grammar::Lark(read("--grammar", path)?))
+    } else {
+        None
+    })
+}
+
+/// The constraint for `grammar`, compiled over the model's vocabulary.
+pub fn constraint(grammar: Option<Grammar>, lm: &LoadedModel) -> Result<Option<Constraint>> {
+    grammar.map(|g| lm.constraint(&g)).transpose()
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     m: &ModelOpts,
     s: &SampleOpts,
     chat: bool,
     ids: Option<Vec<u32>>,
     b: &BeamOpts,
+    c: &ConstrainOpts,
     text: Option<String>,
 ) -> Result<()> {
+    // Flag and file errors come before the model is loaded.
+    let grammar = grammar(c)?;
     let lm = open(m)?;
     let sampling = sampling(s, &lm)?;
+    let constraint = constraint(grammar, &lm)?;
     if b.beams.is_some_and(|n| n > 1) || b.num_return.is_some() {
+        if constraint.is_some() {
+            bail!("--beams does not combine with --json-schema, --json-object, --regex or --grammar yet; leave one out");
+        }
         return beams(m, s, b, &lm, ids, text);
     }
     let prompt = if chat {
@@ -270,6 +312,7 @@ pub fn generate(
         sampling,
         stop: s.stop.clone(),
         ignore_eos: s.ignore_eos,
+        constraint,
     };
     let cancel = AtomicBool::new(false);
     let json_out = m.json;
@@ -284,6 +327,15 @@ pub fn generate(
         println!("{}", json!({ "ids": out.ids, "text": out.text }));
     } else {
         println!();
+    }
+    if let Some(c) = &req.constraint {
+        if out.finish != FinishReason::Stop {
+            bail!(
+                "the output was cut at {} tokens before the {} was complete, so it does not parse; raise --max-tokens",
+                out.ids.len(),
+                c.what()
+            );
+        }
     }
     Ok(())
 }

@@ -88,6 +88,27 @@ pub struct SampleOpts {
     pub ignore_eos: bool,
 }
 
+/// Constrained output for `generate` and `chat` (at most one): only tokens that keep the
+/// text valid are sampled, and generation stops when it is complete.
+#[derive(Args, Clone, Default)]
+#[group(multiple = false)]
+pub struct ConstrainOpts {
+    /// Output JSON valid under this JSON schema: a file, or the schema itself when it starts
+    /// with '{'.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<String>,
+    /// Output any JSON object (OpenAI's `json_object`).
+    #[arg(long)]
+    pub json_object: bool,
+    /// Output text that matches this regular expression as a whole (Rust regex syntax).
+    #[arg(long, value_name = "R")]
+    pub regex: Option<String>,
+    /// Output text in the language of this Lark grammar file (llguidance's dialect; the
+    /// top rule is `start`).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<std::path::PathBuf>,
+}
+
 /// Beam search (`generate --beams B`), as Hugging Face `generate(num_beams=B)`.
 #[derive(Args, Clone)]
 pub struct BeamOpts {
@@ -166,6 +187,8 @@ enum Cmd {
         ids: Option<Vec<u32>>,
         #[command(flatten)]
         b: BeamOpts,
+        #[command(flatten)]
+        c: ConstrainOpts,
         text: Option<String>,
     },
     /// Interactive chat (/reset, /exit; Ctrl-C stops the current answer).
@@ -174,6 +197,8 @@ enum Cmd {
         m: ModelOpts,
         #[command(flatten)]
         s: SampleOpts,
+        #[command(flatten)]
+        c: ConstrainOpts,
         /// System prompt.
         #[arg(long)]
         system: Option<String>,
@@ -258,9 +283,10 @@ fn run() -> anyhow::Result<()> {
             chat,
             ids,
             b,
+            c,
             text,
-        } => commands::generate(&m, &s, chat, ids, &b, text),
-        Cmd::Chat { m, s, system } => chat::run(&m, &s, system),
+        } => commands::generate(&m, &s, chat, ids, &b, &c, text),
+        Cmd::Chat { m, s, c, system } => chat::run(&m, &s, &c, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
         Cmd::Bench {
             m,

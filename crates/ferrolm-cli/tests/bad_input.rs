@@ -339,3 +339,64 @@ fn serve_refuses_bad_settings() {
         assert!(e.contains("--kv-mem-mb"), "{e}");
     }
 }
+
+#[test]
+fn bad_constraints() {
+    let missing = tmp("missing-schema.json");
+    let e = fails(&[
+        "generate",
+        "-m",
+        "no-such-model.gguf",
+        "--json-schema",
+        missing.to_str().unwrap(),
+        "x",
+    ]);
+    assert!(
+        e.contains("--json-schema") && e.contains("cannot read"),
+        "{e}"
+    );
+    let e = fails(&["generate", "--json-schema", "{\"type\":", "x"]);
+    assert!(e.contains("not valid JSON"), "{e}");
+    let e = fails(&["generate", "--grammar", missing.to_str().unwrap(), "x"]);
+    assert!(e.contains("--grammar"), "{e}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/llama");
+    let e = fails(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--ids",
+        "1",
+        "--regex",
+        "a+",
+    ]);
+    assert!(e.contains("tokenizer"), "{e}");
+    let Some(smol) = ferrolm_format::test_models::file("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let smol = smol.to_str().unwrap();
+    let lark = write("bad.lark", b"start: undefined_rule\n");
+    for (flag, value, expect) in [
+        ("--json-schema", r#"{"type":"wat"}"#, "invalid JSON schema"),
+        (
+            "--json-schema",
+            r#"{"type":"integer","minimum":3,"maximum":1}"#,
+            "invalid JSON schema",
+        ),
+        ("--regex", "(unclosed", "invalid regex"),
+        ("--grammar", lark.as_str(), "invalid Lark grammar"),
+    ] {
+        let e = fails(&["generate", "-m", smol, flag, value, "x"]);
+        assert!(e.contains(expect), "{flag} {value}: {e}");
+    }
+    let e = fails(&[
+        "generate",
+        "-m",
+        smol,
+        "-n",
+        "3",
+        "--regex",
+        "[0-9]{30}",
+        "x",
+    ]);
+    assert!(e.contains("raise --max-tokens"), "{e}");
+}

@@ -1,9 +1,10 @@
 //! Generation: prompt prefill, then one token at a time through the sampler chain, with stop
-//! conditions (max tokens, end-of-generation ids, stop strings, cancellation) and streaming of
-//! UTF-8-complete text.
+//! conditions (max tokens, end-of-generation ids, stop strings, a completed constraint,
+//! cancellation) and streaming of UTF-8-complete text.
 
 use crate::load::LoadedModel;
 use anyhow::Result;
+use ferrolm_constrain::Constraint;
 use ferrolm_model::{KvCache, Logits};
 use ferrolm_sample::{SamplingParams, StopMatcher, StopState};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +16,17 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Only tokens that keep the output valid under this grammar are sampled (the others'
+    /// logits are `-inf`); generation stops when it is complete. Built by
+    /// [`LoadedModel::constraint`].
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
     /// `max_tokens` reached.
     Length,
-    /// An end-of-generation token or a stop string.
+    /// An end-of-generation token, a stop string, or a completed constraint.
     Stop,
     Cancelled,
 }
@@ -84,6 +89,7 @@ pub fn generate(
         anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
     }
     let mut chain = req.sampling.build_chain();
+    let mut constraint = req.constraint.clone();
     let seq2seq = lm.model.topology() == ferrolm_model::spec::Topology::EncoderDecoder;
     if !seq2seq {
         for &t in &req.prompt {
@@ -111,6 +117,8 @@ pub fn generate(
         lm.model.forward(&req.prompt, kv, Logits::Last)?
     };
     let mut finish = FinishReason::Length;
+    // Text held back by the stop matcher is dropped only when a stop string matched.
+    let mut stop_string = false;
     while ids.len() < req.max_tokens {
         if cancel.load(Ordering::Relaxed) {
             finish = FinishReason::Cancelled;
@@ -124,11 +132,12 @@ pub fn generate(
             (n, (_, Some(e))) if n + 1 == req.max_tokens && !req.ignore_eos => Some(e),
             _ => None,
         };
-        let tok = match forced {
-            Some(t) if (t as usize) < row.len() => {
+        let tok = match (forced, constraint.as_mut()) {
+            (Some(t), None) if (t as usize) < row.len() => {
                 chain.accept(t);
                 t
             }
+            (_, Some(c)) => c.sample(&mut chain, &row)?,
             _ => chain.sample(&row),
         };
         ids.push(tok);
@@ -147,15 +156,20 @@ pub fn generate(
                 on_text(&emit);
                 text.push_str(&emit);
                 finish = FinishReason::Stop;
+                stop_string = true;
                 break;
             }
+        }
+        if constraint.as_ref().is_some_and(Constraint::is_finished) {
+            finish = FinishReason::Stop;
+            break;
         }
         if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
             break;
         }
         logits = lm.model.forward(&[tok], kv, Logits::Last)?;
     }
-    if finish != FinishReason::Stop {
+    if !stop_string {
         let mut rest = stops.push(&utf8.flush());
         let tail = match &mut rest {
             StopState::Continue { emit } | StopState::Stop { emit } => std::mem::take(emit),

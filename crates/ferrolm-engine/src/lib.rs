@@ -2,12 +2,14 @@
 //! generation sessions with stop conditions and streaming.
 
 pub mod catalog;
+mod constrained;
 pub mod convert;
 pub mod generate;
 pub mod load;
 pub mod search;
 pub mod serve;
 
+pub use ferrolm_constrain as constrain;
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
 pub use load::{load, load_with, open_gguf, LoadedModel};

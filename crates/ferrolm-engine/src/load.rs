@@ -24,6 +24,9 @@ pub struct LoadedModel {
     /// The model's own template, or ChatML when it has none.
     pub template: ChatTemplate,
     pub template_is_builtin: bool,
+    /// The vocabulary prepared for constrained decoding, built on first use
+    /// ([`LoadedModel::constraint`]).
+    pub(crate) constraint_vocab: crate::constrained::VocabCache,
 }
 
 /// The side files of a Hugging Face model directory.
@@ -163,6 +166,7 @@ fn load_hf(path: PathBuf, quantize: Option<ferrolm_format::GgmlType>) -> Result<
         tokenizer,
         template,
         template_is_builtin: builtin,
+        constraint_vocab: Default::default(),
     })
 }
 
@@ -237,5 +241,6 @@ pub fn load_with(model: &str, quiet: bool, quantize: Option<&str>) -> Result<Loa
         tokenizer,
         template,
         template_is_builtin: builtin,
+        constraint_vocab: Default::default(),
     })
 }

@@ -42,6 +42,7 @@ fn job(prompt: Vec<u32>, n: usize) -> Job {
         ignore_eos: false,
         logprobs: None,
         timeout: None,
+        constraint: None,
     }
 }
 

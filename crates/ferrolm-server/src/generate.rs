@@ -4,6 +4,9 @@
 //! Each job's sink forwards its events into an unbounded channel and returns `false` once the
 //! receiver is gone (the client disconnected and the response was dropped), which cancels the
 //! job on the engine thread. Dropping a [`Run`] also cancels its unfinished jobs at once.
+//!
+//! `response_format` is compiled into a constraint once per request, off the async workers
+//! (a bad schema is a 400 naming it), and each job gets a fresh copy.
 
 use crate::error::{body_bytes, parse, ApiError, ApiResult};
 use crate::metrics::Timing;
@@ -15,6 +18,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use ferrolm_engine::constrain::Constraint;
 use ferrolm_engine::serve::{Event, Finish, Job, TokenLogprob};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -44,7 +48,16 @@ pub async fn chat(
             .lm
             .chat_prompt(&messages)
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        let run = Run::submit(&state, model, Kind::Chat, vec![prompt], plan, start)?;
+        let constraint = compile(&model, &plan).await?;
+        let run = Run::submit(
+            &state,
+            model,
+            Kind::Chat,
+            vec![prompt],
+            plan,
+            constraint,
+            start,
+        )?;
         Ok::<_, ApiError>(run.respond().await)
     };
     run.await.unwrap_or_else(|e| e.into_response())
@@ -71,17 +84,33 @@ pub async fn completions(
                     .collect(),
             }
         });
+        let constraint = compile(&model, &plan).await?;
         let run = Run::submit(
             &state,
             model,
             Kind::Completion { echo },
             prompts,
             plan,
+            constraint,
             start,
         )?;
         Ok::<_, ApiError>(run.respond().await)
     };
     run.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// The plan's `response_format` compiled over the model's vocabulary, on a blocking thread
+/// (the vocabulary itself is built on a model's first constrained request).
+async fn compile(model: &Arc<ModelEntry>, plan: &GenPlan) -> ApiResult<Option<Constraint>> {
+    let Some(grammar) = plan.grammar.clone() else {
+        return Ok(None);
+    };
+    let lm = model.lm.clone();
+    tokio::task::spawn_blocking(move || lm.constraint(&grammar))
+        .await
+        .map_err(|e| ApiError::internal(format!("compiling response_format failed: {e}")))?
+        .map(Some)
+        .map_err(|e| ApiError::invalid("response_format", format!("'response_format': {e:#}")))
 }
 
 /// A completion request's prompts as token ids (text with the model's special tokens).
@@ -183,13 +212,14 @@ fn finish_reason(f: Finish) -> &'static str {
 
 impl Run {
     /// Submits `plan.n` jobs per prompt; choice `p * n + j` is prompt `p`'s `j`-th, seeded
-    /// `seed + p * n + j`.
+    /// `seed + p * n + j`, each with its own copy of `constraint`.
     fn submit(
         state: &Arc<AppState>,
         model: Arc<ModelEntry>,
         kind: Kind,
         prompts: Vec<Vec<u32>>,
         plan: GenPlan,
+        constraint: Option<Constraint>,
         start: Instant,
     ) -> ApiResult<Run> {
         if state
@@ -250,6 +280,7 @@ impl Run {
                     ignore_eos: run.plan.ignore_eos,
                     logprobs: run.plan.logprobs,
                     timeout: Some(state.limits.request_timeout),
+                    constraint: constraint.clone(),
                 };
                 let tx = tx.clone();
                 let sink = Box::new(move |ev| tx.send((i, ev)).is_ok());

@@ -1,9 +1,12 @@
 //! Request fields -> engine jobs: every range checked (400 naming the field), OpenAI's
-//! defaults (temperature 1, top-p 1, no top-k or min-p), and the features not implemented yet
-//! refused by name.
+//! defaults (temperature 1, top-p 1, no top-k or min-p), `response_format` as a grammar for
+//! constrained decoding, and the features not implemented yet refused by name.
 
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{ChatRequest, CompletionRequest, Content, Message, Sampling, Stop};
+use crate::wire::{
+    ChatRequest, CompletionRequest, Content, Message, ResponseFormat, Sampling, Stop,
+};
+use ferrolm_engine::constrain::Grammar;
 use ferrolm_sample::SamplingParams;
 use ferrolm_tokenize::ChatMessage;
 
@@ -28,6 +31,8 @@ pub struct GenPlan {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// `response_format`'s constraint (`None` for text).
+    pub grammar: Option<Grammar>,
 }
 
 fn check(ok: bool, param: &str, expected: &str, got: impl std::fmt::Display) -> ApiResult<()> {
@@ -159,28 +164,47 @@ pub fn plan(
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+        grammar: None,
     })
+}
+
+/// `response_format` -> the grammar its output must follow.
+pub fn response_grammar(f: Option<&ResponseFormat>) -> ApiResult<Option<Grammar>> {
+    let Some(f) = f else {
+        return Ok(None);
+    };
+    match f.kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Grammar::JsonObject)),
+        "json_schema" => {
+            let Some(js) = &f.json_schema else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema",
+                    "'response_format.json_schema' is required when 'response_format.type' is 'json_schema'",
+                ));
+            };
+            match &js.schema {
+                // OpenAI's schema is optional: without one, any JSON object.
+                None => Ok(Some(Grammar::JsonObject)),
+                Some(s) if s.is_object() || s.is_boolean() => {
+                    Ok(Some(Grammar::JsonSchema(s.clone())))
+                }
+                Some(_) => Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "'response_format.json_schema.schema' must be a JSON schema object",
+                )),
+            }
+        }
+        other => Err(ApiError::invalid(
+            "response_format.type",
+            format!("'response_format.type' must be 'text', 'json_object' or 'json_schema', got '{other}'"),
+        )),
+    }
 }
 
 /// A chat request's plan, refusing what is not implemented yet.
 pub fn chat_plan(r: &ChatRequest, vocab_size: usize) -> ApiResult<GenPlan> {
-    if let Some(f) = &r.response_format {
-        match f.kind.as_str() {
-            "text" => {}
-            "json_object" | "json_schema" => {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    format!("'response_format' of type '{}' is not supported yet (constrained decoding is coming); use type 'text' or leave it out", f.kind),
-                ))
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    "response_format.type",
-                    format!("'response_format.type' must be 'text', 'json_object' or 'json_schema', got '{other}'"),
-                ))
-            }
-        }
-    }
+    let grammar = response_grammar(r.response_format.as_ref())?;
     let has = |v: &Option<serde_json::Value>| {
         v.as_ref()
             .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
@@ -227,7 +251,10 @@ pub fn chat_plan(r: &ChatRequest, vocab_size: usize) -> ApiResult<GenPlan> {
         (None, Some(m)) => Some((m, "max_tokens")),
         _ => None,
     };
-    plan(&r.sampling(), max, logprobs, vocab_size)
+    Ok(GenPlan {
+        grammar,
+        ..plan(&r.sampling(), max, logprobs, vocab_size)?
+    })
 }
 
 /// A completion request's plan, refusing what is not implemented yet.
@@ -260,12 +287,16 @@ pub fn completion_plan(r: &CompletionRequest, vocab_size: usize) -> ApiResult<Ge
             ));
         }
     }
-    plan(
-        &r.sampling(),
-        r.max_tokens.map(|m| (m, "max_tokens")),
-        r.logprobs,
-        vocab_size,
-    )
+    let grammar = response_grammar(r.response_format.as_ref())?;
+    Ok(GenPlan {
+        grammar,
+        ..plan(
+            &r.sampling(),
+            r.max_tokens.map(|m| (m, "max_tokens")),
+            r.logprobs,
+            vocab_size,
+        )?
+    })
 }
 
 /// Chat messages as the template takes them; only text content.
@@ -369,8 +400,16 @@ mod tests {
             (r#""logprobs":true,"top_logprobs":21"#, "top_logprobs"),
             (r#""top_logprobs":2"#, "top_logprobs"),
             (
-                r#""response_format":{"type":"json_object"}"#,
-                "response_format",
+                r#""response_format":{"type":"xml"}"#,
+                "response_format.type",
+            ),
+            (
+                r#""response_format":{"type":"json_schema"}"#,
+                "response_format.json_schema",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":[1]}}"#,
+                "response_format.json_schema.schema",
             ),
             (r#""tools":[{"type":"function"}]"#, "tools"),
             (r#""temperature":"hot""#, "temperature"),
@@ -381,6 +420,23 @@ mod tests {
         assert_eq!(param(chat(r#"{"messages":[]}"#)), "model");
         let e = parse::<ChatRequest>(br#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn response_format_becomes_a_grammar() {
+        let m = r#""model":"m","messages":[]"#;
+        let g = |extra: &str| chat(&format!("{{{m},{extra}}}")).unwrap().grammar;
+        assert_eq!(g(r#""response_format":{"type":"text"}"#), None);
+        assert_eq!(
+            g(r#""response_format":{"type":"json_object"}"#),
+            Some(Grammar::JsonObject)
+        );
+        assert_eq!(
+            g(
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"n","strict":true,"schema":{"type":"integer"}}}"#
+            ),
+            Some(Grammar::JsonSchema(serde_json::json!({"type": "integer"})))
+        );
     }
 
     #[test]

@@ -23,10 +23,26 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
+/// `response_format`: `text`, `json_object`, or `json_schema` with its schema.
 #[derive(Deserialize, Debug, Clone)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// `response_format.json_schema`. The schema is always enforced (`strict` or not).
+#[derive(Deserialize, Debug, Clone)]
+pub struct JsonSchemaFormat {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// A message's content: a string or a list of parts (only text parts are supported).
@@ -171,6 +187,9 @@ request!(
         suffix: Option<String>,
         #[serde(default)]
         best_of: Option<u32>,
+        /// An extension (as vLLM's): constrained output for completions too.
+        #[serde(default)]
+        response_format: Option<ResponseFormat>,
     }
 );
 

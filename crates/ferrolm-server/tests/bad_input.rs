@@ -18,7 +18,8 @@ fn expect(r: &Response, status: u16, param: Option<&str>, code: Option<&str>) ->
     let e = v["error"]
         .as_object()
         .unwrap_or_else(|| panic!("no error object: {v}"));
-    let keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort_unstable();
     assert_eq!(keys, ["code", "message", "param", "type"]);
     let message = e["message"].as_str().unwrap().to_string();
     assert!(!message.is_empty() && !message.contains('\n'));
@@ -205,14 +206,6 @@ fn not_implemented_yet_is_named() {
     let chat = "/v1/chat/completions";
     for (extra, param) in [
         (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (
-            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
-            "response_format",
-        ),
-        (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
             "tools",
         ),
@@ -241,6 +234,43 @@ fn not_implemented_yet_is_named() {
         Some("messages[0].content[0].type"),
         Some("unsupported_parameter"),
     );
+}
+
+#[test]
+fn bad_response_formats() {
+    let Some(s) = shared() else { return };
+    let chat = "/v1/chat/completions";
+    for (format, param, says) in [
+        (
+            json!({"type": "json_schema"}),
+            "response_format.json_schema",
+            "required",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}),
+            "response_format.json_schema.schema",
+            "JSON schema object",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}),
+            "response_format",
+            "invalid JSON schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 5, "maximum": 1}}}),
+            "response_format",
+            "Unsatisfiable",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/none"}}}),
+            "response_format",
+            "invalid JSON schema",
+        ),
+    ] {
+        let body = chat_body("hi", json!({ "response_format": format.clone() }));
+        let m = expect(&s.post(chat, &body), 400, Some(param), None);
+        assert!(m.contains(says) && !m.contains('\n'), "{format}: {m}");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! embeddings): the models list, chat and completions with and without streaming (SSE framing,
 //! usage, `[DONE]`), log-probabilities, `n`, stop strings, embeddings against
 //! sentence-transformers, cancellation freeing the KV blocks, concurrent requests answering as
-//! they do alone, and graceful shutdown.
+//! they do alone, `response_format` (JSON schema and object) enforced, and graceful shutdown.
 
 mod common;
 
@@ -94,6 +94,7 @@ fn chat_answers_as_the_cli_generates() {
             sampling: ferrolm_sample::SamplingParams::greedy(),
             stop: vec![],
             ignore_eos: false,
+            constraint: None,
         },
         &std::sync::atomic::AtomicBool::new(false),
         &mut |_| {},
@@ -533,4 +534,86 @@ fn shutdown_finishes_running_streams_then_returns() {
     );
     let m = state.models[0].engine.metrics();
     assert_eq!((m.requests_finished, m.requests_cancelled), (1, 0));
+}
+
+#[test]
+fn response_format_json_schema_is_enforced() {
+    let Some(s) = shared() else { return };
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "population": {"type": "integer", "minimum": 0, "maximum": 100000000},
+            "districts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 16},
+                        "rank": {"type": "integer", "minimum": 1, "maximum": 9}
+                    },
+                    "required": ["name", "rank"],
+                    "additionalProperties": false
+                },
+                "minItems": 1,
+                "maxItems": 2
+            },
+            "kind": {"enum": ["capital", "port", "town"]}
+        },
+        "required": ["city", "population", "districts", "kind"],
+        "additionalProperties": false
+    });
+    let format = json!({"type": "json_schema",
+        "json_schema": {"name": "city", "strict": true, "schema": schema.clone()}});
+    let r = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "Describe Paris as JSON.",
+            json!({"response_format": format, "n": 4, "temperature": 0.7, "seed": 3,
+                   "max_tokens": 300}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for c in choices {
+        let text = c["message"]["content"].as_str().unwrap();
+        let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        ferrolm_engine::constrain::check_json(&schema, &value)
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(c["finish_reason"], "stop", "{text}");
+    }
+    // json_object, streamed: the deltas join into one JSON object.
+    let r = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "Give a JSON object with the keys name and age of a cat.",
+            json!({"response_format": {"type": "json_object"}, "temperature": 0,
+                   "max_tokens": 300, "stream": true}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut text = String::new();
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        text.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(value.is_object(), "{text}");
+    // Completions take it too (an extension, as vLLM's).
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": SMOL, "prompt": "The answer in JSON:", "max_tokens": 100,
+                "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n",
+                    "schema": {"type": "object", "properties": {"answer": {"type": "integer"}},
+                               "required": ["answer"], "additionalProperties": false}}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(value["answer"].is_i64(), "{text}");
 }

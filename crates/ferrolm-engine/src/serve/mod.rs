@@ -17,6 +17,7 @@ mod scheduler;
 
 pub use scheduler::Engine;
 
+use ferrolm_constrain::Constraint;
 use ferrolm_sample::SamplingParams;
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// The job is cancelled (finish reason `Timeout`) after this long.
     pub timeout: Option<Duration>,
+    /// Sample only tokens that keep the output valid; stop when it is complete
+    /// (`LoadedModel::constraint`; fresh, one per job).
+    pub constraint: Option<Constraint>,
 }
 
 /// Why a generation ended.
@@ -73,7 +77,7 @@ pub struct Job {
 pub enum Finish {
     /// `max_tokens` or the context size reached.
     Length,
-    /// An end-of-generation token or a stop string.
+    /// An end-of-generation token, a stop string, or a completed constraint.
     Stop,
     Cancelled,
     Timeout,

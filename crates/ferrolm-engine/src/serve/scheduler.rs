@@ -585,7 +585,20 @@ impl Worker {
         if s.done.is_some() {
             return;
         }
-        let tok = s.chain.sample(logits);
+        let tok = match s.job.constraint.as_mut() {
+            None => s.chain.sample(logits),
+            Some(c) => match c.sample(&mut s.chain, logits) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = (s.sink)(Event::Error {
+                        message: e.to_string(),
+                    });
+                    s.done = Some(Finish::Cancelled);
+                    s.errored = true;
+                    return;
+                }
+            },
+        };
         let logprob = s.job.logprobs.map(|k| {
             let lp = log_softmax(logits);
             let text = |id: u32| -> (String, Vec<u8>) {
@@ -645,6 +658,9 @@ impl Worker {
                 text,
                 logprob,
             });
+            if s.done.is_none() && s.job.constraint.as_ref().is_some_and(|c| c.is_finished()) {
+                s.done = Some(Finish::Stop);
+            }
             if s.done.is_none() && (s.generated >= s.job.max_tokens || s.tokens.len() >= s.kv.n_ctx)
             {
                 s.done = Some(Finish::Length);
@@ -712,8 +728,15 @@ impl Worker {
             match s.done {
                 Some(_) if s.errored => self.count_cancelled(),
                 Some(f) => {
-                    let tail = s.stops.flush();
-                    if !tail.is_empty() && f != Finish::Stop {
+                    // Text held back while it might have begun a stop string is sent now,
+                    // unless a stop string did match (then it is the stop string's).
+                    let matched = s.stops.is_stopped();
+                    let rest = s.utf8.flush();
+                    let mut tail = match s.stops.push(&rest) {
+                        StopState::Continue { emit } | StopState::Stop { emit } => emit,
+                    };
+                    tail += &s.stops.flush();
+                    if !tail.is_empty() && !matched {
                         let _ = (s.sink)(Event::Token {
                             id: u32::MAX,
                             text: tail,
