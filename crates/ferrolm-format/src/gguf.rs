@@ -692,7 +692,7 @@ fn validate_tensor(
         .checked_mul(n_elements / row_len)
         .ok_or_else(too_big)?;
 
-    if raw.offset % alignment as u64 != 0 {
+    if !raw.offset.is_multiple_of(alignment as u64) {
         return Err(FormatError::MisalignedTensor {
             tensor: label,
             offset: raw.offset,

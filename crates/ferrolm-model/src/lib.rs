@@ -5,6 +5,7 @@
 //! `C` model width, `H` query heads, `Hkv` KV heads, `D` head size, `V` vocabulary.
 
 pub mod arch;
+pub mod attention;
 pub mod block;
 pub mod kv;
 pub mod layers;

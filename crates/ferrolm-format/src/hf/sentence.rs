@@ -296,7 +296,7 @@ pub fn pool(hidden: &[f32], c: usize, pooling: Pooling, normalize: bool) -> Vec<
         return Vec::new();
     }
     assert!(
-        hidden.len() % c == 0,
+        hidden.len().is_multiple_of(c),
         "pool: {} values are not rows of {c}",
         hidden.len()
     );

@@ -1,0 +1,412 @@
+//! The attention sub-layer: self-attention over the layer's cache (one sequence or many in one
+//! call), cross-attention over the encoder's keys and values, and the score biases (ALiBi,
+//! T5's relative buckets). Reads its behaviour from `AttentionSpec` and the layer's plan.
+
+use crate::kv::LayerKv;
+use crate::layers::{apply_rope, sized, trace_rows, Norm, Scratch};
+use crate::linear::Linear;
+use crate::profile::scope;
+use crate::spec::*;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+pub struct Attention {
+    pub spec: AttentionSpec,
+    pub q: Box<dyn Linear>,
+    pub k: Box<dyn Linear>,
+    pub v: Box<dyn Linear>,
+    pub o: Box<dyn Linear>,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+}
+
+/// Per-call inputs shared by every layer of a stack: positions, the RoPE tables for them,
+/// causality, and the stack's score biases.
+pub struct StepCtx<'a> {
+    pub pos: &'a [usize],
+    /// `(first row, rows)` of each sequence in the call (one segment for a single sequence).
+    pub segments: &'a [(usize, usize)],
+    /// One `rope_tables` per distinct RoPE spec.
+    pub rope: Vec<(RopeSpec, Vec<f32>)>,
+    /// Queries see only earlier keys (decoders); encoders see all.
+    pub causal: bool,
+    /// ALiBi slopes per head (empty unless a layer uses `Position::Alibi`).
+    pub alibi: &'a [f32],
+    /// T5's relative-bias table `(buckets, H)` (empty unless a layer uses `Position::Relative`).
+    pub relative: &'a [f32],
+}
+
+/// ALiBi slopes for `n` heads.
+pub fn alibi_slopes(kind: AlibiSlopes, n: usize) -> Vec<f32> {
+    match kind {
+        AlibiSlopes::Bloom | AlibiSlopes::BloomScaled => {
+            let p = 1usize << (usize::BITS - 1 - n.leading_zeros()); // largest power of 2 <= n
+            let base = 2f64.powf(-(2f64.powf(-((p as f64).log2() - 3.0))));
+            let mut v: Vec<f32> = (1..=p).map(|i| base.powi(i as i32) as f32).collect();
+            if p < n {
+                let extra = 2f64.powf(-(2f64.powf(-((2.0 * p as f64).log2() - 3.0))));
+                let k = (n - p).min(p);
+                v.extend((0..k).map(|i| extra.powi((1 + 2 * i) as i32) as f32));
+            }
+            v
+        }
+        AlibiSlopes::Mpt { max_bias } => {
+            let np = n.next_power_of_two();
+            let m: Vec<f32> = (1..=np)
+                .map(|i| 1.0 / 2f32.powf(i as f32 * (max_bias / np as f32)))
+                .collect();
+            if np == n {
+                m
+            } else {
+                m.iter()
+                    .skip(1)
+                    .step_by(2)
+                    .chain(m.iter().step_by(2))
+                    .take(n)
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// T5's bucket for a key at `kp` seen from a query at `qp` (log-spaced beyond `buckets / 2`).
+pub fn relative_bucket(spec: &RelativeSpec, qp: usize, kp: usize) -> usize {
+    let rel = kp as i64 - qp as i64;
+    let (mut buckets, mut ret) = (spec.buckets as i64, 0i64);
+    let n = if spec.bidirectional {
+        buckets /= 2;
+        if rel > 0 {
+            ret += buckets;
+        }
+        rel.abs()
+    } else {
+        (-rel).max(0)
+    };
+    let max_exact = buckets / 2;
+    let v = if n < max_exact {
+        n
+    } else {
+        // In f32 like the reference, then truncated.
+        let l = ((n as f32 / max_exact as f32).ln()
+            / (spec.max_distance as f32 / max_exact as f32).ln()
+            * (buckets - max_exact) as f32) as i64;
+        (max_exact + l).min(buckets - 1)
+    };
+    (ret + v) as usize
+}
+
+/// Which keys a query sees and what is added to its scores.
+pub struct Mask<'a> {
+    pub causal: bool,
+    pub window: Option<usize>,
+    pub bias: ScoreBias<'a>,
+}
+
+#[derive(Clone, Copy)]
+pub enum ScoreBias<'a> {
+    None,
+    /// `slope[h] * (k_pos - q_pos)`.
+    Alibi(&'a [f32]),
+    /// `table[bucket(q_pos, k_pos) * H + h]`.
+    Relative(&'a [f32], RelativeSpec),
+}
+
+impl StepCtx<'_> {
+    fn tables(&self, spec: &RopeSpec) -> Option<&[f32]> {
+        self.rope
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, t)| t.as_slice())
+    }
+}
+
+/// Attention of `q: (T, H, D)` over the layer's cache (which already holds this call's keys
+/// and values) with llama.cpp's arithmetic: `q . k` (operands f16-rounded under
+/// `KvPrecision::F16`), scaled softmax with masked entries at `-inf`, probabilities rounded like
+/// the values, then `p . v`. Sums follow llama.cpp's batched order when `T >= 2` and its
+/// single-row order for `T = 1`, which is where llama.cpp disagrees with itself. Heads run in
+/// parallel. Returns `(T, H * D)`.
+pub fn attend(
+    a: &AttentionSpec,
+    q: &[f32],
+    kv: &LayerKv,
+    q_pos: &[usize],
+    mask: &Mask,
+    layer: Option<usize>,
+) -> Vec<f32> {
+    attend_many(a, &[(q, kv, q_pos)], mask, layer)
+}
+
+/// [`attend`] for several sequences at once: `parts[i] = (q (T_i, H, D), its cache, its
+/// positions)`; returns the outputs one after another `(sum T_i, H * D)`. Every (sequence,
+/// head, run of queries) is one parallel task, so many short sequences (a server's decode
+/// step) fill the threads in one dispatch. Each query's arithmetic is that of `attend` on its
+/// own sequence.
+pub fn attend_many(
+    a: &AttentionSpec,
+    parts: &[(&[f32], &LayerKv, &[usize])],
+    mask: &Mask,
+    layer: Option<usize>,
+) -> Vec<f32> {
+    use ferrolm_kernels::numerics::{
+        dot_batched, dot_single, pv_accumulate, pv_finish_batched, pv_finish_single, softmax_row,
+    };
+    use ferrolm_kernels::pool::{global, SharedOut};
+    let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+    let stride = hkv * d;
+    let n_rep = h / hkv;
+    let (causal, window) = (mask.causal, mask.window);
+    let visible =
+        |qp: usize, kp: usize| (!causal || kp <= qp) && window.is_none_or(|w| qp.abs_diff(kp) < w);
+    let scale = match a.scale_at {
+        ScaleAt::Scores => a.scale,
+        ScaleAt::Queries => 1.0,
+    };
+    // With a softcap or a bias the scale goes on the scores first; otherwise into the softmax
+    // (llama.cpp's order).
+    let pre_scaled = a.softcap.is_some() || !matches!(mask.bias, ScoreBias::None);
+    let bias = |hh: usize, qp: usize, kp: usize| match mask.bias {
+        ScoreBias::None => 0.0,
+        ScoreBias::Alibi(slopes) => slopes[hh] * (kp as f32 - qp as f32),
+        ScoreBias::Relative(table, spec) => table[relative_bucket(&spec, qp, kp) * h + hh],
+    };
+    let total: usize = parts.iter().map(|p| p.2.len()).sum();
+    // Probabilities are traced for single-sequence calls only.
+    let tracing = crate::trace::enabled() && parts.len() == 1;
+    let (t0, s0) = (parts[0].2.len(), parts[0].1.len());
+    let mut out = vec![0f32; total * h * d];
+    let mut probs = if tracing {
+        vec![0f32; h * t0 * s0]
+    } else {
+        Vec::new()
+    };
+    let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
+    // Tasks are (sequence, head, run of queries), so few heads still fill every thread.
+    let mut tasks: Vec<(usize, usize, usize, usize, usize)> = Vec::new(); // (part, head, q0, q1, row0)
+    let mut row0 = 0;
+    for (pi, &(_, _, pos)) in parts.iter().enumerate() {
+        let t = pos.len();
+        let q_chunk = t
+            .div_ceil((global().threads() * 4).div_ceil(h))
+            .clamp(1, 64);
+        for hh in 0..h {
+            for q0 in (0..t).step_by(q_chunk) {
+                tasks.push((pi, hh, q0, (q0 + q_chunk).min(t), row0));
+            }
+        }
+        row0 += t;
+    }
+    global().run(tasks.len(), |task| {
+        let (pi, hh, q0, q1, row0) = tasks[task];
+        let (q, kv, q_pos) = parts[pi];
+        let (t, s) = (q_pos.len(), kv.len());
+        let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
+        let batched = t >= 2;
+        let lanes = if batched { 16 } else { 64 };
+        let g = hh / n_rep;
+        let mut row = vec![0f32; s];
+        let mut acc = vec![0f32; lanes * d];
+        for ti in q0..q1 {
+            let qp = q_pos[ti];
+            let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
+            // Visible keys lie in lo..hi; whole 16-wide chunks outside it are masked, and
+            // their softmax terms are exact zeros, so only c0..c1 is computed.
+            let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
+            let hi = k_pos
+                .iter()
+                .rposition(|&kp| visible(qp, kp))
+                .map_or(lo, |j| j + 1);
+            let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
+            row.iter_mut().for_each(|x| *x = 0.0);
+            for j in c0..c1 {
+                let kp = k_pos[j];
+                row[j] = if visible(qp, kp) {
+                    let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
+                    let mut sc = if batched {
+                        dot_batched(kr, qv)
+                    } else {
+                        dot_single(kr, qv)
+                    };
+                    if pre_scaled {
+                        sc *= scale;
+                        if let Some(cap) = a.softcap {
+                            sc = (sc * (1.0 / cap)).tanh() * cap;
+                        }
+                        sc += bias(hh, qp, kp);
+                    }
+                    sc
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            if c1 > c0 {
+                softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
+            }
+            if tracing {
+                // SAFETY: (head, query) rows of `probs` belong to one task each.
+                unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
+            }
+            kv.precision.round_slice(&mut row[c0..c1]);
+            acc.iter_mut().for_each(|x| *x = 0.0);
+            pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, &mut acc);
+            // SAFETY: (row, head) output slices belong to one task each.
+            let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
+            if batched {
+                pv_finish_batched(&acc, d, o);
+            } else {
+                pv_finish_single(&acc, d, o);
+            }
+        }
+    });
+    if tracing {
+        if let Ok(p) = Tensor::from_vec(probs, (h, t0, s0), &Device::Cpu) {
+            crate::trace::trace("kq_soft_max", layer, &p);
+        }
+    }
+    out
+}
+
+impl Attention {
+    /// `s.n (T, C) -> s.h (T, C)`, reading and extending the layer's caches: the rows are the
+    /// sequences of `ctx.segments` one after another, `kvs[i]` the cache of segment `i`. The
+    /// projections run over all rows at once; attention runs per sequence.
+    pub fn forward_rows(
+        &self,
+        t: usize,
+        plan: &LayerPlan,
+        ctx: &StepCtx,
+        kvs: &mut [&mut LayerKv],
+        layer: usize,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let l = Some(layer);
+        let a = &self.spec;
+        let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+        let n = &s.n[..t * self.q.in_dim()];
+        let q = sized(&mut s.q, t * h * d);
+        let k = sized(&mut s.k, t * hkv * d);
+        let v = sized(&mut s.v, t * hkv * d);
+        {
+            let _p = scope("matmul: attention q, k, v");
+            self.q.forward_slice(n, q)?;
+            self.k.forward_slice(n, k)?;
+            self.v.forward_slice(n, v)?;
+        }
+        {
+            let _p = scope("norms");
+            if let Some(norm) = &self.q_norm {
+                norm.rows_in_place(q);
+            }
+            if let Some(norm) = &self.k_norm {
+                norm.rows_in_place(k);
+            }
+        }
+        trace_rows("Qpre", l, q, &[t, h, d]);
+        if let Position::Rope(spec) = &plan.position {
+            let tables = ctx
+                .tables(spec)
+                .ok_or_else(|| anyhow::anyhow!("missing rope tables"))?;
+            let dims = spec.dims;
+            let _p = scope("rope");
+            ferrolm_kernels::pool::par_rows(q, h * d, |r0, run| {
+                apply_rope(spec, &tables[r0 * dims..], run, h, d)
+            });
+            ferrolm_kernels::pool::par_rows(k, hkv * d, |r0, run| {
+                apply_rope(spec, &tables[r0 * dims..], run, hkv, d)
+            });
+        }
+        trace_rows("Qcur", l, q, &[t, h, d]);
+        trace_rows("Kcur", l, k, &[t, hkv, d]);
+        trace_rows("Vcur", l, v, &[t, hkv, d]);
+        let p = scope("attention");
+        if a.scale_at == ScaleAt::Queries {
+            q.iter_mut().for_each(|x| *x *= a.scale);
+        }
+        // Rounded to the cache precision as llama.cpp stores them.
+        let precision = kvs
+            .first()
+            .map_or(crate::kv::KvPrecision::F32, |kv| kv.precision);
+        precision.round_slice(q);
+        precision.round_slice(k);
+        precision.round_slice(v);
+        let mask = Mask {
+            causal: ctx.causal,
+            window: plan.window,
+            bias: match &plan.position {
+                Position::Alibi(_) => ScoreBias::Alibi(ctx.alibi),
+                Position::Relative(r) => ScoreBias::Relative(ctx.relative, *r),
+                _ => ScoreBias::None,
+            },
+        };
+        if kvs.len() != ctx.segments.len() {
+            anyhow::bail!("{} caches for {} sequences", kvs.len(), ctx.segments.len());
+        }
+        let (qw, kw) = (h * d, hkv * d);
+        for (kv, &(r0, n)) in kvs.iter_mut().zip(ctx.segments) {
+            let pos = &ctx.pos[r0..r0 + n];
+            kv.append(&k[r0 * kw..(r0 + n) * kw], &v[r0 * kw..(r0 + n) * kw], pos);
+        }
+        let parts: Vec<(&[f32], &LayerKv, &[usize])> = kvs
+            .iter()
+            .zip(ctx.segments)
+            .map(|(kv, &(r0, n))| (&q[r0 * qw..(r0 + n) * qw], &**kv, &ctx.pos[r0..r0 + n]))
+            .collect();
+        let out = attend_many(a, &parts, &mask, l);
+        for kv in kvs.iter_mut() {
+            kv.trim();
+        }
+        drop(p);
+        trace_rows("kqv_out", l, &out, &[t, h * d]);
+        let c = self.o.out_dim();
+        scope("matmul: attention output").run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)))
+    }
+}
+
+impl Attention {
+    /// Cross-attention: queries from `s.n (T, C)`, keys and values from the encoder (`kv`,
+    /// filled once by [`Attention::cross_kv`]), nothing masked. Writes `s.h (T, C)`.
+    pub fn forward_cross(
+        &self,
+        t: usize,
+        ctx: &StepCtx,
+        kv: &LayerKv,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let a = &self.spec;
+        let n = &s.n[..t * self.q.in_dim()];
+        let q = sized(&mut s.q, t * a.n_heads * a.head_dim);
+        scope("matmul: attention q, k, v").run(|| self.q.forward_slice(n, q))?;
+        if a.scale_at == ScaleAt::Queries {
+            q.iter_mut().for_each(|x| *x *= a.scale);
+        }
+        kv.precision.round_slice(q);
+        let mask = Mask {
+            causal: false,
+            window: None,
+            bias: ScoreBias::None,
+        };
+        let out = scope("attention").run(|| attend(a, q, kv, ctx.pos, &mask, None));
+        let c = self.o.out_dim();
+        scope("matmul: attention output").run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)))
+    }
+
+    /// The keys and values of encoder output `enc (S, C)` for this cross-attention layer.
+    pub fn cross_kv(&self, enc: &[f32], precision: crate::kv::KvPrecision) -> Result<LayerKv> {
+        let a = &self.spec;
+        let rows = enc.len() / self.k.in_dim();
+        let mut k = vec![0f32; rows * a.n_kv_heads * a.head_dim];
+        let mut v = vec![0f32; rows * a.n_kv_heads * a.head_dim];
+        self.k.forward_slice(enc, &mut k)?;
+        self.v.forward_slice(enc, &mut v)?;
+        precision.round_slice(&mut k);
+        precision.round_slice(&mut v);
+        Ok(LayerKv {
+            k,
+            v,
+            pos: (0..rows).collect(),
+            window: None,
+            precision,
+        })
+    }
+}
