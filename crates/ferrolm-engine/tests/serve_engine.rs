@@ -295,3 +295,48 @@ fn running_out_of_kv_blocks_preempts_and_recomputes() {
     assert!(m.preemptions > 0, "{m:?}");
     assert!(m.kv_blocks_used <= 12);
 }
+
+#[test]
+fn a_long_prompt_prefilling_beside_decoding_sequences() {
+    // The long prompt takes several steps to prefill (chunks of 64) while the short one,
+    // admitted after it, already decodes: rows of both kinds in one step, in either order.
+    let Some(lm) = model() else { return };
+    let cfg = ServeConfig {
+        n_ctx: 1024,
+        prefill_chunk: 64,
+        ..Default::default()
+    };
+    let e = Engine::start(lm.clone(), cfg).unwrap();
+    let long = chat(
+        &lm,
+        None,
+        &"Summarise this sentence about libraries. ".repeat(30),
+    );
+    let alone: Vec<String> = [long.clone(), chat(&lm, None, QUESTIONS[0])]
+        .iter()
+        .map(|p| {
+            start(&e, job(p.clone(), 16))
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap()
+                .0
+        })
+        .collect();
+    // A fresh engine, so the long prompt is not served from the prefix cache.
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 1024,
+            prefill_chunk: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rl = start(&e, job(long, 16));
+    let rs = start(&e, job(chat(&lm, None, QUESTIONS[0]), 16));
+    let together = [rl, rs].map(|r| {
+        r.recv_timeout(Duration::from_secs(60))
+            .expect("the engine answered")
+            .0
+    });
+    assert_eq!(alone, together);
+}

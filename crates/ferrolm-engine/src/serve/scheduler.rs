@@ -265,7 +265,9 @@ impl Worker {
             }
             self.expire();
             self.admit();
-            if let Err(e) = self.step() {
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error (a panic) in this step")));
+            if let Err(e) = stepped {
                 // A failed step fails the jobs in it, never the engine.
                 for s in &mut self.running {
                     let _ = (s.sink)(Event::Error {
@@ -524,16 +526,16 @@ impl Worker {
         if plan.is_empty() {
             return Ok(());
         }
+        // In running order (decoders were planned first); the order of a batch's rows changes
+        // no result.
+        plan.sort_unstable();
         let rows = {
+            let mut want = plan.iter().peekable();
             let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(plan.len());
-            let mut rest: &mut [Seq] = &mut self.running;
-            let mut base = 0;
-            for &(i, n) in &plan {
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
-                let (s, tail) = tail.split_first_mut().unwrap();
-                batch.push((&s.tokens[s.fed..s.fed + n], &mut s.kv));
-                rest = tail;
-                base = i + 1;
+            for (i, s) in self.running.iter_mut().enumerate() {
+                if let Some(&(_, n)) = want.next_if(|p| p.0 == i) {
+                    batch.push((&s.tokens[s.fed..s.fed + n], &mut s.kv));
+                }
             }
             self.lm.model.forward_batch(&mut batch, &mut self.scratch)?
         };
