@@ -591,12 +591,13 @@ pub fn embed(
     use ferrolm_format::hf::{pool, Pooling};
     let lm = open(m)?;
     let sentence = lm.hf.as_ref().map(|h| h.sentence);
+    let (own_pooling, own_norm) = lm.pooling();
     let pool_mode = match pooling.as_deref() {
-        None => Some(sentence.map_or(Pooling::Mean, |s| s.pooling)),
+        None => Some(own_pooling),
         Some("none") => None,
         Some(p) => Some(Pooling::from_config(&json!({ "pooling_mode": p }))?),
     };
-    let norm = normalize.unwrap_or(sentence.is_some_and(|s| s.normalize));
+    let norm = normalize.unwrap_or(own_norm);
     let max_len = sentence
         .and_then(|s| s.max_seq_length)
         .unwrap_or(lm.model.config.context_length);
@@ -613,25 +614,9 @@ pub fn embed(
         bail!("--pooling none prints the hidden states of one input; give one TEXT");
     }
     let c = lm.model.config.hidden;
-    let v = lm.model.config.vocab_size as u32;
     let mut rows = Vec::new();
     for ids in &inputs {
-        if ids.is_empty() {
-            bail!("an input has no tokens");
-        }
-        if let Some(bad) = ids.iter().find(|&&i| i >= v) {
-            bail!("token id {bad} is outside the vocabulary (0..{v})");
-        }
-        let hidden = match lm.model.topology() {
-            Topology::Decoder => {
-                let mut kv = lm.model.new_cache(ids.len());
-                lm.model
-                    .forward_hidden(ids, &mut kv)?
-                    .flatten_all()?
-                    .to_vec1()?
-            }
-            _ => lm.model.encode(ids, None)?,
-        };
+        let hidden = lm.hidden_states(ids)?;
         match pool_mode {
             Some(p) => rows.push(pool(&hidden, c, p, norm)),
             None => rows.extend(hidden.chunks(c).map(|r| r.to_vec())),

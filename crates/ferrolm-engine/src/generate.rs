@@ -106,16 +106,7 @@ pub fn generate(
     let mut utf8 = Utf8Stream::default();
     let mut ids = Vec::new();
     let mut text = String::new();
-    let mut logits = if seq2seq {
-        let start = lm.decoder_start().ok_or_else(|| {
-            anyhow::anyhow!("this encoder-decoder model names no decoder_start_token_id (config.json or generation_config.json)")
-        })?;
-        let enc = lm.model.encode(&req.prompt, None)?;
-        lm.model.start_decoder(&enc, kv)?;
-        lm.model.forward(&[start], kv, Logits::Last)?
-    } else {
-        lm.model.forward(&req.prompt, kv, Logits::Last)?
-    };
+    let mut row = crate::search::first_logits(&lm.model, &req.prompt, lm.decoder_start(), kv)?;
     let mut finish = FinishReason::Length;
     // Text held back by the stop matcher is dropped only when a stop string matched.
     let mut stop_string = false;
@@ -124,7 +115,6 @@ pub fn generate(
             finish = FinishReason::Cancelled;
             break;
         }
-        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         // generation_config.json's forced tokens: the first (forced_bos) and the last allowed
         // (forced_eos) new token, as transformers' logits processors force them.
         let forced = match (ids.len(), forced) {
@@ -167,7 +157,11 @@ pub fn generate(
         if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
             break;
         }
-        logits = lm.model.forward(&[tok], kv, Logits::Last)?;
+        row = lm
+            .model
+            .forward(&[tok], kv, Logits::Last)?
+            .flatten_all()?
+            .to_vec1()?;
     }
     if !stop_string {
         let mut rest = stops.push(&utf8.flush());

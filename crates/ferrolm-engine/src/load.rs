@@ -74,6 +74,51 @@ impl LoadedModel {
         Ok(tok.encode(&text, add_bos, true)?)
     }
 
+    /// How this model pools hidden states into one embedding, and whether it normalises:
+    /// its sentence-transformers modules, else (like sentence-transformers) the last token for
+    /// decoders and the mean otherwise, unnormalised.
+    pub fn pooling(&self) -> (ferrolm_format::hf::Pooling, bool) {
+        use ferrolm_format::hf::Pooling;
+        match self.hf.as_ref().map(|h| h.sentence) {
+            Some(s) => (s.pooling, s.normalize),
+            None if self.model.topology() == ferrolm_model::spec::Topology::Decoder => {
+                (Pooling::LastToken, false)
+            }
+            None => (Pooling::Mean, false),
+        }
+    }
+
+    /// The last hidden states `(T, C)` of `ids` (the encoder's for encoder models), after
+    /// checking them against the vocabulary and the context.
+    pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        if ids.is_empty() {
+            anyhow::bail!("an input has no tokens");
+        }
+        if ids.len() > c.context_length {
+            anyhow::bail!(
+                "an input has {} tokens but the model takes at most {}",
+                ids.len(),
+                c.context_length
+            );
+        }
+        let v = c.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= v) {
+            anyhow::bail!("token id {bad} is outside the vocabulary (0..{v})");
+        }
+        match self.model.topology() {
+            ferrolm_model::spec::Topology::Decoder => {
+                let mut kv = self.model.new_cache(ids.len());
+                Ok(self
+                    .model
+                    .forward_hidden(ids, &mut kv)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            }
+            _ => self.model.encode(ids, None),
+        }
+    }
+
     /// The decoder's first token for encoder-decoder models (`decoder_start_token_id`).
     pub fn decoder_start(&self) -> Option<u32> {
         let hf = self.hf.as_ref()?;

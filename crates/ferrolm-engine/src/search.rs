@@ -26,33 +26,40 @@ pub fn prime<'m>(
     if prompt.is_empty() {
         bail!("the prompt is empty; give at least one token");
     }
-    match model.topology() {
-        Topology::Decoder => {
-            let mut kv = model.new_cache(prompt.len() + n_new);
-            let logits = model
-                .forward(prompt, &mut kv, Logits::Last)?
-                .flatten_all()?
-                .to_vec1()?;
-            Ok(Primed { model, kv, logits })
-        }
+    let positions = match model.topology() {
+        Topology::EncoderDecoder => 1 + n_new,
+        _ => prompt.len() + n_new,
+    };
+    let mut kv = model.new_cache(positions);
+    let logits = first_logits(model, prompt, decoder_start, &mut kv)?;
+    Ok(Primed { model, kv, logits })
+}
+
+/// The logits for the first new token, `kv` holding what they come from: the prompt appended to
+/// what `kv` holds (decoder-only), or (encoder-decoder) the encoder's reading of the prompt
+/// with the decoder started from `decoder_start` (`kv` is reset).
+pub fn first_logits(
+    model: &Model,
+    prompt: &[u32],
+    decoder_start: Option<u32>,
+    kv: &mut KvCache,
+) -> Result<Vec<f32>> {
+    let logits = match model.topology() {
+        Topology::Decoder => model.forward(prompt, kv, Logits::Last)?,
         Topology::EncoderDecoder => {
             let start = decoder_start.ok_or_else(|| {
                 anyhow::anyhow!("this encoder-decoder model has no decoder start token (decoder_start_token_id in config.json or generation_config.json)")
             })?;
             let enc = model.encode(prompt, None)?;
-            let mut kv = model.new_cache(1 + n_new);
-            model.start_decoder(&enc, &mut kv)?;
-            let logits = model
-                .forward(&[start], &mut kv, Logits::Last)?
-                .flatten_all()?
-                .to_vec1()?;
-            Ok(Primed { model, kv, logits })
+            model.start_decoder(&enc, kv)?;
+            model.forward(&[start], kv, Logits::Last)?
         }
         Topology::Encoder => bail!(
             "{} is an encoder (no LM head); use embed",
             model.config.arch
         ),
-    }
+    };
+    Ok(logits.flatten_all()?.to_vec1()?)
 }
 
 /// The `n` greedy (argmax, lowest id on ties) continuation tokens.

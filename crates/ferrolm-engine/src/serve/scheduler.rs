@@ -309,43 +309,15 @@ impl Worker {
     }
 
     fn embed(&mut self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let model = &self.lm.model;
-        let sentence = self.lm.hf.as_ref().map(|h| h.sentence);
-        let c = model.config.hidden;
-        let mut out = Vec::with_capacity(inputs.len());
-        for ids in inputs {
-            if ids.is_empty() {
-                bail!("an input has no tokens");
-            }
-            if ids.len() > model.config.context_length {
-                bail!(
-                    "an input has {} tokens but the model takes at most {}",
-                    ids.len(),
-                    model.config.context_length
-                );
-            }
-            let v = model.config.vocab_size as u32;
-            if let Some(bad) = ids.iter().find(|&&i| i >= v) {
-                bail!("token id {bad} is outside the vocabulary (0..{v})");
-            }
-            let hidden = match model.topology() {
-                Topology::Decoder => {
-                    let mut kv = model.new_cache(ids.len());
-                    model
-                        .forward_hidden(ids, &mut kv)?
-                        .flatten_all()?
-                        .to_vec1()?
-                }
-                _ => model.encode(ids, None)?,
-            };
-            let (pooling, normalize) = match sentence {
-                Some(s) => (s.pooling, s.normalize),
-                // A decoder without sentence-transformers config: its last token, normalised.
-                None => (ferrolm_format::hf::Pooling::LastToken, true),
-            };
-            out.push(ferrolm_format::hf::pool(&hidden, c, pooling, normalize));
-        }
-        Ok(out)
+        let (pooling, normalize) = self.lm.pooling();
+        let c = self.lm.model.config.hidden;
+        inputs
+            .iter()
+            .map(|ids| {
+                let hidden = self.lm.hidden_states(ids)?;
+                Ok(ferrolm_format::hf::pool(&hidden, c, pooling, normalize))
+            })
+            .collect()
     }
 
     fn count_cancelled(&self) {
