@@ -25,17 +25,6 @@ impl Norm {
         Norm { spec, w, b }
     }
 
-    pub fn new(spec: NormSpec, weight: &Tensor, bias: Option<&Tensor>) -> Result<Norm> {
-        Ok(Norm {
-            spec,
-            w: weight.flatten_all()?.to_vec1()?,
-            b: match bias {
-                Some(b) => Some(b.flatten_all()?.to_vec1()?),
-                None => None,
-            },
-        })
-    }
-
     /// Width of the normalised rows.
     pub fn dim(&self) -> usize {
         self.w.len()
@@ -462,7 +451,6 @@ pub struct Scratch {
     pub q: Vec<f32>,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
-    pub att: Vec<f32>,
     /// The attention output of a parallel block, kept while the feed-forward runs.
     pub a: Vec<f32>,
     pub g: Vec<f32>,
