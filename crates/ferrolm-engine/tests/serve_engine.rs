@@ -81,19 +81,6 @@ fn start(e: &Engine, j: Job) -> mpsc::Receiver<(String, Finish, usize, Duration)
     rx
 }
 
-/// The engine's counters once nothing runs (it reports Done before it publishes them).
-fn settled(e: &Engine) -> ferrolm_engine::serve::Metrics {
-    let mut m = e.metrics();
-    for _ in 0..50 {
-        if m.running == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        m = e.metrics();
-    }
-    m
-}
-
 const QUESTIONS: [&str; 8] = [
     "What is the capital of France?",
     "Name three colours.",
@@ -144,7 +131,7 @@ fn concurrent_requests_equal_alone_and_run_faster() {
     }
     // Batching must pay off clearly even on a busy 2-core machine (the figure is reported).
     assert!(speedup > 1.3, "{speedup}");
-    let m = settled(&e);
+    let m = e.metrics();
     assert_eq!(m.requests_finished, 48);
     assert_eq!(m.running, 0);
 }
@@ -290,7 +277,7 @@ fn running_out_of_kv_blocks_preempts_and_recomputes() {
         assert_eq!(finish, Finish::Length, "{text}");
         assert!(!text.is_empty());
     }
-    let m = settled(&e);
+    let m = e.metrics();
     assert_eq!((m.requests_finished, m.running), (6, 0), "{m:?}");
     assert!(m.preemptions > 0, "{m:?}");
     assert!(m.kv_blocks_used <= 12);

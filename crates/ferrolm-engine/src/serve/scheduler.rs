@@ -699,6 +699,8 @@ impl Worker {
             }
             let mut s = self.running.swap_remove(i);
             self.pool.release(s.blocks);
+            // Counters first, so a client that reads /metrics after its answer sees it gone.
+            self.publish_metrics();
             match s.done {
                 Some(_) if s.errored => self.count_cancelled(),
                 Some(f) => {
@@ -717,7 +719,6 @@ impl Worker {
                             logprob: None,
                         });
                     }
-                    let _ = (s.sink)(done(f, s.prompt_len, s.generated, s.cached_tokens));
                     if let Ok(mut m) = self.shared.metrics.lock() {
                         m.prompt_tokens_total += s.prompt_len as u64;
                         m.generated_tokens_total += s.generated as u64;
@@ -726,6 +727,7 @@ impl Worker {
                             _ => m.requests_finished += 1,
                         }
                     }
+                    let _ = (s.sink)(done(f, s.prompt_len, s.generated, s.cached_tokens));
                 }
                 None => {
                     // Preempted: recompute later from everything it has so far.
