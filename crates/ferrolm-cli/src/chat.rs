@@ -1,8 +1,8 @@
 //! `ferrolm chat`: an interactive REPL with history, streaming answers, `/reset` and `/exit`.
 //! Ctrl-C while an answer streams stops that answer; at the prompt it leaves.
 
-use crate::commands::{chat_prompt, constraint, grammar, new_cache, open, sampling};
-use crate::{ConstrainOpts, ModelOpts, SampleOpts};
+use crate::commands::{chat_prompt, constraint, decoding, grammar, new_cache, open, sampling};
+use crate::{ConstrainOpts, DecodeOpts, ModelOpts, SampleOpts};
 use anyhow::Result;
 use ferrolm_engine::{generate, GenerateRequest};
 use ferrolm_tokenize::ChatMessage;
@@ -10,10 +10,17 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub fn run(m: &ModelOpts, s: &SampleOpts, c: &ConstrainOpts, system: Option<String>) -> Result<()> {
+pub fn run(
+    m: &ModelOpts,
+    s: &SampleOpts,
+    c: &ConstrainOpts,
+    d: &DecodeOpts,
+    system: Option<String>,
+) -> Result<()> {
     let grammar = grammar(c)?;
     let lm = open(m)?;
     let params = sampling(s, &lm)?;
+    let (rule, speculative) = decoding(d, s, m)?;
     // Compiled once; every answer starts from a fresh copy.
     let constraint = constraint(grammar, &lm)?;
     let cancel = Arc::new(AtomicBool::new(false));
@@ -82,6 +89,8 @@ pub fn run(m: &ModelOpts, s: &SampleOpts, c: &ConstrainOpts, system: Option<Stri
             stop: s.stop.clone(),
             ignore_eos: false,
             constraint: constraint.clone(),
+            decoding: rule.clone(),
+            speculative: speculative.clone(),
         };
         cancel.store(false, Ordering::SeqCst);
         busy.store(true, Ordering::SeqCst);

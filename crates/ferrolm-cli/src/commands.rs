@@ -1,11 +1,12 @@
 //! The one-shot commands: tokenize, logits, generate, info, pull; and the shared set-up
 //! (threads, model loading, sampling parameters from flags).
 
-use crate::{BeamOpts, ConstrainOpts, ModelOpts, SampleOpts};
+use crate::{BeamOpts, ConstrainOpts, DecodeOpts, ModelOpts, SampleOpts};
 use anyhow::{anyhow, bail, Context, Result};
 use ferrolm_engine::constrain::{Constraint, Grammar};
 use ferrolm_engine::{
-    catalog, generate as run_generate, FinishReason, GenerateRequest, LoadedModel,
+    catalog, generate as run_generate, Decoding, Draft, FinishReason, GenerateRequest, LoadedModel,
+    Speculative,
 };
 use ferrolm_model::spec::Topology;
 use ferrolm_model::{KvCache, Logits};
@@ -121,6 +122,9 @@ pub fn sampling(s: &SampleOpts, lm: &LoadedModel) -> Result<SamplingParams> {
         presence_penalty: s.presence_penalty,
         logit_bias,
         seed: s.seed,
+        mirostat: s.mirostat,
+        mirostat_tau: s.mirostat_tau,
+        mirostat_eta: s.mirostat_eta,
     };
     p.validate()?;
     Ok(p)
@@ -267,6 +271,60 @@ pub fn grammar(c: &ConstrainOpts) -> Result<Option<Grammar>> {
     })
 }
 
+/// The decoding rule and speculative setting the flags ask for (a draft model is loaded here).
+pub fn decoding(
+    d: &DecodeOpts,
+    s: &SampleOpts,
+    m: &ModelOpts,
+) -> Result<(Decoding, Option<Speculative>)> {
+    let rule = match d.decoding.as_str() {
+        "contrastive" => Decoding::Contrastive {
+            alpha: d.penalty_alpha,
+            k: s.top_k.unwrap_or(4),
+        },
+        "dola" => Decoding::Dola {
+            layers: d.dola_layers.parse()?,
+        },
+        _ => Decoding::Sample,
+    };
+    if let Decoding::Contrastive { alpha, k } = rule {
+        if !(0.0..=1.0).contains(&alpha) || k == 0 {
+            bail!(
+                "--penalty-alpha must be in [0, 1] (got {alpha}) and --top-k at least 1 (got {k})"
+            );
+        }
+    }
+    let draft = match (d.speculative.as_deref(), &d.draft_model) {
+        (None, None) => None,
+        (Some(_), Some(_)) => bail!("give either --speculative or --draft-model, not both"),
+        (Some("ngram"), None) => Some(Draft::Ngram { max_ngram: d.ngram }),
+        (Some(x), None) => match x.strip_prefix("early-exit:").map(str::parse::<usize>) {
+            Some(Ok(layer)) => Some(Draft::EarlyExit { layer }),
+            _ => bail!("--speculative '{x}': give ngram or early-exit:LAYER (e.g. early-exit:8)"),
+        },
+        (None, Some(path)) => {
+            let dm = ModelOpts {
+                model: path.clone(),
+                quantize: None,
+                ..m.clone()
+            };
+            let lm = open(&dm).with_context(|| format!("loading the draft model {path}"))?;
+            Some(Draft::Model(std::sync::Arc::new(lm)))
+        }
+    };
+    let speculative = draft.map(|draft| {
+        let max = d.draft_max.unwrap_or(match draft {
+            Draft::Ngram { .. } => 10,
+            _ => 4,
+        });
+        Speculative { draft, max }
+    });
+    if speculative.as_ref().is_some_and(|s| s.max == 0) {
+        bail!("--draft-max must be at least 1");
+    }
+    Ok((rule, speculative))
+}
+
 /// The constraint for `grammar`, compiled over the model's vocabulary.
 pub fn constraint(grammar: Option<Grammar>, lm: &LoadedModel) -> Result<Option<Constraint>> {
     grammar.map(|g| lm.constraint(&g)).transpose()
@@ -280,12 +338,14 @@ pub fn generate(
     ids: Option<Vec<u32>>,
     b: &BeamOpts,
     c: &ConstrainOpts,
+    d: &DecodeOpts,
     text: Option<String>,
 ) -> Result<()> {
     // Flag and file errors come before the model is loaded.
     let grammar = grammar(c)?;
     let lm = open(m)?;
     let sampling = sampling(s, &lm)?;
+    let (rule, speculative) = decoding(d, s, m)?;
     let constraint = constraint(grammar, &lm)?;
     if b.beams.is_some_and(|n| n > 1) || b.num_return.is_some() {
         if constraint.is_some() {
@@ -313,8 +373,11 @@ pub fn generate(
         stop: s.stop.clone(),
         ignore_eos: s.ignore_eos,
         constraint,
+        decoding: rule,
+        speculative,
     };
     let cancel = AtomicBool::new(false);
+    let started = std::time::Instant::now();
     let json_out = m.json;
     let mut stdout = std::io::stdout();
     let out = run_generate(&lm, &mut kv, &req, &cancel, &mut |piece| {
@@ -324,7 +387,25 @@ pub fn generate(
         }
     })?;
     if json_out {
-        println!("{}", json!({ "ids": out.ids, "text": out.text }));
+        let seconds = started.elapsed().as_secs_f64();
+        let mut j = json!({
+            "ids": out.ids,
+            "text": out.text,
+            "seconds": seconds,
+            "prompt_seconds": out.prompt_seconds,
+            "decode_seconds": out.decode_seconds,
+            // The first token comes with the prompt's pass; the rest are decoding's.
+            "decode_tokens_per_second": out.ids.len().saturating_sub(1) as f64 / out.decode_seconds.max(1e-9),
+        });
+        if let Some(st) = out.speculative {
+            j["speculative"] = json!({
+                "passes": st.steps,
+                "drafted": st.drafted,
+                "accepted": st.accepted,
+                "acceptance": st.acceptance(),
+            });
+        }
+        println!("{j}");
     } else {
         println!();
     }

@@ -86,6 +86,42 @@ pub struct SampleOpts {
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Mirostat: 0 = off, 2 = Mirostat 2.0 (replaces top-k/top-p/min-p; keeps the text's
+    /// surprise near --mirostat-tau bits).
+    #[arg(long, default_value_t = 0)]
+    pub mirostat: u8,
+    #[arg(long, default_value_t = 5.0)]
+    pub mirostat_tau: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub mirostat_eta: f32,
+}
+
+/// Decoding rules beyond the sampler chain, for `generate` and `chat`.
+#[derive(Args, Clone, Default)]
+pub struct DecodeOpts {
+    /// sample (the chain: greedy or sampling), contrastive (contrastive search:
+    /// --penalty-alpha, --top-k candidates) or dola (DoLa: --dola-layers).
+    #[arg(long, default_value = "sample", value_parser = ["sample", "contrastive", "dola"])]
+    pub decoding: String,
+    /// Contrastive search's degeneration penalty in [0, 1].
+    #[arg(long, default_value_t = 0.6)]
+    pub penalty_alpha: f32,
+    /// DoLa's premature layers: low, high, or comma-separated hidden-state indices.
+    #[arg(long, default_value = "high")]
+    pub dola_layers: String,
+    /// Speculative decoding (same output, fewer passes): ngram (prompt lookup) or
+    /// early-exit:LAYER (the model's first LAYER layers draft). See also --draft-model.
+    #[arg(long, value_name = "ngram|early-exit:LAYER")]
+    pub speculative: Option<String>,
+    /// Speculative decoding with this draft model (same vocabulary).
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<String>,
+    /// Longest draft per verification pass (default 10 for ngram, 4 for model drafts).
+    #[arg(long)]
+    pub draft_max: Option<usize>,
+    /// Longest n-gram the ngram drafter looks up.
+    #[arg(long, default_value_t = 3)]
+    pub ngram: usize,
 }
 
 /// Constrained output for `generate` and `chat` (at most one): only tokens that keep the
@@ -189,6 +225,8 @@ enum Cmd {
         b: BeamOpts,
         #[command(flatten)]
         c: ConstrainOpts,
+        #[command(flatten)]
+        d: DecodeOpts,
         text: Option<String>,
     },
     /// Interactive chat (/reset, /exit; Ctrl-C stops the current answer).
@@ -199,6 +237,8 @@ enum Cmd {
         s: SampleOpts,
         #[command(flatten)]
         c: ConstrainOpts,
+        #[command(flatten)]
+        d: DecodeOpts,
         /// System prompt.
         #[arg(long)]
         system: Option<String>,
@@ -284,9 +324,10 @@ fn run() -> anyhow::Result<()> {
             ids,
             b,
             c,
+            d,
             text,
-        } => commands::generate(&m, &s, chat, ids, &b, &c, text),
-        Cmd::Chat { m, s, c, system } => chat::run(&m, &s, &c, system),
+        } => commands::generate(&m, &s, chat, ids, &b, &c, &d, text),
+        Cmd::Chat { m, s, c, d, system } => chat::run(&m, &s, &c, &d, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
         Cmd::Bench {
             m,

@@ -2,13 +2,18 @@
 //! conditions (max tokens, end-of-generation ids, stop strings, a completed constraint,
 //! cancellation) and streaming of UTF-8-complete text.
 
+use crate::decode::{
+    contrastive_pick, dola_contrast, drafter, unit, Decoding, Drafter, SpecStats, Speculative,
+};
 use crate::load::LoadedModel;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use ferrolm_constrain::Constraint;
-use ferrolm_model::{KvCache, Logits};
-use ferrolm_sample::{SamplingParams, StopMatcher, StopState};
+use ferrolm_model::spec::Topology;
+use ferrolm_model::{KvCache, Logits, Probe};
+use ferrolm_sample::{SamplerChain, SamplingParams, StopMatcher, StopState};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[derive(Default)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -20,6 +25,10 @@ pub struct GenerateRequest {
     /// logits are `-inf`); generation stops when it is complete. Built by
     /// [`LoadedModel::constraint`].
     pub constraint: Option<Constraint>,
+    /// Contrastive search or DoLa instead of the plain chain.
+    pub decoding: Decoding,
+    /// Draft-and-verify decoding; the output is the same as without it.
+    pub speculative: Option<Speculative>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +45,11 @@ pub struct GenerateOutput {
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
+    /// Drafted and accepted tokens (speculative decoding).
+    pub speculative: Option<SpecStats>,
+    /// Seconds spent on the prompt (up to the first token's logits) and on the rest.
+    pub prompt_seconds: f64,
+    pub decode_seconds: f64,
 }
 
 /// Accumulates token bytes and hands out text only when it is complete UTF-8.
@@ -74,6 +88,307 @@ impl Utf8Stream {
     }
 }
 
+/// What a step hands the picker: logits rows to pick from in turn (with the draft token
+/// each row after the first was computed behind), or a token the decoding rule chose.
+enum Step {
+    Rows {
+        rows: Vec<Vec<f32>>,
+        drafts: Vec<u32>,
+    },
+    Chosen(u32),
+}
+
+/// Where the next token comes from; holds the state between steps. `kv` holds every
+/// committed token except, for the row-based sources, the last one (`pending`).
+enum Source<'a> {
+    Plain {
+        row: Option<Vec<f32>>,
+        pending: Option<u32>,
+    },
+    Speculative {
+        row: Option<Vec<f32>>,
+        pending: Option<u32>,
+        drafter: Box<dyn Drafter + 'a>,
+        max: usize,
+        /// The current draft length: transformers' heuristic schedule (+2 after a fully
+        /// accepted draft, -1 after a rejection, within 1..=max).
+        len: usize,
+        /// Where the last verification pass started (`None` before the first).
+        base: Option<usize>,
+        stats: SpecStats,
+    },
+    Dola {
+        layers: Vec<usize>,
+        row: Option<Vec<f32>>,
+        pending: Option<u32>,
+    },
+    Contrastive {
+        alpha: f32,
+        k: usize,
+        row: Vec<f32>,
+        /// Unit-length final hidden states of the context, `C` each.
+        context: Vec<f32>,
+    },
+}
+
+/// DoLa's next row after running `tokens`.
+fn dola_row(
+    lm: &LoadedModel,
+    tokens: &[u32],
+    kv: &mut KvCache,
+    layers: &[usize],
+) -> Result<Vec<f32>> {
+    let mut probe = Probe {
+        taps: layers.to_vec(),
+        ..Probe::default()
+    };
+    let h = lm.model.forward_probe(tokens, kv, &mut probe)?;
+    let c = lm.model.config.hidden;
+    let last = lm.model.logits_rows(&h[h.len() - c..])?;
+    let early: Vec<f32> = probe.tapped.concat();
+    let v = last.len();
+    let premature: Vec<Vec<f32>> = lm
+        .model
+        .head_rows(&early)?
+        .chunks(v)
+        .map(<[f32]>::to_vec)
+        .collect();
+    Ok(dola_contrast(&last, &premature))
+}
+
+impl<'a> Source<'a> {
+    fn new(lm: &'a LoadedModel, req: &'a GenerateRequest, kv: &mut KvCache) -> Result<Self> {
+        let decoder_only = lm.model.topology() == Topology::Decoder;
+        let needs_decoder = |what: &str| -> Result<()> {
+            if !decoder_only {
+                bail!(
+                    "{what} is for decoder-only models; {} is {:?}",
+                    lm.name,
+                    lm.model.topology()
+                );
+            }
+            Ok(())
+        };
+        if req.speculative.is_some() && req.decoding != Decoding::Sample {
+            bail!("speculative decoding verifies the plain sampler's choices; it does not combine with contrastive search or DoLa");
+        }
+        if req.constraint.is_some() && req.decoding != Decoding::Sample {
+            bail!("constrained output does not combine with contrastive search or DoLa; leave one out");
+        }
+        if let Some(spec) = &req.speculative {
+            needs_decoder("speculative decoding")?;
+            kv.set_slack(spec.max + 1);
+            let row = crate::search::first_logits(&lm.model, &req.prompt, None, kv)?;
+            return Ok(Source::Speculative {
+                row: Some(row),
+                pending: None,
+                drafter: drafter(spec, lm, kv.n_ctx)?,
+                max: spec.max,
+                len: spec.max,
+                base: None,
+                stats: SpecStats::default(),
+            });
+        }
+        match &req.decoding {
+            Decoding::Sample => Ok(Source::Plain {
+                row: Some(crate::search::first_logits(
+                    &lm.model,
+                    &req.prompt,
+                    lm.decoder_start(),
+                    kv,
+                )?),
+                pending: None,
+            }),
+            Decoding::Dola { layers } => {
+                needs_decoder("DoLa")?;
+                let layers =
+                    layers.resolve(lm.model.n_blocks(), lm.model.config.tied_embeddings)?;
+                let row = dola_row(lm, &req.prompt, kv, &layers)?;
+                Ok(Source::Dola {
+                    layers,
+                    row: Some(row),
+                    pending: None,
+                })
+            }
+            &Decoding::Contrastive { alpha, k } => {
+                needs_decoder("contrastive search")?;
+                if !(0.0..=1.0).contains(&alpha) || k == 0 {
+                    bail!("contrastive search needs 0 <= penalty-alpha <= 1 (got {alpha}) and top-k >= 1 (got {k})");
+                }
+                let h = lm.model.forward_hidden_chunked(&req.prompt, kv)?;
+                let h: Vec<f32> = h.flatten_all()?.to_vec1()?;
+                let c = lm.model.config.hidden;
+                let row = lm.model.logits_rows(&h[h.len() - c..])?;
+                let context = h.chunks_exact(c).flat_map(unit).collect();
+                Ok(Source::Contrastive {
+                    alpha,
+                    k,
+                    row,
+                    context,
+                })
+            }
+        }
+    }
+
+    /// The next step. `ctx` is every committed token (prompt and output); `room` how many more
+    /// tokens may be generated.
+    fn step(
+        &mut self,
+        lm: &LoadedModel,
+        kv: &mut KvCache,
+        chain: &mut SamplerChain,
+        ctx: &[u32],
+        room: usize,
+    ) -> Result<Step> {
+        let one = |rows: Vec<f32>| Step::Rows {
+            rows: vec![rows],
+            drafts: Vec::new(),
+        };
+        match self {
+            Source::Plain { row, pending } => {
+                if let Some(r) = row.take() {
+                    return Ok(one(r));
+                }
+                let t = pending
+                    .take()
+                    .expect("a pending token after the first step");
+                let r = lm.model.forward(&[t], kv, Logits::Last)?;
+                Ok(one(r.flatten_all()?.to_vec1()?))
+            }
+            Source::Dola {
+                layers,
+                row,
+                pending,
+            } => {
+                if let Some(r) = row.take() {
+                    return Ok(one(r));
+                }
+                let t = pending
+                    .take()
+                    .expect("a pending token after the first step");
+                Ok(one(dola_row(lm, &[t], kv, layers)?))
+            }
+            Source::Speculative {
+                row,
+                pending,
+                drafter,
+                len,
+                base,
+                stats,
+                ..
+            } => {
+                if let Some(r) = row.take() {
+                    return Ok(one(r));
+                }
+                let t = pending
+                    .take()
+                    .expect("a pending token after the first step");
+                let space = kv.n_ctx.saturating_sub(kv.next_pos + 1);
+                let k = (*len).min(room.saturating_sub(1)).min(space);
+                let drafts = if k > 0 {
+                    drafter.draft(ctx, k)?
+                } else {
+                    Vec::new()
+                };
+                *base = Some(kv.next_pos);
+                let mut tokens = vec![t];
+                tokens.extend_from_slice(&drafts);
+                // Decode arithmetic for every row: the bits token-by-token decoding gets.
+                let mut probe = Probe {
+                    as_decode: true,
+                    ..Probe::default()
+                };
+                let h = lm.model.forward_probe(&tokens, kv, &mut probe)?;
+                let logits = lm.model.logits_rows(&h)?;
+                let rows: Vec<Vec<f32>> = logits
+                    .chunks(logits.len() / tokens.len())
+                    .map(<[f32]>::to_vec)
+                    .collect();
+                if !drafts.is_empty() {
+                    stats.steps += 1;
+                    stats.drafted += drafts.len();
+                }
+                Ok(Step::Rows { rows, drafts })
+            }
+            Source::Contrastive {
+                alpha,
+                k,
+                row,
+                context,
+            } => {
+                // The chain's processors (biases, penalties) shape the probabilities.
+                let cands = chain.process(row);
+                let mut order: Vec<usize> = (0..cands.len()).collect();
+                order.sort_by(|&a, &b| {
+                    cands.probs[b]
+                        .total_cmp(&cands.probs[a])
+                        .then(cands.ids[a].cmp(&cands.ids[b]))
+                });
+                order.truncate(*k);
+                let ids: Vec<u32> = order.iter().map(|&i| cands.ids[i]).collect();
+                let probs: Vec<f32> = order.iter().map(|&i| cands.probs[i]).collect();
+                // Each candidate one step ahead, batched, on its own copy of the cache.
+                let mut forks: Vec<KvCache> = ids.iter().map(|_| kv.clone()).collect();
+                let toks: Vec<[u32; 1]> = ids.iter().map(|&t| [t]).collect();
+                let mut seqs: Vec<(&[u32], &mut KvCache)> = toks
+                    .iter()
+                    .zip(forks.iter_mut())
+                    .map(|(t, kv)| (&t[..], kv))
+                    .collect();
+                let mut scratch = std::mem::take(&mut kv.scratch);
+                let hidden = lm.model.forward_batch_hidden(&mut seqs, &mut scratch);
+                let hidden = hidden?;
+                let c = lm.model.config.hidden;
+                let pick = contrastive_pick(&probs, &hidden, context, c, *alpha);
+                context.extend(unit(&hidden[pick * c..(pick + 1) * c]));
+                *row = lm.model.logits_rows(&hidden[pick * c..(pick + 1) * c])?;
+                *kv = forks.swap_remove(pick);
+                kv.scratch = scratch;
+                chain.accept(ids[pick]);
+                Ok(Step::Chosen(ids[pick]))
+            }
+        }
+    }
+
+    /// After a `Rows` step: `accepted` drafts were confirmed and `tok` was picked after them.
+    fn settle(&mut self, kv: &mut KvCache, accepted: usize, tok: u32) -> Result<()> {
+        match self {
+            Source::Plain { pending, .. } | Source::Dola { pending, .. } => *pending = Some(tok),
+            Source::Speculative {
+                pending,
+                base,
+                stats,
+                len,
+                max,
+                ..
+            } => {
+                if let Some(b) = *base {
+                    let drafted = kv.next_pos - b - 1;
+                    kv.truncate(b + 1 + accepted)?;
+                    if drafted > 0 {
+                        *len = if accepted == drafted {
+                            (*len + 2).min(*max)
+                        } else {
+                            len.saturating_sub(1).max(1)
+                        };
+                    }
+                }
+                stats.accepted += accepted;
+                *pending = Some(tok);
+            }
+            Source::Contrastive { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Option<SpecStats> {
+        match self {
+            Source::Speculative { stats, .. } => Some(*stats),
+            _ => None,
+        }
+    }
+}
+
 /// Generates from `req.prompt` appended to whatever `kv` already holds (decoder-only models),
 /// or from the encoder's reading of `req.prompt` (encoder-decoder models: the decoder starts
 /// afresh from its start token). `on_text` receives each streamable piece; `cancel` stops
@@ -88,9 +403,17 @@ pub fn generate(
     if req.prompt.is_empty() {
         anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
     }
-    let mut chain = req.sampling.build_chain();
+    let mut chain = match req.decoding {
+        // Contrastive search is deterministic: only biases and penalties shape its scores.
+        Decoding::Contrastive { .. } => SamplingParams {
+            temperature: 0.0,
+            ..req.sampling.clone()
+        }
+        .build_chain(),
+        _ => req.sampling.build_chain(),
+    };
     let mut constraint = req.constraint.clone();
-    let seq2seq = lm.model.topology() == ferrolm_model::spec::Topology::EncoderDecoder;
+    let seq2seq = lm.model.topology() == Topology::EncoderDecoder;
     if !seq2seq {
         for &t in &req.prompt {
             chain.accept(t);
@@ -105,63 +428,86 @@ pub fn generate(
     let mut stops = StopMatcher::new(req.stop.clone());
     let mut utf8 = Utf8Stream::default();
     let mut ids = Vec::new();
+    let mut ctx: Vec<u32> = if seq2seq {
+        Vec::new()
+    } else {
+        req.prompt.clone()
+    };
     let mut text = String::new();
-    let mut row = crate::search::first_logits(&lm.model, &req.prompt, lm.decoder_start(), kv)?;
+    let t0 = std::time::Instant::now();
+    let mut source = Source::new(lm, req, kv)?;
+    let prompt_seconds = t0.elapsed().as_secs_f64();
     let mut finish = FinishReason::Length;
     // Text held back by the stop matcher is dropped only when a stop string matched.
     let mut stop_string = false;
-    while ids.len() < req.max_tokens {
+    'outer: while ids.len() < req.max_tokens {
         if cancel.load(Ordering::Relaxed) {
             finish = FinishReason::Cancelled;
             break;
         }
-        // generation_config.json's forced tokens: the first (forced_bos) and the last allowed
-        // (forced_eos) new token, as transformers' logits processors force them.
-        let forced = match (ids.len(), forced) {
-            (0, (Some(b), _)) => Some(b),
-            (n, (_, Some(e))) if n + 1 == req.max_tokens && !req.ignore_eos => Some(e),
-            _ => None,
+        let step = source.step(lm, kv, &mut chain, &ctx, req.max_tokens - ids.len())?;
+        let (rows, drafts, chosen) = match step {
+            Step::Rows { rows, drafts } => (rows, drafts, None),
+            Step::Chosen(t) => (vec![Vec::new()], Vec::new(), Some(t)),
         };
-        let tok = match (forced, constraint.as_mut()) {
-            (Some(t), None) if (t as usize) < row.len() => {
-                chain.accept(t);
-                t
+        for (i, row) in rows.iter().enumerate() {
+            let tok = match chosen {
+                Some(t) => t,
+                None => {
+                    // generation_config.json's forced tokens: the first (forced_bos) and the
+                    // last allowed (forced_eos) new token, as transformers' logits processors
+                    // force them.
+                    let forced = match (ids.len(), forced) {
+                        (0, (Some(b), _)) => Some(b),
+                        (n, (_, Some(e))) if n + 1 == req.max_tokens && !req.ignore_eos => Some(e),
+                        _ => None,
+                    };
+                    match (forced, constraint.as_mut()) {
+                        (Some(t), None) if (t as usize) < row.len() => {
+                            chain.accept(t);
+                            t
+                        }
+                        (_, Some(c)) => c.sample(&mut chain, row)?,
+                        _ => chain.sample(row),
+                    }
+                }
+            };
+            let confirmed = drafts.get(i) == Some(&tok);
+            if !confirmed {
+                source.settle(kv, i, tok)?;
             }
-            (_, Some(c)) => c.sample(&mut chain, &row)?,
-            _ => chain.sample(&row),
-        };
-        ids.push(tok);
-        if !req.ignore_eos && eog.contains(&tok) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        let bytes = lm.tokenizer.as_ref().map(|t| t.token_bytes(tok, false));
-        let piece = utf8.push(&bytes.unwrap_or_default());
-        match stops.push(&piece) {
-            StopState::Continue { emit } => {
-                on_text(&emit);
-                text.push_str(&emit);
-            }
-            StopState::Stop { emit } => {
-                on_text(&emit);
-                text.push_str(&emit);
+            ids.push(tok);
+            ctx.push(tok);
+            if !req.ignore_eos && eog.contains(&tok) {
                 finish = FinishReason::Stop;
-                stop_string = true;
+                break 'outer;
+            }
+            let bytes = lm.tokenizer.as_ref().map(|t| t.token_bytes(tok, false));
+            let piece = utf8.push(&bytes.unwrap_or_default());
+            match stops.push(&piece) {
+                StopState::Continue { emit } => {
+                    on_text(&emit);
+                    text.push_str(&emit);
+                }
+                StopState::Stop { emit } => {
+                    on_text(&emit);
+                    text.push_str(&emit);
+                    finish = FinishReason::Stop;
+                    stop_string = true;
+                    break 'outer;
+                }
+            }
+            if constraint.as_ref().is_some_and(Constraint::is_finished) {
+                finish = FinishReason::Stop;
+                break 'outer;
+            }
+            if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
+                break 'outer;
+            }
+            if !confirmed {
                 break;
             }
         }
-        if constraint.as_ref().is_some_and(Constraint::is_finished) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
-            break;
-        }
-        row = lm
-            .model
-            .forward(&[tok], kv, Logits::Last)?
-            .flatten_all()?
-            .to_vec1()?;
     }
     if !stop_string {
         let mut rest = stops.push(&utf8.flush());
@@ -177,6 +523,9 @@ pub fn generate(
         text,
         finish,
         prompt_tokens: req.prompt.len(),
+        speculative: source.stats(),
+        prompt_seconds,
+        decode_seconds: t0.elapsed().as_secs_f64() - prompt_seconds,
     })
 }
 

@@ -4,11 +4,13 @@
 pub mod catalog;
 mod constrained;
 pub mod convert;
+pub mod decode;
 pub mod generate;
 pub mod load;
 pub mod search;
 pub mod serve;
 
+pub use decode::{Decoding, DolaLayers, Draft, SpecStats, Speculative};
 pub use ferrolm_constrain as constrain;
 pub use ferrolm_tokenize::vocab_spec;
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};

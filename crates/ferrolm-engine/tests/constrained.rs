@@ -105,6 +105,7 @@ fn smollm2_json_schema_50_of_50() {
             stop: Vec::new(),
             ignore_eos: false,
             constraint: Some(fresh.clone()),
+            ..Default::default()
         };
         let mut kv = lm.model.new_cache(2048);
         let out = generate(&lm, &mut kv, &req, &AtomicBool::new(false), &mut |_| {}).unwrap();
@@ -160,6 +161,7 @@ fn smollm2_regex_is_followed() {
                 ))
                 .unwrap(),
             ),
+            ..Default::default()
         };
         let mut kv = lm.model.new_cache(512);
         let out = generate(&lm, &mut kv, &req, &AtomicBool::new(false), &mut |_| {}).unwrap();

@@ -24,6 +24,7 @@ fn greedy_request(prompt: Vec<u32>, n: usize) -> GenerateRequest {
         stop: Vec::new(),
         ignore_eos: true,
         constraint: None,
+        ..Default::default()
     }
 }
 

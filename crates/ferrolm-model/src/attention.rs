@@ -34,6 +34,8 @@ pub struct StepCtx<'a> {
     pub alibi: &'a [f32],
     /// T5's relative-bias table `(buckets, H)` (empty unless a layer uses `Position::Relative`).
     pub relative: &'a [f32],
+    /// Attention rows with the one-token (decode) arithmetic (see [`crate::Probe`]).
+    pub as_decode: bool,
 }
 
 /// ALiBi slopes for `n` heads.
@@ -101,6 +103,8 @@ pub struct Mask<'a> {
     pub causal: bool,
     pub window: Option<usize>,
     pub bias: ScoreBias<'a>,
+    /// Every query with the one-query (decode) arithmetic, even when several run together.
+    pub as_decode: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -202,7 +206,7 @@ pub fn attend_many(
         let (q, kv, q_pos) = parts[pi];
         let (t, s) = (q_pos.len(), kv.len());
         let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
-        let batched = t >= 2;
+        let batched = t >= 2 && !mask.as_decode;
         let lanes = if batched { 16 } else { 64 };
         let g = hh / n_rep;
         let mut row = vec![0f32; s];
@@ -338,6 +342,7 @@ impl Attention {
                 Position::Relative(r) => ScoreBias::Relative(ctx.relative, *r),
                 _ => ScoreBias::None,
             },
+            as_decode: ctx.as_decode,
         };
         if kvs.len() != ctx.segments.len() {
             anyhow::bail!("{} caches for {} sequences", kvs.len(), ctx.segments.len());
@@ -385,6 +390,7 @@ impl Attention {
             causal: false,
             window: None,
             bias: ScoreBias::None,
+            as_decode: false,
         };
         let out = scope("attention").run(|| attend(a, q, kv, ctx.pos, &mask, None));
         let c = self.o.out_dim();
@@ -407,6 +413,7 @@ impl Attention {
             pos: (0..rows).collect(),
             window: None,
             precision,
+            slack: 0,
         })
     }
 }

@@ -33,6 +33,10 @@ pub struct LayerKv {
     /// `Some(W)`: rotating (keeps the last `W - 1` positions between calls).
     pub window: Option<usize>,
     pub precision: KvPrecision,
+    /// Extra positions a rotating layer keeps past its window, so the newest `slack`
+    /// positions can be taken back ([`KvCache::truncate`]) without losing what the window
+    /// then needs again.
+    pub slack: usize,
 }
 
 impl LayerKv {
@@ -58,7 +62,7 @@ impl LayerKv {
         let keep_from = self
             .pos
             .iter()
-            .position(|&p| p + w > max + 1)
+            .position(|&p| p + w + self.slack > max + 1)
             .unwrap_or(self.pos.len());
         if keep_from > 0 {
             let row = self.k.len() / self.pos.len().max(1);
@@ -123,11 +127,49 @@ impl KvCache {
             *l = LayerKv {
                 window: l.window,
                 precision: l.precision,
+                slack: l.slack,
                 ..Default::default()
             };
         }
         self.next_pos = 0;
         self.cross.clear();
+    }
+
+    /// Lets rotating layers keep `n` positions past their window, so up to `n` of the newest
+    /// positions can be taken back with [`truncate`](Self::truncate) (speculative decoding).
+    pub fn set_slack(&mut self, n: usize) {
+        self.layers.iter_mut().for_each(|l| l.slack = n);
+    }
+
+    /// Forgets every position from `len` on (rejected draft tokens): the cache then holds what
+    /// it held after its first `len` positions. Errors if a rotating layer already dropped a
+    /// position the window needs again (more taken back than [`set_slack`](Self::set_slack)).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.next_pos {
+            return Ok(());
+        }
+        for l in &mut self.layers {
+            let keep = l.pos.iter().take_while(|&&p| p < len).count();
+            if l.pos[keep..].iter().any(|&p| p < len) {
+                bail!("KV cache slots out of position order");
+            }
+            if let (Some(w), Some(&first)) = (l.window, l.pos.first()) {
+                // The next query (at `len`) sees positions from `len + 1 - w` on.
+                if first > (len + 1).saturating_sub(w) {
+                    bail!(
+                        "cannot take back {} positions: a rotating layer kept only {} past its window (set_slack)",
+                        self.next_pos - len,
+                        l.slack
+                    );
+                }
+            }
+            let row = l.k.len() / l.pos.len().max(1);
+            l.k.truncate(keep * row);
+            l.v.truncate(keep * row);
+            l.pos.truncate(keep);
+        }
+        self.next_pos = len;
+        Ok(())
     }
 
     /// Positions for `n` new tokens, or an error when they would pass the context size.

@@ -18,5 +18,5 @@ pub mod weights;
 
 pub use arch::{config_from_gguf, supported_gguf_arches};
 pub use kv::{KvCache, KvPrecision};
-pub use model::{Logits, Model};
+pub use model::{Logits, Model, Probe};
 pub use spec::ModelConfig;

@@ -80,6 +80,23 @@ impl Embeddings {
     }
 }
 
+/// What a forward pass may do besides the full stack: stop after the first `exit` blocks
+/// (self-speculative drafting; the final norm still applies), and keep the residual stream's
+/// last row as it enters each block in `taps` (Hugging Face's `hidden_states[i]`: `0` is the
+/// embedding output, `i` the output of block `i - 1`), for DoLa's early-layer logits.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub exit: Option<usize>,
+    pub taps: Vec<usize>,
+    /// Compute every row with the one-token (decode) arithmetic: a multi-token call then
+    /// gives each row the bits token-by-token decoding gives it (with row-invariant products:
+    /// the float and 32-block formats), so verifying a speculative draft in one pass never
+    /// changes the output.
+    pub as_decode: bool,
+    /// After the pass: `tapped[j]` is the last row of `hidden_states[taps[j]]` (`C` values).
+    pub tapped: Vec<Vec<f32>>,
+}
+
 /// Embeddings, the blocks, and the final norm of one stack, with its attention biases.
 struct Stack {
     embed: Embeddings,
@@ -108,6 +125,7 @@ impl Stack {
         cross: &[LayerKv],
         scratch: &mut Scratch,
         out: &mut [f32],
+        mut probe: Option<&mut Probe>,
     ) -> Result<()> {
         let c = self.embed.tok.dim();
         let t = ids.len();
@@ -136,10 +154,24 @@ impl Stack {
                 causal: self.causal,
                 alibi: &self.alibi,
                 relative: &self.relative,
+                as_decode: probe.as_ref().is_some_and(|p| p.as_decode),
             };
-            for (i, block) in self.blocks.iter().enumerate() {
+            let n_blocks = probe
+                .as_ref()
+                .and_then(|p| p.exit)
+                .map_or(self.blocks.len(), |e| e.min(self.blocks.len()));
+            if let Some(p) = probe.as_deref_mut() {
+                p.tapped = vec![Vec::new(); p.taps.len()];
+            }
+            for (i, block) in self.blocks.iter().enumerate().take(n_blocks) {
+                if let Some(p) = probe.as_deref_mut() {
+                    p.tap(i, &x[(t - 1) * c..t * c]);
+                }
                 let mut layer: Vec<&mut LayerKv> = kv.iter_mut().map(|s| &mut s[i]).collect();
                 block.forward_rows(x, &ctx, &mut layer, cross.get(i), scratch)?;
+            }
+            if let Some(p) = probe {
+                p.tap(n_blocks, &x[(t - 1) * c..t * c]);
             }
             match &self.final_norm {
                 Some(n) => scope("norms").run(|| n.rows(x, out)),
@@ -153,6 +185,16 @@ impl Stack {
         })();
         scratch.x = x;
         res
+    }
+}
+
+impl Probe {
+    fn tap(&mut self, layer: usize, row: &[f32]) {
+        for (j, &l) in self.taps.iter().enumerate() {
+            if l == layer {
+                self.tapped[j] = row.to_vec();
+            }
+        }
     }
 }
 
@@ -533,7 +575,17 @@ impl Model {
             layers, scratch, ..
         } = &mut kv;
         let mut layers = [layers.as_mut_slice()];
-        st.run(ids, types, &pos, &segs, &mut layers, &[], scratch, &mut out)?;
+        st.run(
+            ids,
+            types,
+            &pos,
+            &segs,
+            &mut layers,
+            &[],
+            scratch,
+            &mut out,
+            None,
+        )?;
         Ok(out)
     }
 
@@ -588,6 +640,29 @@ impl Model {
 
     /// `forward_hidden` into `out (T, C)`, on the cache's reusable buffers.
     fn hidden_into(&self, tokens: &[u32], kv: &mut KvCache, out: &mut [f32]) -> Result<()> {
+        self.hidden_probed(tokens, kv, out, None)
+    }
+
+    /// `forward_hidden` with a [`Probe`]: final-normed hidden rows `(T, C)` after all blocks or
+    /// after `probe.exit` of them, and the tapped rows in `probe.tapped`.
+    pub fn forward_probe(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        probe: &mut Probe,
+    ) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; tokens.len() * self.config.hidden];
+        self.hidden_probed(tokens, kv, &mut out, Some(probe))?;
+        Ok(out)
+    }
+
+    fn hidden_probed(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        out: &mut [f32],
+        probe: Option<&mut Probe>,
+    ) -> Result<()> {
         if tokens.is_empty() {
             bail!("forward called with no tokens");
         }
@@ -603,8 +678,17 @@ impl Model {
         } = kv;
         let segs = [(0, tokens.len())];
         let mut layers = [layers.as_mut_slice()];
-        self.main
-            .run(tokens, None, &pos, &segs, &mut layers, cross, scratch, out)
+        self.main.run(
+            tokens,
+            None,
+            &pos,
+            &segs,
+            &mut layers,
+            cross,
+            scratch,
+            out,
+            probe,
+        )
     }
 
     /// One step for several sequences at once (a server's batch): `seqs[i].0` are the next
@@ -617,6 +701,19 @@ impl Model {
         seqs: &mut [(&[u32], &mut KvCache)],
         scratch: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>> {
+        let last = self.forward_batch_hidden(seqs, scratch)?;
+        let y = self.logits_rows(&last)?;
+        let v = y.len() / seqs.len();
+        Ok(y.chunks(v).map(|r| r.to_vec()).collect())
+    }
+
+    /// [`forward_batch`](Self::forward_batch) up to the final norm: each sequence's last
+    /// hidden row, concatenated (`seqs.len() x C`).
+    pub fn forward_batch_hidden(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<f32>> {
         if self.config.topology != Topology::Decoder {
             bail!("batched steps are for decoder-only models");
         }
@@ -651,14 +748,31 @@ impl Model {
             &[],
             scratch,
             &mut hidden,
+            None,
         )?;
         let mut last = Vec::with_capacity(segs.len() * c);
         for &(r0, n) in &segs {
             last.extend_from_slice(&hidden[(r0 + n - 1) * c..(r0 + n) * c]);
         }
-        let y = self.logits_rows(&last)?;
-        let v = y.len() / segs.len();
-        Ok(y.chunks(v).map(|r| r.to_vec()).collect())
+        Ok(last)
+    }
+
+    /// The output head alone on hidden rows `(T, C)`: no bias, no softcap (DoLa's early-exit
+    /// logits, as Hugging Face's `lm_head(hidden_states[i])`).
+    pub fn head_rows(&self, h: &[f32]) -> Result<Vec<f32>> {
+        let head = self
+            .head
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this model ({}) has no LM head", self.config.arch))?;
+        let t = h.len() / self.config.hidden;
+        let mut y = vec![0f32; t * head.out_dim()];
+        head.forward_slice(h, &mut y)?;
+        Ok(y)
+    }
+
+    /// Number of blocks in the decoder (or the encoder of an encoder-only model).
+    pub fn n_blocks(&self) -> usize {
+        self.main.blocks.len()
     }
 
     /// Logits `(T, V)` for hidden states `(T, C)`.

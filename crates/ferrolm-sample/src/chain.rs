@@ -94,6 +94,21 @@ impl SamplerChain {
         token
     }
 
+    /// Runs the processors on a logits row without picking or accepting, and returns the
+    /// candidates with their probabilities (decoding rules that choose the token themselves,
+    /// such as contrastive search, still honour biases and penalties). Feed the chosen token
+    /// back with [`accept`](Self::accept).
+    pub fn process(&mut self, logits: &[f32]) -> &Candidates {
+        assert!(!logits.is_empty(), "cannot sample from an empty logits row");
+        let c = &mut self.candidates;
+        c.reset_from_logits(logits);
+        for p in &mut self.processors {
+            p.apply(c);
+        }
+        c.softmax();
+        &self.candidates
+    }
+
     /// Feeds a token to every processor without sampling (e.g. prompt tokens).
     pub fn accept(&mut self, token: TokenId) {
         for p in &mut self.processors {

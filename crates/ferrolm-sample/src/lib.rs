@@ -41,7 +41,7 @@ pub use beam::{beam_search, BeamHyp, BeamModel, BeamParams, EarlyStopping};
 pub use candidates::Candidates;
 pub use chain::{LogitsProcessor, SamplerChain, TokenPicker};
 pub use params::{SampleError, SamplingParams, DEFAULT_SEED};
-pub use pickers::{argmax, Dist, Greedy};
+pub use pickers::{argmax, Dist, Greedy, Mirostat2};
 pub use processors::{
     LogitBias, MinP, Penalties, PenaltyConfig, TailFree, Temperature, TopK, TopP, Typical,
 };

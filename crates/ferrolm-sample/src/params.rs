@@ -5,8 +5,8 @@
 //! With `temperature <= 0`: `logit-bias -> penalties -> greedy`.
 
 use crate::{
-    Dist, Greedy, LogitBias, MinP, Penalties, PenaltyConfig, SamplerChain, TailFree, Temperature,
-    TokenId, TopK, TopP, Typical,
+    Dist, Greedy, LogitBias, MinP, Mirostat2, Penalties, PenaltyConfig, SamplerChain, TailFree,
+    Temperature, TokenId, TopK, TopP, Typical,
 };
 
 /// Seed used when the caller gives none, so runs are reproducible by default.
@@ -54,6 +54,13 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(TokenId, f32)>,
     /// RNG seed for `dist`. Default [`DEFAULT_SEED`].
     pub seed: u64,
+    /// Mirostat version: 0 = off (default), 2 = Mirostat 2.0 in place of top-k/top-p/min-p/
+    /// typical/tail-free and `dist` (llama.cpp's `--mirostat 2`).
+    pub mirostat: u8,
+    /// Mirostat's target surprise in bits (perplexity `2^tau`). Default 5.
+    pub mirostat_tau: f32,
+    /// Mirostat's learning rate. Default 0.1.
+    pub mirostat_eta: f32,
 }
 
 impl Default for SamplingParams {
@@ -71,6 +78,9 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: DEFAULT_SEED,
+            mirostat: 0,
+            mirostat_tau: 5.0,
+            mirostat_eta: 0.1,
         }
     }
 }
@@ -160,6 +170,25 @@ impl SamplingParams {
             "finite",
             self.presence_penalty,
         )?;
+        if self.mirostat != 0 && self.mirostat != 2 {
+            return Err(SampleError::OutOfRange {
+                name: "mirostat",
+                expected: "0 (off) or 2 (Mirostat 2.0)",
+                got: self.mirostat.to_string(),
+            });
+        }
+        check(
+            self.mirostat_tau.is_finite() && self.mirostat_tau > 0.0,
+            "mirostat_tau",
+            "a finite number > 0",
+            self.mirostat_tau,
+        )?;
+        check(
+            self.mirostat_eta.is_finite() && self.mirostat_eta > 0.0,
+            "mirostat_eta",
+            "a finite number > 0",
+            self.mirostat_eta,
+        )?;
         for &(_, bias) in &self.logit_bias {
             check(
                 !bias.is_nan(),
@@ -186,6 +215,12 @@ impl SamplingParams {
     pub fn build_chain(&self) -> SamplerChain {
         let mut chain = if self.is_greedy() {
             SamplerChain::new(Box::new(Greedy))
+        } else if self.mirostat == 2 {
+            SamplerChain::new(Box::new(Mirostat2::new(
+                self.mirostat_tau,
+                self.mirostat_eta,
+                self.seed,
+            )))
         } else {
             SamplerChain::new(Box::new(Dist::new(self.seed)))
         };
@@ -197,6 +232,12 @@ impl SamplingParams {
             chain.push(Box::new(Penalties::new(penalties)));
         }
         if self.is_greedy() {
+            return chain;
+        }
+        if self.mirostat == 2 {
+            if self.temperature != 1.0 {
+                chain.push(Box::new(Temperature(self.temperature)));
+            }
             return chain;
         }
         if self.top_k > 0 {
@@ -250,6 +291,27 @@ mod tests {
              -> top-k(40) -> tail-free(0.95) -> typical(0.9) -> top-p(0.95) -> min-p(0.05) \
              -> dist(seed=7)"
         );
+    }
+
+    #[test]
+    fn mirostat_chain() {
+        let p = SamplingParams {
+            mirostat: 2,
+            repeat_penalty: 1.1,
+            seed: 5,
+            ..SamplingParams::default()
+        };
+        p.validate().unwrap();
+        assert_eq!(
+            p.build_chain().describe(),
+            "penalties(last_n=64, repeat=1.1, freq=0, presence=0) -> temp(0.8) \
+             -> mirostat-v2(tau=5, eta=0.1, seed=5)"
+        );
+        let bad = SamplingParams {
+            mirostat: 1,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("mirostat"));
     }
 
     #[test]

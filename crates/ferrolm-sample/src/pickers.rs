@@ -97,9 +97,117 @@ impl TokenPicker for Dist {
     }
 }
 
+/// Mirostat 2.0 (Basu et al., "Mirostat: a neural text decoding algorithm that directly
+/// controls perplexity"): keeps the tokens whose surprise `-log2 p` is at most `mu`, samples
+/// among them, and moves `mu` toward the target surprise `tau` by `eta` times the error, so
+/// the text's perplexity stays near `2^tau`. `mu` starts at `2 tau`. As llama.cpp's
+/// `mirostat_v2` (one uniform draw per pick, as [`Dist`]).
+#[derive(Debug, Clone)]
+pub struct Mirostat2 {
+    pub tau: f32,
+    pub eta: f32,
+    mu: f32,
+    dist: Dist,
+}
+
+impl Mirostat2 {
+    pub fn new(tau: f32, eta: f32, seed: u64) -> Self {
+        Self {
+            tau,
+            eta,
+            mu: 2.0 * tau,
+            dist: Dist::new(seed),
+        }
+    }
+
+    /// The current surprise threshold.
+    pub fn mu(&self) -> f32 {
+        self.mu
+    }
+}
+
+impl TokenPicker for Mirostat2 {
+    fn name(&self) -> &'static str {
+        "mirostat-v2"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "mirostat-v2(tau={}, eta={}, seed={})",
+            self.tau,
+            self.eta,
+            self.dist.seed()
+        )
+    }
+
+    fn pick(&mut self, c: &mut Candidates) -> TokenId {
+        assert!(!c.is_empty(), "mirostat: no candidates to pick from");
+        c.sort_desc();
+        c.softmax();
+        let keep = c
+            .probs
+            .iter()
+            .position(|&p| -p.log2() > self.mu)
+            .unwrap_or(c.len())
+            .max(1);
+        c.truncate(keep);
+        let token = self.dist.pick(c);
+        let p = c.position_of(token).map_or(1.0, |i| c.probs[i]);
+        let surprise = -p.log2();
+        self.mu -= self.eta * (surprise - self.tau);
+        token
+    }
+
+    fn reset(&mut self) {
+        self.mu = 2.0 * self.tau;
+        self.dist.reset();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirostat2_truncates_by_surprise_and_tracks_tau() {
+        // mu = 2 tau = 2 bits: only tokens with p >= 1/4 survive the first pick.
+        let mut m = Mirostat2::new(1.0, 0.1, 3);
+        let logits = [3.0f32.ln(), 1.0f32.ln(), 0.5f32.ln(), 0.5f32.ln()]; // p = .6 .2 .1 .1
+        for _ in 0..50 {
+            let mut c = Candidates::from_logits(&logits);
+            let mu = m.mu();
+            let t = m.pick(&mut c);
+            // Every surviving candidate has surprise <= mu (or it is the single best).
+            let mut full = Candidates::from_logits(&logits);
+            full.softmax();
+            let p = full.probs[t as usize];
+            assert!(
+                -p.log2() <= mu || t == 0,
+                "picked {t} with p {p} at mu {mu}"
+            );
+        }
+        // The threshold settles near where the observed surprise averages tau.
+        assert!(m.mu().is_finite());
+        m.reset();
+        assert_eq!(m.mu(), 2.0);
+        // Deterministic for a seed.
+        let run = |m: &mut Mirostat2| -> Vec<TokenId> {
+            (0..30)
+                .map(|_| m.pick(&mut Candidates::from_logits(&logits)))
+                .collect()
+        };
+        let a = run(&mut Mirostat2::new(2.0, 0.2, 9));
+        assert_eq!(a, run(&mut Mirostat2::new(2.0, 0.2, 9)));
+    }
+
+    #[test]
+    fn mirostat2_mu_update_follows_the_formula() {
+        // One candidate: p = 1, surprise 0, so mu moves by eta * tau downward... upward:
+        // mu' = mu - eta (0 - tau) = mu + eta tau.
+        let mut m = Mirostat2::new(3.0, 0.5, 0);
+        m.pick(&mut Candidates::from_logits(&[0.0]));
+        assert!((m.mu() - (6.0 + 1.5)).abs() < 1e-6);
+    }
 
     #[test]
     fn greedy_argmax_and_ties() {

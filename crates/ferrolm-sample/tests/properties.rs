@@ -78,6 +78,7 @@ fn any_params() -> impl Strategy<Value = SamplingParams> {
                     // NaN biases are rejected by validate(); keep the rest.
                     logit_bias: bias.into_iter().filter(|(_, b)| !b.is_nan()).collect(),
                     seed,
+                    ..SamplingParams::default()
                 }
             },
         )

@@ -95,6 +95,7 @@ fn chat_answers_as_the_cli_generates() {
             stop: vec![],
             ignore_eos: false,
             constraint: None,
+            ..Default::default()
         },
         &std::sync::atomic::AtomicBool::new(false),
         &mut |_| {},
