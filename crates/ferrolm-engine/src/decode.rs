@@ -231,6 +231,56 @@ impl Drafter for ModelDrafter<'_> {
     }
 }
 
+/// Checks a decoding rule and speculative setting against the model before any work, naming
+/// the option at fault (`decoding`, `dola_layers`, `penalty_alpha`, `speculative`).
+pub fn check(
+    lm: &LoadedModel,
+    rule: &Decoding,
+    spec: Option<&Speculative>,
+) -> Result<(), (&'static str, anyhow::Error)> {
+    let n = lm.model.n_blocks();
+    if lm.model.topology() != ferrolm_model::spec::Topology::Decoder
+        && (*rule != Decoding::Sample || spec.is_some())
+    {
+        let what = if spec.is_some() {
+            "speculative"
+        } else {
+            "decoding"
+        };
+        return Err((what, anyhow::anyhow!("{what} is for decoder-only models")));
+    }
+    match rule {
+        Decoding::Dola { layers } => {
+            layers
+                .resolve(n, lm.model.config.tied_embeddings)
+                .map_err(|e| ("dola_layers", e))?;
+        }
+        &Decoding::Contrastive { alpha, k } if !(0.0..=1.0).contains(&alpha) || k == 0 => {
+            return Err((
+                "penalty_alpha",
+                anyhow::anyhow!("contrastive search needs 0 <= penalty_alpha <= 1 and top_k >= 1"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(Speculative {
+        draft: Draft::EarlyExit { layer },
+        ..
+    }) = spec
+    {
+        if *layer == 0 || *layer >= n {
+            return Err((
+                "speculative",
+                anyhow::anyhow!(
+                    "early-exit layer {layer} is out of range: this model has {n} layers; give 1..{}",
+                    n - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the drafter for `spec` against the model `lm` whose context holds `n_ctx` positions.
 pub(crate) fn drafter<'a>(
     spec: &'a Speculative,
@@ -287,18 +337,20 @@ fn check_same_vocab(lm: &LoadedModel, d: &LoadedModel) -> Result<()> {
     if d.model.topology() != ferrolm_model::spec::Topology::Decoder {
         bail!("the draft model {} is not a decoder-only model", d.name);
     }
-    let (Some(a), Some(b)) = (lm.tokenizer.as_ref(), d.tokenizer.as_ref()) else {
-        bail!("speculative decoding with a draft model needs both models' tokenizers");
+    let (va, vb) = (lm.model.config.vocab_size, d.model.config.vocab_size);
+    let differ = match (lm.tokenizer.as_ref(), d.tokenizer.as_ref()) {
+        (Some(a), Some(b)) if a.vocab_size() == b.vocab_size() => {
+            (0..a.vocab_size() as u32).find(|&t| a.token_bytes(t, true) != b.token_bytes(t, true))
+        }
+        (Some(a), Some(b)) => Some(a.vocab_size().min(b.vocab_size()) as u32),
+        // Token ids only (no tokenizers): the vocabularies must at least be the same size.
+        _ => None,
     };
-    let n = a.vocab_size().min(b.vocab_size());
-    let differ = (0..n as u32).find(|&t| a.token_bytes(t, true) != b.token_bytes(t, true));
-    if a.vocab_size() != b.vocab_size() || differ.is_some() {
+    if va != vb || differ.is_some() {
         bail!(
-            "the draft model {} has a different vocabulary from {} ({} vs {} tokens{}); use a draft model from the same family",
+            "the draft model {} has a different vocabulary from {} ({vb} vs {va} tokens{}); use a draft model from the same family",
             d.name,
             lm.name,
-            b.vocab_size(),
-            a.vocab_size(),
             differ.map(|t| format!(", token {t} differs")).unwrap_or_default()
         );
     }

@@ -400,6 +400,28 @@ pub fn generate(
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<GenerateOutput> {
+    generate_tokens(lm, kv, req, cancel, &mut |_, text| {
+        on_text(text);
+        true
+    })
+}
+
+/// [`generate`] reporting each token: `on_token(Some(id), text)` per generated token (`text`
+/// may be empty while UTF-8 or a possible stop string is pending), then `on_token(None, tail)`
+/// once with any text held back. Returning `false` cancels (as `cancel` does).
+pub fn generate_tokens(
+    lm: &LoadedModel,
+    kv: &mut KvCache,
+    req: &GenerateRequest,
+    cancel: &AtomicBool,
+    on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
+) -> Result<GenerateOutput> {
+    let gone = std::cell::Cell::new(false);
+    let mut on_text = |tok: Option<u32>, text: &str| {
+        if !on_token(tok, text) {
+            gone.set(true);
+        }
+    };
     if req.prompt.is_empty() {
         anyhow::bail!("the prompt is empty: give some text (or --ids) to start from");
     }
@@ -441,7 +463,7 @@ pub fn generate(
     // Text held back by the stop matcher is dropped only when a stop string matched.
     let mut stop_string = false;
     'outer: while ids.len() < req.max_tokens {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.load(Ordering::Relaxed) || gone.get() {
             finish = FinishReason::Cancelled;
             break;
         }
@@ -479,6 +501,7 @@ pub fn generate(
             ids.push(tok);
             ctx.push(tok);
             if !req.ignore_eos && eog.contains(&tok) {
+                on_text(Some(tok), "");
                 finish = FinishReason::Stop;
                 break 'outer;
             }
@@ -486,11 +509,11 @@ pub fn generate(
             let piece = utf8.push(&bytes.unwrap_or_default());
             match stops.push(&piece) {
                 StopState::Continue { emit } => {
-                    on_text(&emit);
+                    on_text(Some(tok), &emit);
                     text.push_str(&emit);
                 }
                 StopState::Stop { emit } => {
-                    on_text(&emit);
+                    on_text(Some(tok), &emit);
                     text.push_str(&emit);
                     finish = FinishReason::Stop;
                     stop_string = true;
@@ -515,7 +538,7 @@ pub fn generate(
             StopState::Continue { emit } | StopState::Stop { emit } => std::mem::take(emit),
         };
         let tail = tail + &stops.flush();
-        on_text(&tail);
+        on_text(None, &tail);
         text.push_str(&tail);
     }
     Ok(GenerateOutput {

@@ -13,5 +13,7 @@ pub mod serve;
 pub use decode::{Decoding, DolaLayers, Draft, SpecStats, Speculative};
 pub use ferrolm_constrain as constrain;
 pub use ferrolm_tokenize::vocab_spec;
-pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream};
+pub use generate::{
+    generate, generate_tokens, FinishReason, GenerateOutput, GenerateRequest, Utf8Stream,
+};
 pub use load::{load, load_with, open_gguf, LoadedModel};

@@ -43,6 +43,8 @@ fn job(prompt: Vec<u32>, n: usize) -> Job {
         logprobs: None,
         timeout: None,
         constraint: None,
+        decoding: Default::default(),
+        speculative: None,
     }
 }
 
@@ -326,4 +328,96 @@ fn a_long_prompt_prefilling_beside_decoding_sequences() {
             .0
     });
     assert_eq!(alone, together);
+}
+
+#[test]
+fn decoding_rules_run_beside_the_batch_with_their_own_answers() {
+    let Some(lm) = model() else { return };
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p = chat(
+        &lm,
+        None,
+        "Repeat exactly: the red fox and the red fox and the red fox.",
+    );
+    let alone = |rule: ferrolm_engine::Decoding, spec: Option<ferrolm_engine::Speculative>| {
+        let req = ferrolm_engine::GenerateRequest {
+            prompt: p.clone(),
+            max_tokens: 24,
+            sampling: job(p.clone(), 24).sampling,
+            decoding: rule,
+            speculative: spec,
+            ..Default::default()
+        };
+        let mut kv = lm.model.new_cache(1024);
+        ferrolm_engine::generate(
+            &lm,
+            &mut kv,
+            &req,
+            &std::sync::atomic::AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap()
+        .text
+    };
+    let plain = start(&e, job(p.clone(), 24));
+    let contrastive = ferrolm_engine::Decoding::Contrastive { alpha: 0.6, k: 4 };
+    let spec = ferrolm_engine::Speculative {
+        draft: ferrolm_engine::Draft::Ngram { max_ngram: 3 },
+        max: 6,
+    };
+    let c = start(
+        &e,
+        Job {
+            decoding: contrastive.clone(),
+            ..job(p.clone(), 24)
+        },
+    );
+    let s = start(
+        &e,
+        Job {
+            speculative: Some(spec.clone()),
+            ..job(p.clone(), 24)
+        },
+    );
+    let (plain, c, s) = (plain.recv().unwrap(), c.recv().unwrap(), s.recv().unwrap());
+    assert_eq!(
+        c.0,
+        alone(contrastive, None),
+        "contrastive in the server = alone"
+    );
+    // Speculative decoding never changes the answer.
+    assert_eq!(s.0, plain.0);
+    assert_eq!(s.0, alone(ferrolm_engine::Decoding::Sample, Some(spec)));
+    // Cancelling a job outside the batch ends it with Cancelled.
+    let (tx, rx) = mpsc::channel();
+    let id = e
+        .submit(
+            Job {
+                decoding: ferrolm_engine::Decoding::Contrastive { alpha: 0.6, k: 4 },
+                ignore_eos: true,
+                ..job(p.clone(), 500)
+            },
+            Box::new(move |ev| {
+                if let Event::Done { finish, .. } = ev {
+                    let _ = tx.send(finish);
+                }
+                true
+            }),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    e.cancel(id);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        Finish::Cancelled
+    );
+    let m = e.metrics();
+    assert_eq!(m.running, 0);
 }

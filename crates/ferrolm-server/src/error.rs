@@ -100,6 +100,7 @@ impl ApiError {
             SubmitError::EmptyPrompt => ApiError::invalid(prompt_param, message),
             SubmitError::ShuttingDown => ApiError::shutting_down(),
             SubmitError::NotGenerative => ApiError::invalid("model", message),
+            SubmitError::Unsupported { param, .. } => ApiError::invalid(param, message),
         }
     }
 

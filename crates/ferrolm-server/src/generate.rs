@@ -281,6 +281,8 @@ impl Run {
                     logprobs: run.plan.logprobs,
                     timeout: Some(state.limits.request_timeout),
                     constraint: constraint.clone(),
+                    decoding: run.plan.decoding.clone(),
+                    speculative: run.plan.speculative.clone(),
                 };
                 let tx = tx.clone();
                 let sink = Box::new(move |ev| tx.send((i, ev)).is_ok());

@@ -7,6 +7,7 @@ use crate::wire::{
     ChatRequest, CompletionRequest, Content, Message, ResponseFormat, Sampling, Stop,
 };
 use ferrolm_engine::constrain::Grammar;
+use ferrolm_engine::{Decoding, DolaLayers, Draft, Speculative};
 use ferrolm_sample::SamplingParams;
 use ferrolm_tokenize::ChatMessage;
 
@@ -33,6 +34,91 @@ pub struct GenPlan {
     pub include_usage: bool,
     /// `response_format`'s constraint (`None` for text).
     pub grammar: Option<Grammar>,
+    /// Extensions: contrastive search / DoLa, speculative decoding.
+    pub decoding: Decoding,
+    pub speculative: Option<Speculative>,
+}
+
+/// The extension fields `decoding` (`sample`, `contrastive` with `penalty_alpha` and `top_k`,
+/// `dola` with `dola_layers`) and `speculative` (`ngram` or `early-exit:LAYER`, `draft_max`).
+fn decoding_fields(s: &Sampling) -> ApiResult<(Decoding, Option<Speculative>)> {
+    let rule = match s.decoding.as_deref().unwrap_or("sample") {
+        "sample" => Decoding::Sample,
+        "contrastive" => {
+            let alpha = s.penalty_alpha.unwrap_or(0.6);
+            check(
+                (0.0..=1.0).contains(&alpha),
+                "penalty_alpha",
+                "in [0, 1]",
+                alpha,
+            )?;
+            let k = s.top_k.unwrap_or(4);
+            check(k >= 1, "top_k", "at least 1 with contrastive decoding", k)?;
+            Decoding::Contrastive {
+                alpha,
+                k: k as usize,
+            }
+        }
+        "dola" => {
+            let layers = match &s.dola_layers {
+                None => Ok(DolaLayers::High),
+                Some(serde_json::Value::String(x)) => x.parse(),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .map(DolaLayers::List)
+                    .ok_or_else(|| anyhow::anyhow!("not layer numbers")),
+                Some(_) => Err(anyhow::anyhow!("not a string or a list")),
+            }
+            .map_err(|_| {
+                ApiError::invalid(
+                    "dola_layers",
+                    "'dola_layers' must be \"low\", \"high\" or a list of layer numbers",
+                )
+            })?;
+            Decoding::Dola { layers }
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "decoding",
+                format!("'decoding' must be 'sample', 'contrastive' or 'dola', got '{other}'"),
+            ))
+        }
+    };
+    let draft_max = s.draft_max.unwrap_or(0) as usize;
+    let speculative = match s.speculative.as_deref() {
+        None => None,
+        Some(x) => {
+            let draft = match x {
+                "ngram" => Draft::Ngram { max_ngram: 3 },
+                _ => match x.strip_prefix("early-exit:").map(str::parse::<usize>) {
+                    Some(Ok(layer)) => Draft::EarlyExit { layer },
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "speculative",
+                            format!(
+                                "'speculative' must be 'ngram' or 'early-exit:LAYER', got '{x}'"
+                            ),
+                        ))
+                    }
+                },
+            };
+            let max = match (draft_max, &draft) {
+                (0, Draft::Ngram { .. }) => 10,
+                (0, _) => 4,
+                (m, _) => m.min(64),
+            };
+            Some(Speculative { draft, max })
+        }
+    };
+    if speculative.is_some() && rule != Decoding::Sample {
+        return Err(ApiError::invalid(
+            "speculative",
+            "'speculative' does not combine with 'decoding' contrastive or dola",
+        ));
+    }
+    Ok((rule, speculative))
 }
 
 fn check(ok: bool, param: &str, expected: &str, got: impl std::fmt::Display) -> ApiResult<()> {
@@ -145,8 +231,18 @@ pub fn plan(
         presence_penalty: s.presence_penalty.unwrap_or(0.0),
         logit_bias,
         seed: s.seed.map(|x| x as u64).unwrap_or_else(fresh_seed),
+        mirostat: s.mirostat.unwrap_or(0),
+        mirostat_tau: s.mirostat_tau.unwrap_or(5.0),
+        mirostat_eta: s.mirostat_eta.unwrap_or(0.1),
         ..SamplingParams::default()
     };
+    let (decoding, speculative) = decoding_fields(s)?;
+    if (decoding != Decoding::Sample || speculative.is_some()) && logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "'logprobs' is not available with 'decoding' contrastive/dola or 'speculative'",
+        ));
+    }
     sampling
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -165,6 +261,8 @@ pub fn plan(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         grammar: None,
+        decoding,
+        speculative,
     })
 }
 

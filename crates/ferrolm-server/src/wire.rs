@@ -87,6 +87,14 @@ pub struct Sampling {
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
+    pub mirostat: Option<u8>,
+    pub mirostat_tau: Option<f32>,
+    pub mirostat_eta: Option<f32>,
+    pub decoding: Option<String>,
+    pub penalty_alpha: Option<f32>,
+    pub dola_layers: Option<Value>,
+    pub speculative: Option<String>,
+    pub draft_max: Option<u32>,
 }
 
 /// Declares a request struct with the shared sampling fields plus its own, and a
@@ -112,6 +120,14 @@ macro_rules! request {
             #[serde(default)] pub min_p: Option<f32>,
             #[serde(default)] pub repetition_penalty: Option<f32>,
             #[serde(default)] pub ignore_eos: Option<bool>,
+            #[serde(default)] pub mirostat: Option<u8>,
+            #[serde(default)] pub mirostat_tau: Option<f32>,
+            #[serde(default)] pub mirostat_eta: Option<f32>,
+            #[serde(default)] pub decoding: Option<String>,
+            #[serde(default)] pub penalty_alpha: Option<f32>,
+            #[serde(default)] pub dola_layers: Option<Value>,
+            #[serde(default)] pub speculative: Option<String>,
+            #[serde(default)] pub draft_max: Option<u32>,
             #[serde(default)] pub user: Option<String>,
         }
 
@@ -132,6 +148,14 @@ macro_rules! request {
                     min_p: self.min_p,
                     repetition_penalty: self.repetition_penalty,
                     ignore_eos: self.ignore_eos,
+                    mirostat: self.mirostat,
+                    mirostat_tau: self.mirostat_tau,
+                    mirostat_eta: self.mirostat_eta,
+                    decoding: self.decoding.clone(),
+                    penalty_alpha: self.penalty_alpha,
+                    dola_layers: self.dola_layers.clone(),
+                    speculative: self.speculative.clone(),
+                    draft_max: self.draft_max,
                 }
             }
         }

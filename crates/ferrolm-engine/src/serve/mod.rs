@@ -70,6 +70,17 @@ pub struct Job {
     /// Sample only tokens that keep the output valid; stop when it is complete
     /// (`LoadedModel::constraint`; fresh, one per job).
     pub constraint: Option<Constraint>,
+    /// Contrastive search or DoLa. Such jobs (and speculative ones) run outside the batch, on
+    /// a thread of their own, through [`crate::generate_tokens`].
+    pub decoding: crate::Decoding,
+    pub speculative: Option<crate::Speculative>,
+}
+
+impl Job {
+    /// Runs outside the continuous batch (its decoding rule picks tokens differently).
+    pub fn is_solo(&self) -> bool {
+        self.decoding != crate::Decoding::Sample || self.speculative.is_some()
+    }
 }
 
 /// Why a generation ended.
@@ -135,6 +146,12 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("this model does not generate text (it is an encoder); use /v1/embeddings")]
     NotGenerative,
+    /// A decoding option this model cannot do (`param` names the request field).
+    #[error("{message}")]
+    Unsupported {
+        param: &'static str,
+        message: String,
+    },
 }
 
 /// A snapshot of an engine's counters for `/metrics`.
