@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 enum Msg {
-    Submit(u64, Job, Sink, Instant),
+    Submit(u64, Box<Job>, Sink, Instant),
     Cancel(u64),
     Embed(Vec<Vec<u32>>, mpsc::Sender<Result<Vec<Vec<f32>>>>),
     Shutdown(Instant),
@@ -125,7 +125,7 @@ impl Engine {
             }
             return self.start_solo(id, job, sink);
         }
-        if !self.send(Msg::Submit(id, job, sink, Instant::now())) {
+        if !self.send(Msg::Submit(id, Box::new(job), sink, Instant::now())) {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::ShuttingDown);
         }
@@ -414,7 +414,7 @@ impl Worker {
         match m {
             Msg::Submit(id, job, sink, at) => {
                 let deadline = job.timeout.map(|t| at + t);
-                self.waiting.push_back((id, job, sink, deadline))
+                self.waiting.push_back((id, *job, sink, deadline))
             }
             Msg::Cancel(id) => {
                 if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
