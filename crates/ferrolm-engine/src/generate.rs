@@ -115,6 +115,11 @@ enum Source<'a> {
         len: usize,
         /// Where the last verification pass started (`None` before the first).
         base: Option<usize>,
+        /// Steps left without drafting, and the current back-off: a draft with nothing
+        /// accepted doubles it (1, 2, 4, .. 16 steps), an accepted token resets it, so text
+        /// the drafter cannot predict runs at nearly plain speed.
+        skip: usize,
+        backoff: usize,
         stats: SpecStats,
     },
     Dola {
@@ -186,6 +191,8 @@ impl<'a> Source<'a> {
                 max: spec.max,
                 len: spec.max,
                 base: None,
+                skip: 0,
+                backoff: 0,
                 stats: SpecStats::default(),
             });
         }
@@ -275,6 +282,7 @@ impl<'a> Source<'a> {
                 len,
                 base,
                 stats,
+                skip,
                 ..
             } => {
                 if let Some(r) = row.take() {
@@ -284,7 +292,12 @@ impl<'a> Source<'a> {
                     .take()
                     .expect("a pending token after the first step");
                 let space = kv.n_ctx.saturating_sub(kv.next_pos + 1);
-                let k = (*len).min(room.saturating_sub(1)).min(space);
+                let k = if *skip > 0 {
+                    *skip -= 1;
+                    0
+                } else {
+                    (*len).min(room.saturating_sub(1)).min(space)
+                };
                 let drafts = if k > 0 {
                     drafter.draft(ctx, k)?
                 } else {
@@ -360,12 +373,20 @@ impl<'a> Source<'a> {
                 stats,
                 len,
                 max,
+                skip,
+                backoff,
                 ..
             } => {
                 if let Some(b) = *base {
                     let drafted = kv.next_pos - b - 1;
                     kv.truncate(b + 1 + accepted)?;
                     if drafted > 0 {
+                        if accepted == 0 {
+                            *backoff = (*backoff * 2).clamp(1, 16);
+                            *skip = *backoff;
+                        } else {
+                            *backoff = 0;
+                        }
                         *len = if accepted == drafted {
                             (*len + 2).min(*max)
                         } else {
