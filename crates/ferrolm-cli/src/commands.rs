@@ -287,13 +287,6 @@ pub fn decoding(
         },
         _ => Decoding::Sample,
     };
-    if let Decoding::Contrastive { alpha, k } = rule {
-        if !(0.0..=1.0).contains(&alpha) || k == 0 {
-            bail!(
-                "--penalty-alpha must be in [0, 1] (got {alpha}) and --top-k at least 1 (got {k})"
-            );
-        }
-    }
     let draft = match (d.speculative.as_deref(), &d.draft_model) {
         (None, None) => None,
         (Some(_), Some(_)) => bail!("give either --speculative or --draft-model, not both"),

@@ -300,14 +300,8 @@ pub(crate) fn drafter<'a>(
                 max_ngram: *max_ngram,
             })
         }
+        // The layer's range is checked by `check`.
         Draft::EarlyExit { layer } => {
-            let n = lm.model.n_blocks();
-            if *layer == 0 || *layer >= n {
-                bail!(
-                    "early-exit layer {layer} is out of range: this model has {n} layers; give 1..{}",
-                    n - 1
-                );
-            }
             let mut kv = lm.model.new_cache(n_ctx);
             kv.set_slack(slack);
             Box::new(ModelDrafter {

@@ -101,7 +101,9 @@ enum Step {
 /// Where the next token comes from; holds the state between steps. `kv` holds every
 /// committed token except, for the row-based sources, the last one (`pending`).
 enum Source<'a> {
-    Plain {
+    /// One row per step: the model's logits, or DoLa's contrast over these premature layers.
+    Rows {
+        dola: Option<Vec<usize>>,
         row: Option<Vec<f32>>,
         pending: Option<u32>,
     },
@@ -121,11 +123,6 @@ enum Source<'a> {
         skip: usize,
         backoff: usize,
         stats: SpecStats,
-    },
-    Dola {
-        layers: Vec<usize>,
-        row: Option<Vec<f32>>,
-        pending: Option<u32>,
     },
     Contrastive {
         alpha: f32,
@@ -163,17 +160,7 @@ fn dola_row(
 
 impl<'a> Source<'a> {
     fn new(lm: &'a LoadedModel, req: &'a GenerateRequest, kv: &mut KvCache) -> Result<Self> {
-        let decoder_only = lm.model.topology() == Topology::Decoder;
-        let needs_decoder = |what: &str| -> Result<()> {
-            if !decoder_only {
-                bail!(
-                    "{what} is for decoder-only models; {} is {:?}",
-                    lm.name,
-                    lm.model.topology()
-                );
-            }
-            Ok(())
-        };
+        crate::decode::check(lm, &req.decoding, req.speculative.as_ref()).map_err(|(_, e)| e)?;
         if req.speculative.is_some() && req.decoding != Decoding::Sample {
             bail!("speculative decoding verifies the plain sampler's choices; it does not combine with contrastive search or DoLa");
         }
@@ -181,7 +168,6 @@ impl<'a> Source<'a> {
             bail!("constrained output does not combine with contrastive search or DoLa; leave one out");
         }
         if let Some(spec) = &req.speculative {
-            needs_decoder("speculative decoding")?;
             kv.set_slack(spec.max + 1);
             let row = crate::search::first_logits(&lm.model, &req.prompt, None, kv)?;
             return Ok(Source::Speculative {
@@ -197,31 +183,27 @@ impl<'a> Source<'a> {
             });
         }
         match &req.decoding {
-            Decoding::Sample => Ok(Source::Plain {
+            Decoding::Sample => Ok(Source::Rows {
                 row: Some(crate::search::first_logits(
                     &lm.model,
                     &req.prompt,
                     lm.decoder_start(),
                     kv,
                 )?),
+                dola: None,
                 pending: None,
             }),
             Decoding::Dola { layers } => {
-                needs_decoder("DoLa")?;
                 let layers =
                     layers.resolve(lm.model.n_blocks(), lm.model.config.tied_embeddings)?;
                 let row = dola_row(lm, &req.prompt, kv, &layers)?;
-                Ok(Source::Dola {
-                    layers,
+                Ok(Source::Rows {
+                    dola: Some(layers),
                     row: Some(row),
                     pending: None,
                 })
             }
             &Decoding::Contrastive { alpha, k } => {
-                needs_decoder("contrastive search")?;
-                if !(0.0..=1.0).contains(&alpha) || k == 0 {
-                    bail!("contrastive search needs 0 <= penalty-alpha <= 1 (got {alpha}) and top-k >= 1 (got {k})");
-                }
                 let h = lm.model.forward_hidden_chunked(&req.prompt, kv)?;
                 let h: Vec<f32> = h.flatten_all()?.to_vec1()?;
                 let c = lm.model.config.hidden;
@@ -252,28 +234,21 @@ impl<'a> Source<'a> {
             drafts: Vec::new(),
         };
         match self {
-            Source::Plain { row, pending } => {
+            Source::Rows { dola, row, pending } => {
                 if let Some(r) = row.take() {
                     return Ok(one(r));
                 }
                 let t = pending
                     .take()
                     .expect("a pending token after the first step");
-                let r = lm.model.forward(&[t], kv, Logits::Last)?;
-                Ok(one(r.flatten_all()?.to_vec1()?))
-            }
-            Source::Dola {
-                layers,
-                row,
-                pending,
-            } => {
-                if let Some(r) = row.take() {
-                    return Ok(one(r));
-                }
-                let t = pending
-                    .take()
-                    .expect("a pending token after the first step");
-                Ok(one(dola_row(lm, &[t], kv, layers)?))
+                Ok(one(match dola {
+                    Some(layers) => dola_row(lm, &[t], kv, layers)?,
+                    None => lm
+                        .model
+                        .forward(&[t], kv, Logits::Last)?
+                        .flatten_all()?
+                        .to_vec1()?,
+                }))
             }
             Source::Speculative {
                 row,
@@ -331,13 +306,18 @@ impl<'a> Source<'a> {
             } => {
                 // The chain's processors (biases, penalties) shape the probabilities.
                 let cands = chain.process(row);
-                let mut order: Vec<usize> = (0..cands.len()).collect();
-                order.sort_by(|&a, &b| {
+                let by_prob = |&a: &usize, &b: &usize| {
                     cands.probs[b]
                         .total_cmp(&cands.probs[a])
                         .then(cands.ids[a].cmp(&cands.ids[b]))
-                });
-                order.truncate(*k);
+                };
+                let mut order: Vec<usize> = (0..cands.len()).collect();
+                let k = (*k).min(order.len());
+                if k < order.len() {
+                    order.select_nth_unstable_by(k - 1, by_prob);
+                    order.truncate(k);
+                }
+                order.sort_by(by_prob);
                 let ids: Vec<u32> = order.iter().map(|&i| cands.ids[i]).collect();
                 let probs: Vec<f32> = order.iter().map(|&i| cands.probs[i]).collect();
                 // Each candidate one step ahead, batched, on its own copy of the cache.
@@ -366,7 +346,7 @@ impl<'a> Source<'a> {
     /// After a `Rows` step: `accepted` drafts were confirmed and `tok` was picked after them.
     fn settle(&mut self, kv: &mut KvCache, accepted: usize, tok: u32) -> Result<()> {
         match self {
-            Source::Plain { pending, .. } | Source::Dola { pending, .. } => *pending = Some(tok),
+            Source::Rows { pending, .. } => *pending = Some(tok),
             Source::Speculative {
                 pending,
                 base,

@@ -13,6 +13,7 @@ pub mod linear;
 pub mod model;
 pub mod profile;
 pub mod spec;
+pub mod stack;
 pub mod trace;
 pub mod weights;
 

@@ -13,9 +13,10 @@
 //!   frees its blocks; so do timeouts and [`Engine::cancel`].
 
 pub mod blocks;
+mod engine;
 mod scheduler;
 
-pub use scheduler::Engine;
+pub use engine::Engine;
 
 use ferrolm_constrain::Constraint;
 use ferrolm_sample::SamplingParams;
