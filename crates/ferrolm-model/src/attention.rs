@@ -307,6 +307,20 @@ impl Attention {
             }
         }
         trace_rows("Qpre", l, q, &[t, h, d]);
+        // A long-context policy positions keys when they are read (crate::longctx).
+        if let (Position::Rope(spec), [kv]) = (&plan.position, &mut *kvs) {
+            if kv.long.is_some() && ctx.segments.len() == 1 {
+                let p = scope("attention");
+                if a.scale_at == ScaleAt::Queries {
+                    q.iter_mut().for_each(|x| *x *= a.scale);
+                }
+                let out = crate::longctx::attend_long(a, spec, q, k, v, ctx.pos, kv)?;
+                drop(p);
+                let c = self.o.out_dim();
+                return scope("matmul: attention output")
+                    .run(|| self.o.forward_slice(&out, sized(&mut s.h, t * c)));
+            }
+        }
         if let Position::Rope(spec) = &plan.position {
             let tables = ctx
                 .tables(spec)
@@ -414,6 +428,7 @@ impl Attention {
             window: None,
             precision,
             slack: 0,
+            long: None,
         })
     }
 }

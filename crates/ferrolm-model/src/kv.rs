@@ -37,6 +37,8 @@ pub struct LayerKv {
     /// positions can be taken back ([`KvCache::truncate`]) without losing what the window
     /// then needs again.
     pub slack: usize,
+    /// Long-context state (streaming, memory, far positions) when the sequence has a policy.
+    pub long: Option<Box<crate::longctx::LongLayer>>,
 }
 
 impl LayerKv {
@@ -84,6 +86,8 @@ pub struct KvCache {
     pub cross: Vec<LayerKv>,
     /// The forward pass's working buffers for this sequence (reused across calls).
     pub scratch: crate::layers::Scratch,
+    /// The long-context policy ([`KvCache::set_long`]); streaming lifts the `n_ctx` limit.
+    pub long: Option<std::sync::Arc<crate::longctx::LongCtx>>,
 }
 
 impl Clone for KvCache {
@@ -95,6 +99,7 @@ impl Clone for KvCache {
             next_pos: self.next_pos,
             cross: self.cross.clone(),
             scratch: Default::default(),
+            long: self.long.clone(),
         }
     }
 }
@@ -119,20 +124,46 @@ impl KvCache {
             next_pos: 0,
             cross: Vec::new(),
             scratch: Default::default(),
+            long: None,
         }
     }
 
     pub fn clear(&mut self) {
-        for l in &mut self.layers {
+        for (i, l) in self.layers.iter_mut().enumerate() {
             *l = LayerKv {
                 window: l.window,
                 precision: l.precision,
                 slack: l.slack,
+                long: l
+                    .long
+                    .as_ref()
+                    .map(|s| Box::new(crate::longctx::LongLayer::new(s.policy.clone(), i))),
                 ..Default::default()
             };
         }
         self.next_pos = 0;
         self.cross.clear();
+    }
+
+    /// Gives the sequence a long-context policy (before its first token): every global layer
+    /// then attends through [`crate::longctx`]; sliding-window layers keep their own window.
+    pub fn set_long(&mut self, policy: crate::longctx::LongCtx) -> Result<()> {
+        policy.validate()?;
+        if self.next_pos > 0 {
+            bail!("a long-context policy must be set before the first token");
+        }
+        let policy = std::sync::Arc::new(policy);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.long = (l.window.is_none() && policy.is_active())
+                .then(|| Box::new(crate::longctx::LongLayer::new(policy.clone(), i)));
+        }
+        self.long = policy.is_active().then_some(policy);
+        Ok(())
+    }
+
+    /// Streaming (attention sinks): the cache stays bounded however many positions pass.
+    pub fn is_streaming(&self) -> bool {
+        self.long.as_ref().is_some_and(|l| l.stream.is_some())
     }
 
     /// Lets rotating layers keep `n` positions past their window, so up to `n` of the newest
@@ -147,6 +178,9 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len >= self.next_pos {
             return Ok(());
+        }
+        if self.long.is_some() {
+            bail!("positions cannot be taken back under a long-context policy");
         }
         for l in &mut self.layers {
             let keep = l.pos.iter().take_while(|&&p| p < len).count();
@@ -174,7 +208,7 @@ impl KvCache {
 
     /// Positions for `n` new tokens, or an error when they would pass the context size.
     pub fn reserve(&mut self, n: usize) -> Result<Vec<usize>> {
-        if self.next_pos + n > self.n_ctx {
+        if self.next_pos + n > self.n_ctx && !self.is_streaming() {
             bail!(
                 "the input has {n} tokens but the context holds {} (with {} already used); use a larger --ctx or a shorter prompt",
                 self.n_ctx,

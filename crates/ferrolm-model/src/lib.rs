@@ -10,6 +10,7 @@ pub mod block;
 pub mod kv;
 pub mod layers;
 pub mod linear;
+pub mod longctx;
 pub mod model;
 pub mod profile;
 pub mod spec;
