@@ -28,7 +28,12 @@ pub fn set_threads(n: Option<usize>) {
 
 pub fn open(m: &ModelOpts) -> Result<LoadedModel> {
     set_threads(m.threads);
-    ferrolm_engine::load_with(&m.model, m.json, m.quantize.as_deref())
+    let mut lm = ferrolm_engine::load_with(&m.model, m.json, m.quantize.as_deref())?;
+    let long = m.long.args();
+    long.apply_scaling(&mut lm.model)?;
+    // Checked now, so a bad combination fails before any work.
+    long.policy(&lm.model)?;
+    Ok(lm)
 }
 
 /// `convert HF_DIR OUT.gguf --type T`.
@@ -59,7 +64,9 @@ pub fn new_cache(lm: &LoadedModel, m: &ModelOpts) -> Result<KvCache> {
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    Ok(lm.model.new_cache_with(n_ctx, precision(m, &lm.model)))
+    let mut kv = lm.model.new_cache_with(n_ctx, precision(m, &lm.model));
+    m.long.args().apply(&lm.model, &mut kv)?;
+    Ok(kv)
 }
 
 /// `--cache-type`, or the model's own default (f16 for GGUF, f32 for HF).

@@ -43,6 +43,67 @@ pub struct ModelOpts {
     /// q5_k, q6_k, f16, ...) to run on the quantized kernels.
     #[arg(long)]
     pub quantize: Option<String>,
+    #[command(flatten)]
+    pub long: LongOpts,
+}
+
+/// Long context (docs/long-context.md): RoPE scaling, ReRoPE, Self-Extend, streaming with
+/// attention sinks, kNN memory.
+#[derive(Args, Clone, Default)]
+pub struct LongOpts {
+    /// RoPE scaling: linear | ntk | dynamic | yarn | llama3 | longrope | rerope | leaky-rerope
+    /// | none (overrides the model's own).
+    #[arg(long, help_heading = "Long context")]
+    pub rope_scaling: Option<String>,
+    /// Scaling factor (leaky-rerope: the far positions' compression K).
+    #[arg(long, help_heading = "Long context")]
+    pub rope_factor: Option<f32>,
+    /// The context the model was trained on (default: the model's own).
+    #[arg(long, help_heading = "Long context")]
+    pub orig_ctx: Option<usize>,
+    /// ReRoPE's local window (default: half the trained context).
+    #[arg(long, help_heading = "Long context")]
+    pub rerope_window: Option<usize>,
+    /// Self-Extend `G:W`: group size and neighbour window (e.g. 8:1024).
+    #[arg(long, help_heading = "Long context")]
+    pub self_extend: Option<String>,
+    /// Streaming: keep a rolling window of the last W tokens (plus --sinks); generation goes
+    /// on past any context size in constant memory.
+    #[arg(long, help_heading = "Long context")]
+    pub stream_window: Option<usize>,
+    /// Streaming: the first S tokens kept as attention sinks.
+    #[arg(long, default_value_t = 0, help_heading = "Long context")]
+    pub sinks: usize,
+    /// kNN memory: chunks retrieved per query and KV head (with --stream-window).
+    #[arg(long, help_heading = "Long context")]
+    pub memory_topk: Option<usize>,
+    /// kNN memory: tokens per chunk.
+    #[arg(long, default_value_t = 64, help_heading = "Long context")]
+    pub memory_chunk: usize,
+    /// kNN memory: tokens held per layer before the oldest chunks go (FIFO).
+    #[arg(long, default_value_t = 65536, help_heading = "Long context")]
+    pub memory_size: usize,
+    /// kNN memory: layers with a memory, comma-separated (default: all).
+    #[arg(long, help_heading = "Long context")]
+    pub memory_layers: Option<String>,
+}
+
+impl LongOpts {
+    pub fn args(&self) -> ferrolm_engine::longctx::LongArgs {
+        ferrolm_engine::longctx::LongArgs {
+            rope_scaling: self.rope_scaling.clone(),
+            rope_factor: self.rope_factor,
+            orig_ctx: self.orig_ctx,
+            rerope_window: self.rerope_window,
+            self_extend: self.self_extend.clone(),
+            stream_window: self.stream_window,
+            sinks: self.sinks,
+            memory_topk: self.memory_topk,
+            memory_chunk: self.memory_chunk,
+            memory_size: self.memory_size,
+            memory_layers: self.memory_layers.clone(),
+        }
+    }
 }
 
 /// Sampling options for `generate` and `chat`.

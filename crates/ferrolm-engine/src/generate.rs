@@ -167,6 +167,9 @@ impl<'a> Source<'a> {
         if req.constraint.is_some() && req.decoding != Decoding::Sample {
             bail!("constrained output does not combine with contrastive search or DoLa; leave one out");
         }
+        if req.speculative.is_some() && kv.long.is_some() {
+            bail!("speculative decoding takes back rejected positions, which a long-context cache (streaming, memory, ReRoPE, Self-Extend) cannot; leave one out");
+        }
         if let Some(spec) = &req.speculative {
             kv.set_slack(spec.max + 1);
             let row = crate::search::first_logits(&lm.model, &req.prompt, None, kv)?;
@@ -525,7 +528,7 @@ pub fn generate_tokens(
                 finish = FinishReason::Stop;
                 break 'outer;
             }
-            if ids.len() >= req.max_tokens || kv.next_pos >= kv.n_ctx {
+            if ids.len() >= req.max_tokens || (kv.next_pos >= kv.n_ctx && !kv.is_streaming()) {
                 break 'outer;
             }
             if !confirmed {

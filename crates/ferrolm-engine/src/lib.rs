@@ -7,6 +7,7 @@ pub mod convert;
 pub mod decode;
 pub mod generate;
 pub mod load;
+pub mod longctx;
 pub mod search;
 pub mod serve;
 

@@ -169,6 +169,32 @@ impl Model {
         Ok(())
     }
 
+    /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
+    /// run time. Returns how many layers use RoPE.
+    pub fn map_rope(&mut self, mut f: impl FnMut(&mut crate::spec::RopeSpec)) -> usize {
+        let mut n = 0;
+        let mut each = |p: &mut Position| {
+            if let Position::Rope(r) = p {
+                f(r);
+                n += 1;
+            }
+        };
+        for l in self
+            .config
+            .layers
+            .iter_mut()
+            .chain(&mut self.config.encoder_layers)
+        {
+            each(&mut l.position);
+        }
+        for s in std::iter::once(&mut self.main).chain(self.encoder.as_mut()) {
+            for b in &mut s.blocks {
+                each(&mut b.plan.position);
+            }
+        }
+        n / 2
+    }
+
     pub fn topology(&self) -> Topology {
         self.config.topology
     }

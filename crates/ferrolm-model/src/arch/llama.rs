@@ -11,10 +11,7 @@ pub fn config(m: &GgufMeta) -> Result<ModelConfig> {
         theta: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
         dims: m.opt_usize("rope.dimension_count")?.unwrap_or(head_dim),
         layout: RopeLayout::Interleaved,
-        scaling: match m.opt_f32("rope.scale_linear")? {
-            Some(f) if f != 1.0 => RopeScaling::Linear { factor: f },
-            _ => RopeScaling::None,
-        },
+        scaling: m.rope_scaling()?,
     };
     let window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
     let n_layers = m.usize("block_count")?;

@@ -111,6 +111,40 @@ impl GgufMeta<'_> {
             }),
         }
     }
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        self.value(key).and_then(|v| v.as_str())
+    }
+
+    /// RoPE scaling from `{arch}.rope.scaling.*` (llama.cpp's keys: type none|linear|yarn,
+    /// factor, original_context_length, yarn_beta_fast/slow), else `rope.scale_linear`.
+    pub fn rope_scaling(&self) -> Result<RopeScaling> {
+        let factor = self.opt_f32("rope.scaling.factor")?;
+        let orig = self
+            .opt_usize("rope.scaling.original_context_length")?
+            .or(self.opt_usize("context_length")?)
+            .unwrap_or(0);
+        Ok(match (self.opt_str("rope.scaling.type"), factor) {
+            (Some("linear"), Some(f)) if f != 1.0 => RopeScaling::Linear { factor: f },
+            (Some("yarn"), Some(f)) if f != 1.0 => RopeScaling::Yarn {
+                factor: f,
+                orig,
+                beta_fast: self.opt_f32("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: self.opt_f32("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                attn_factor: self.opt_f32("rope.scaling.attn_factor")?,
+                mscale: 0.0,
+                mscale_all_dim: 0.0,
+                truncate: true,
+            },
+            (None | Some("none" | "linear" | "yarn"), _) => {
+                match self.opt_f32("rope.scale_linear")? {
+                    Some(f) if f != 1.0 => RopeScaling::Linear { factor: f },
+                    _ => RopeScaling::None,
+                }
+            }
+            (Some(other), _) => bail!("GGUF rope scaling type '{other}' is not supported (ferrolm reads none, linear, yarn; others by flag: --rope-scaling)"),
+        })
+    }
+
     /// Vocabulary size: the metadata key if present, else the token list's length.
     pub fn vocab_size(&self) -> Result<usize> {
         if let Some(n) = self.opt_usize("vocab_size")? {
