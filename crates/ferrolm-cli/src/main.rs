@@ -4,10 +4,28 @@
 mod bench;
 mod chat;
 mod commands;
+mod eval;
 mod perplexity;
 
 use clap::{Args, Parser, Subcommand};
 use ferrolm_engine::catalog::DEFAULT_MODEL;
+
+#[derive(Subcommand)]
+enum EvalTask {
+    /// Passkey retrieval: a random 5-digit key at a random depth in filler text of each
+    /// length; accuracy per length (add the long-context flags to test a method).
+    Passkey {
+        #[command(flatten)]
+        m: ModelOpts,
+        /// Prompt lengths in tokens (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384,32768")]
+        lengths: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
 
 #[derive(Parser)]
 #[command(
@@ -311,6 +329,11 @@ enum Cmd {
         #[arg(short = 'f', long = "file")]
         file: std::path::PathBuf,
     },
+    /// Evaluations: `eval passkey` (retrieval of a key hidden in long filler text).
+    Eval {
+        #[command(subcommand)]
+        task: EvalTask,
+    },
     /// Prefill and decode speed.
     Bench {
         #[command(flatten)]
@@ -390,6 +413,15 @@ fn run() -> anyhow::Result<()> {
         } => commands::generate(&m, &s, chat, ids, &b, &c, &d, text),
         Cmd::Chat { m, s, c, d, system } => chat::run(&m, &s, &c, &d, system),
         Cmd::Perplexity { m, file } => perplexity::run(&m, &file),
+        Cmd::Eval {
+            task:
+                EvalTask::Passkey {
+                    m,
+                    lengths,
+                    trials,
+                    seed,
+                },
+        } => eval::passkey(&m, &lengths, trials, seed),
         Cmd::Bench {
             m,
             p,

@@ -161,6 +161,25 @@ impl KvCache {
         Ok(())
     }
 
+    /// Bytes of keys and values held (with a long-context policy's far keys and memory).
+    pub fn bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut n = l.k.len() + l.v.len();
+                if let Some(s) = &l.long {
+                    n += s.k_far.len();
+                    if let Some(m) = &s.memory {
+                        n += m.chunks.iter().map(|c| c.k.len() + c.v.len()).sum::<usize>();
+                    }
+                }
+                n
+            })
+            .sum::<usize>()
+            * f
+    }
+
     /// Streaming (attention sinks): the cache stays bounded however many positions pass.
     pub fn is_streaming(&self) -> bool {
         self.long.as_ref().is_some_and(|l| l.stream.is_some())

@@ -428,35 +428,33 @@ fn attend_stream(
         let visible = |j: usize| j < sinks || (k_pos[j] <= qp && qp - k_pos[j] < win);
         // Slots 0..hi may be visible (later ones are this call's future tokens).
         let hi = k_pos.partition_point(|&kp| kp <= qp);
-        // Retrieval for this (query, KV head): the group's summed query against chunk means.
-        let picked: Vec<usize> = match (memory, &mem_spec) {
-            (Some(m), Some(spec)) => {
-                let mut qsum = vec![0f32; d];
-                for r in 0..n_rep {
-                    let qh = &q[(ti * h + g * n_rep + r) * d..][..d];
-                    qsum.iter_mut().zip(qh).for_each(|(x, y)| *x += y);
-                }
-                let mut sc: Vec<(f32, usize)> = m
-                    .chunks
-                    .iter()
-                    .enumerate()
-                    .map(|(c, ch)| (dot_batched(&qsum, &ch.mean[g * d..(g + 1) * d]), c))
-                    .collect();
-                let kk = spec.topk.min(sc.len());
-                if kk < sc.len() {
-                    sc.select_nth_unstable_by(kk, |x, y| y.0.total_cmp(&x.0));
-                }
-                let mut p: Vec<usize> = sc[..kk].iter().map(|x| x.1).collect();
-                p.sort_unstable();
-                p
-            }
-            _ => Vec::new(),
-        };
         let chunk = mem_spec.as_ref().map_or(0, |m| m.chunk);
-        let n_mem = picked.len() * chunk;
-        let mut row = vec![0f32; hi + n_mem];
+        let mut row = Vec::new();
         for r in 0..n_rep {
             let hh = g * n_rep + r;
+            // Retrieval for this (query, head): the chunks whose mean key scores highest, the
+            // query rotated to the memory's distance (so the score is the mean attention logit
+            // the chunk would get).
+            let picked: Vec<usize> = match (memory, &mem_spec, &q_mem) {
+                (Some(m), Some(spec), Some(qm)) => {
+                    let qm = &qm[(ti * h + hh) * d..][..d];
+                    let mut sc: Vec<(f32, usize)> = m
+                        .chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(c, ch)| (dot_batched(qm, &ch.mean[g * d..(g + 1) * d]), c))
+                        .collect();
+                    let kk = spec.topk.min(sc.len());
+                    if kk < sc.len() {
+                        sc.select_nth_unstable_by(kk, |x, y| y.0.total_cmp(&x.0));
+                    }
+                    let mut p: Vec<usize> = sc[..kk].iter().map(|x| x.1).collect();
+                    p.sort_unstable();
+                    p
+                }
+                _ => Vec::new(),
+            };
+            row.resize(hi + picked.len() * chunk, 0.0);
             let qv = &q_rot[(ti * h + hh) * d..][..d];
             for (j, x) in row[..hi].iter_mut().enumerate() {
                 *x = if visible(j) {
