@@ -13,7 +13,8 @@ use serde_json::json;
 use std::io::Write;
 
 const INTRO: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.";
-const FILLER: &str = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+const FILLER: &str =
+    " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 const QUESTION: &str = " What is the pass key? The pass key is";
 
 /// splitmix64: a small deterministic generator for keys and depths.
@@ -126,9 +127,11 @@ pub fn passkey(m: &ModelOpts, lengths: &[usize], trials: usize, seed: u64) -> Re
                 rss_mib()
             );
         }
-        rows.push(json!({"length": len, "tokens": n_tok, "trials": trials, "correct": correct,
+        rows.push(
+            json!({"length": len, "tokens": n_tok, "trials": trials, "correct": correct,
             "accuracy": correct as f64 / trials as f64, "ms_per_token": med, "kv_mib": kv_mib,
-            "rss_mib": rss_mib(), "answers": answers}));
+            "rss_mib": rss_mib(), "answers": answers}),
+        );
     }
     if m.json {
         println!(

@@ -407,15 +407,44 @@ fn long_context_flags_name_what_is_wrong() {
     let cases: &[(&[&str], &str)] = &[
         (&["--rope-scaling", "bogus"], "unknown --rope-scaling"),
         (&["--rope-scaling", "linear"], "needs --rope-factor"),
-        (&["--rope-factor", "2"], "--rope-factor needs --rope-scaling"),
-        (&["--rope-scaling", "longrope", "--rope-factor", "2"], "per-dimension factors"),
+        (
+            &["--rope-factor", "2"],
+            "--rope-factor needs --rope-scaling",
+        ),
+        (
+            &["--rope-scaling", "longrope", "--rope-factor", "2"],
+            "per-dimension factors",
+        ),
         (&["--self-extend", "8"], "expected G:W"),
         (&["--sinks", "4"], "--sinks needs --stream-window"),
         (&["--memory-topk", "4"], "needs --stream-window"),
-        (&["--stream-window", "64", "--memory-topk", "2", "--memory-size", "8"], "smaller than one chunk"),
-        (&["--stream-window", "64", "--self-extend", "4:16"], "do not combine"),
+        (
+            &[
+                "--stream-window",
+                "64",
+                "--memory-topk",
+                "2",
+                "--memory-size",
+                "8",
+            ],
+            "smaller than one chunk",
+        ),
+        (
+            &["--stream-window", "64", "--self-extend", "4:16"],
+            "do not combine",
+        ),
         (&["--rope-scaling", "leaky-rerope"], "--rope-factor K"),
-        (&["--stream-window", "64", "--memory-topk", "2", "--memory-layers", "1,99"], "--memory-layers"),
+        (
+            &[
+                "--stream-window",
+                "64",
+                "--memory-topk",
+                "2",
+                "--memory-layers",
+                "1,99",
+            ],
+            "--memory-layers",
+        ),
     ];
     for (flags, want) in cases {
         let mut args = vec!["logits", "-m", fx, "--ids", "1,2,3"];

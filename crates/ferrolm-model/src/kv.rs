@@ -171,7 +171,11 @@ impl KvCache {
                 if let Some(s) = &l.long {
                     n += s.k_far.len();
                     if let Some(m) = &s.memory {
-                        n += m.chunks.iter().map(|c| c.k.len() + c.v.len()).sum::<usize>();
+                        n += m
+                            .chunks
+                            .iter()
+                            .map(|c| c.k.len() + c.v.len())
+                            .sum::<usize>();
                     }
                 }
                 n
