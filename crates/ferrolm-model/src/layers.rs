@@ -316,19 +316,26 @@ pub fn rope_tables(spec: &RopeSpec, pos: &[usize]) -> Vec<f32> {
     if !matches!(spec.scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
         let seq_len = pos.iter().max().map_or(0, |p| p + 1);
         let (freqs, af) = rope_freqs(spec, seq_len);
-        for &p in pos {
-            for f in &freqs {
-                let a = p as f32 * f;
-                all.push(a.cos() * af);
-                all.push(a.sin() * af);
-            }
-        }
-        return all;
+        return rope_tables_at(&freqs, af, pos.iter().map(|&p| p as f32));
     }
     let mut row = Vec::with_capacity(spec.dims);
     for &p in pos {
         rope_cache(spec, p, &mut row);
         all.extend_from_slice(&row);
+    }
+    all
+}
+
+/// Rope rows (cos, sin pairs times the attention factor `af`) for frequencies `freqs` at
+/// positions that may be fractional (Leaky ReRoPE's far positions).
+pub fn rope_tables_at(freqs: &[f32], af: f32, pos: impl Iterator<Item = f32>) -> Vec<f32> {
+    let mut all = Vec::new();
+    for p in pos {
+        for f in freqs {
+            let a = p * f;
+            all.push(a.cos() * af);
+            all.push(a.sin() * af);
+        }
     }
     all
 }

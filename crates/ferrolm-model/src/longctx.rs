@@ -19,7 +19,7 @@
 //! Dimension legend: `T` queries in the call, `H`/`Hkv` heads, `D` head size.
 
 use crate::kv::LayerKv;
-use crate::layers::{rope_freqs, rope_head};
+use crate::layers::{rope_freqs, rope_head, rope_tables_at};
 use crate::spec::{AttentionSpec, RopeSpec, ScaleAt};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -223,20 +223,6 @@ impl Memory {
     }
 }
 
-/// `(T, dims)` rope rows (cos, sin pairs times the attention factor) at fractional positions.
-fn tables_at(spec: &RopeSpec, freqs: &[f32], af: f32, pos: impl Iterator<Item = f32>) -> Vec<f32> {
-    let mut t = Vec::new();
-    for p in pos {
-        for f in freqs {
-            let a = p * f;
-            t.push(a.cos() * af);
-            t.push(a.sin() * af);
-        }
-    }
-    debug_assert_eq!(t.len() % spec.dims.max(1), 0);
-    t
-}
-
 /// `x: (rows, heads, D)` rotated in place, row `r` by table row `r`.
 fn rotate(spec: &RopeSpec, tables: &[f32], x: &mut [f32], heads: usize, d: usize) {
     let dims = spec.dims;
@@ -310,9 +296,9 @@ fn attend_far(
     let (t, kw) = (pos.len(), hkv * d);
     let seq_len = pos.iter().max().map_or(0, |p| p + 1);
     let (freqs, af) = rope_freqs(rope, seq_len);
-    let near_t = tables_at(rope, &freqs, af, pos.iter().map(|&p| p as f32));
-    let qfar_t = tables_at(rope, &freqs, af, pos.iter().map(|&p| far.query(p)));
-    let kfar_t = tables_at(rope, &freqs, af, pos.iter().map(|&p| far.key(p)));
+    let near_t = rope_tables_at(&freqs, af, pos.iter().map(|&p| p as f32));
+    let qfar_t = rope_tables_at(&freqs, af, pos.iter().map(|&p| far.query(p)));
+    let kfar_t = rope_tables_at(&freqs, af, pos.iter().map(|&p| far.key(p)));
     let mut q_near = q.to_vec();
     let mut q_far = q.to_vec();
     let mut k_near = k.to_vec();
@@ -398,17 +384,16 @@ fn attend_stream(
     let s = kv.len();
     let max_slot = slot_pos(s - 1);
     let (freqs, af) = rope_freqs(rope, max_slot + 1);
-    let key_t = tables_at(rope, &freqs, af, (0..s).map(|i| slot_pos(i) as f32));
+    let key_t = rope_tables_at(&freqs, af, (0..s).map(|i| slot_pos(i) as f32));
     let mut keys = kv.k.clone();
     rotate(rope, &key_t, &mut keys, hkv, d);
     let q_slots: Vec<usize> = (s - t..s).map(slot_pos).collect();
-    let q_t = tables_at(rope, &freqs, af, q_slots.iter().map(|&p| p as f32));
+    let q_t = rope_tables_at(&freqs, af, q_slots.iter().map(|&p| p as f32));
     let mut q_rot = q.to_vec();
     rotate(rope, &q_t, &mut q_rot, h, d);
     // Against the memory (at slot position S) a query is `slot - S` away.
     let q_mem = memory.map(|_| {
-        let t_mem = tables_at(
-            rope,
+        let t_mem = rope_tables_at(
             &freqs,
             af,
             q_slots.iter().map(|&p| (p - st.sinks.min(p)) as f32),
