@@ -30,15 +30,15 @@ LICENSES = ["GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0", "MPL-2.0"]
 
 # (name, flags, lengths) -- full-attention methods stop where one trial costs many minutes.
 METHODS = [
+    ("kNN memory (sinks 4, window 1024, top-16 of 8-token chunks)",
+     ["--stream-window", "1024", "--sinks", "4", "--memory-topk", "16", "--memory-chunk", "8"],
+     [4096, 8192, 16384, 32768]),
     ("no scaling", [], [4096, 8192]),
     ("linear x4", ["--rope-scaling", "linear", "--rope-factor", "4"], [4096, 8192]),
     ("dynamic NTK x4", ["--rope-scaling", "dynamic", "--rope-factor", "4"], [4096, 8192]),
     ("YaRN x4", ["--rope-scaling", "yarn", "--rope-factor", "4"], [4096, 8192]),
     ("ReRoPE w4096", ["--rope-scaling", "rerope", "--rerope-window", "4096"], [4096, 8192]),
     ("Self-Extend 8:2048", ["--self-extend", "8:2048"], [4096, 8192]),
-    ("kNN memory (sinks 4, window 1024, top-16 of 8-token chunks)",
-     ["--stream-window", "1024", "--sinks", "4", "--memory-topk", "16", "--memory-chunk", "8"],
-     [4096, 8192, 16384, 32768]),
 ]
 
 
@@ -82,19 +82,25 @@ def ppl(log):
         print(f"RSS samples ({r['name']}): " + ", ".join(f"{x['tokens']}:{x['rss_mib']:.0f}" for x in r["rss_mib"]))
 
 
-def passkey(log, trials):
-    table = {}
-    for name, flags, lengths in METHODS:
-        for length in lengths:
-            n = trials if length <= 8192 or "memory" in name else max(1, trials // 2)
-            r = run(["eval", "passkey", "--lengths", str(length), "--trials", str(n)] + flags)
-            res = r["results"][0]
-            res["method"] = name
-            log.write(json.dumps(res) + "\n")
-            log.flush()
-            table[(name, length)] = res
-            print(f"{name} @ {length}: {res['correct']}/{res['trials']}, {res['ms_per_token']:.2f} ms/token, "
-                  f"KV {res['kv_mib']:.0f} MiB", flush=True)
+def passkey(log, trials, done):
+    """Each method at each of its lengths; (method, length) pairs already in the log are reused."""
+    table = dict(done)
+    # The memory method first at every length (the one that reaches 32k), then the others
+    # length by length.
+    work = sorted(((name, flags, length) for name, flags, lengths in METHODS for length in lengths),
+                  key=lambda w: ("memory" not in w[0], w[2]))
+    for name, flags, length in work:
+        if (name, length) in table:
+            continue
+        n = trials if length <= 8192 or "memory" in name else max(1, trials // 2)
+        r = run(["eval", "passkey", "--lengths", str(length), "--trials", str(n)] + flags)
+        res = r["results"][0]
+        res["method"] = name
+        log.write(json.dumps(res) + "\n")
+        log.flush()
+        table[(name, length)] = res
+        print(f"{name} @ {length}: {res['correct']}/{res['trials']}, {res['ms_per_token']:.2f} ms/token, "
+              f"KV {res['kv_mib']:.0f} MiB", flush=True)
     lengths = [4096, 8192, 16384, 32768]
     print("\n| method | " + " | ".join(f"{l // 1024}k" for l in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
@@ -153,13 +159,19 @@ def main():
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out", default="target/longctx-figures.jsonl")
     a = ap.parse_args()
+    done = {}
+    if os.path.exists(a.out):
+        for line in open(a.out):
+            r = json.loads(line)
+            if "method" in r and "accuracy" in r:
+                done[(r["method"], r["length"])] = r
     with open(a.out, "a") as log:
         if a.only in (None, "ppl"):
             ppl(log)
-        if a.only in (None, "passkey"):
-            passkey(log, a.trials)
         if a.only in (None, "llamacpp"):
             llamacpp(log, a.trials)
+        if a.only in (None, "passkey"):
+            passkey(log, a.trials, done)
 
 
 if __name__ == "__main__":
