@@ -22,6 +22,8 @@ use crate::kv::LayerKv;
 use crate::layers::{rope_freqs, rope_head, rope_tables_at};
 use crate::spec::{AttentionSpec, RopeSpec, ScaleAt};
 use anyhow::{bail, Result};
+use ferrolm_kernels::numerics::{dot_batched, pv_accumulate, softmax_row};
+use ferrolm_kernels::pool::{global, SharedOut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -290,8 +292,6 @@ fn attend_far(
     kv: &mut LayerKv,
     state: &mut LongLayer,
 ) -> Result<Vec<f32>> {
-    use ferrolm_kernels::numerics::{dot_batched, pv_accumulate, softmax_row};
-    use ferrolm_kernels::pool::{global, SharedOut};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
     let (t, kw) = (pos.len(), hkv * d);
     let seq_len = pos.iter().max().map_or(0, |p| p + 1);
@@ -357,8 +357,6 @@ fn attend_stream(
     kv: &mut LayerKv,
     state: &mut LongLayer,
 ) -> Result<Vec<f32>> {
-    use ferrolm_kernels::numerics::{dot_batched, pv_accumulate, softmax_row};
-    use ferrolm_kernels::pool::{global, SharedOut};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
     let (t, kw) = (pos.len(), hkv * d);
     let n_rep = h / hkv;
