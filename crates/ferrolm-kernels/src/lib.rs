@@ -8,6 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod cpu;
+pub mod flash;
 pub mod gemm;
 pub mod kgemm;
 pub mod kquant;

@@ -179,6 +179,21 @@ pub fn softmax_row(x: &mut [f32], scale: f32) {
     softmax_row_portable(x, scale)
 }
 
+/// `x[i] = expf(x[i] - m)` in place; returns the sum of the results (`-inf` entries give 0).
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 {
+        // SAFETY: detected at run time.
+        return unsafe { avx512::exp_sub_sum(x, m) };
+    }
+    x.iter_mut()
+        .map(|v| {
+            *v = expf(*v - m);
+            *v
+        })
+        .sum()
+}
+
 /// AVX-512 versions of the two dot orders (the same operations, lane for lane).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -242,6 +257,24 @@ mod avx512 {
         for v in x.iter_mut() {
             *v *= inv;
         }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        let mx = _mm512_set1_ps(m);
+        let mut sum = _mm512_setzero_ps();
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let e = expf16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), mx));
+            _mm512_storeu_ps(c.as_mut_ptr(), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        let mut total = reduce(sum);
+        for v in chunks.into_remainder() {
+            *v = super::expf(*v - m);
+            total += *v;
+        }
+        total
     }
 
     /// `pv_accumulate` with 512-bit vectors (`d` a multiple of 16): per element the same

@@ -22,6 +22,7 @@ use crate::kv::LayerKv;
 use crate::layers::{rope_freqs, rope_head, rope_tables_at};
 use crate::spec::{AttentionSpec, RopeSpec, ScaleAt};
 use anyhow::{bail, Result};
+use ferrolm_kernels::flash::{Flash, KEY_BLOCK};
 use ferrolm_kernels::numerics::{dot_batched, pv_accumulate, softmax_row};
 use ferrolm_kernels::pool::{global, SharedOut};
 use std::collections::VecDeque;
@@ -319,28 +320,63 @@ fn attend_far(
     let mut out = vec![0f32; t * h * d];
     let o_ptr = SharedOut::new(&mut out);
     let (keys_near, keys_far, values, k_pos) = (&kv.k, &state.k_far, &kv.v, &kv.pos);
-    global().run(t * h, |task| {
-        let (ti, hh) = (task / h, task % h);
+    // Tasks are (head, run of queries); each run meets the keys block by block, both score
+    // tiles computed and stitched by the distance mask.
+    let q_chunk = t
+        .div_ceil((global().threads() * 4).div_ceil(h))
+        .clamp(1, 64);
+    let runs = t.div_ceil(q_chunk);
+    let round = kv.precision == crate::kv::KvPrecision::F16;
+    global().run(h * runs, |task| {
+        let (hh, q0) = (task / runs, task % runs * q_chunk);
+        let q1 = (q0 + q_chunk).min(t);
+        let nq = q1 - q0;
         let g = hh / n_rep;
-        let qp = pos[ti];
-        let qn = &q_near[(ti * h + hh) * d..][..d];
-        let qf = &q_far[(ti * h + hh) * d..][..d];
-        // Slots are in position order; this query sees slots 0..hi.
-        let hi = k_pos.partition_point(|&kp| kp <= qp);
-        let mut row = vec![0f32; hi];
-        for (j, r) in row.iter_mut().enumerate() {
-            let off = j * kw + g * d;
-            *r = score(if qp - k_pos[j] < w {
-                dot_batched(qn, &keys_near[off..off + d])
-            } else {
-                dot_batched(qf, &keys_far[off..off + d])
-            });
+        let gather = |x: &[f32]| -> Vec<f32> {
+            (q0..q1)
+                .flat_map(|ti| x[(ti * h + hh) * d..][..d].iter().copied())
+                .collect()
+        };
+        let (qn, qf) = (gather(&q_near), gather(&q_far));
+        // Slots are in position order; query `ti` sees slots `0..partition_point(<= pos)`.
+        let hi = k_pos.partition_point(|&kp| kp <= pos[q1 - 1]);
+        let bounds: Vec<(usize, usize)> = (q0..q1)
+            .map(|ti| {
+                let qp = pos[ti];
+                (
+                    k_pos.partition_point(|&kp| kp + w <= qp),
+                    k_pos.partition_point(|&kp| kp <= qp),
+                )
+            })
+            .collect();
+        let mut f = Flash::new(nq, d);
+        if round {
+            f = f.round_probabilities_f16();
         }
-        softmax_row(&mut row, 1.0);
-        let mut acc = vec![0f32; d];
-        pv_accumulate(&row, &values[g * d..], kw, d, 1, &mut acc);
-        // SAFETY: each (query, head) output slice belongs to one task.
-        unsafe { o_ptr.slice((ti * h + hh) * d, d) }.copy_from_slice(&acc);
+        let mut near = vec![0f32; nq * KEY_BLOCK];
+        for j0 in (0..hi).step_by(KEY_BLOCK) {
+            let n = (hi - j0).min(KEY_BLOCK);
+            f.dots(&qn, d, &keys_near[j0 * kw + g * d..], kw, n);
+            near.copy_from_slice(&f.scores()[..nq * KEY_BLOCK]);
+            f.dots(&qf, d, &keys_far[j0 * kw + g * d..], kw, n);
+            let sc = f.scores();
+            for (i, ti) in (q0..q1).enumerate() {
+                // Slots before `mid` are far from this query, `mid..end` near, the rest ahead.
+                let (mid, end) = bounds[ti - q0];
+                let (mid, end) = (mid.clamp(j0, j0 + n) - j0, end.clamp(j0, j0 + n) - j0);
+                let row = &mut sc[i * KEY_BLOCK..i * KEY_BLOCK + n];
+                row[..mid].iter_mut().for_each(|x| *x = score(*x));
+                for (x, &y) in row[mid..end].iter_mut().zip(&near[i * KEY_BLOCK + mid..]) {
+                    *x = score(y);
+                }
+                row[end..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            f.absorb(n, &values[j0 * kw + g * d..], kw);
+        }
+        for (i, ti) in (q0..q1).enumerate() {
+            // SAFETY: each (query, head) output slice belongs to one task.
+            f.finish_row(i, unsafe { o_ptr.slice((ti * h + hh) * d, d) });
+        }
     });
     Ok(out)
 }
