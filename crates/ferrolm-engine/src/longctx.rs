@@ -186,16 +186,7 @@ impl LongArgs {
             stream,
             memory,
         };
-        p.validate()?;
-        if p.is_active()
-            && !model
-                .config
-                .layers
-                .iter()
-                .any(|l| matches!(l.position, ferrolm_model::spec::Position::Rope(_)))
-        {
-            bail!("streaming, memory, ReRoPE and Self-Extend need a RoPE model; this one positions tokens otherwise");
-        }
+        check(model, &p)?;
         Ok(p)
     }
 
@@ -206,5 +197,33 @@ impl LongArgs {
             kv.set_long(p)?;
         }
         Ok(())
+    }
+}
+
+/// Whether `model` can run under policy `p` (valid, and a RoPE model when active).
+pub fn check(model: &Model, p: &LongCtx) -> Result<()> {
+    p.validate()?;
+    if p.is_active()
+        && !model
+            .config
+            .layers
+            .iter()
+            .any(|l| matches!(l.position, ferrolm_model::spec::Position::Rope(_)))
+    {
+        bail!("streaming, memory, ReRoPE and Self-Extend need a RoPE model; this one positions tokens otherwise");
+    }
+    Ok(())
+}
+
+/// StreamingLLM in the memory of one context of `n_ctx`: `sinks` first tokens and a window
+/// of the rest (the server's `stream` overflow policy).
+pub fn streaming(sinks: usize, n_ctx: usize) -> LongCtx {
+    LongCtx {
+        far: None,
+        stream: Some(Streaming {
+            sinks,
+            window: n_ctx.saturating_sub(sinks).max(1),
+        }),
+        memory: None,
     }
 }

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use ferrolm_engine::constrain::Constraint;
-use ferrolm_engine::serve::{Event, Finish, Job, TokenLogprob};
+use ferrolm_engine::serve::{Event, Finish, Job, Overflow, TokenLogprob};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -233,9 +233,10 @@ impl Run {
             // OpenAI's legacy default.
             Kind::Completion { .. } => ("prompt", "cmpl", Some(16)),
         };
-        let n_ctx = model.n_ctx();
+        let cfg = model.engine.config().clone();
+        let n_ctx = cfg.n_ctx;
         for p in &prompts {
-            if p.len() >= n_ctx {
+            if p.len() >= n_ctx && cfg.overflow == Overflow::Error {
                 return Err(ApiError {
                     code: Some("context_length_exceeded"),
                     ..ApiError::invalid(
@@ -267,7 +268,7 @@ impl Run {
             let max_tokens = run
                 .plan
                 .max_tokens
-                .unwrap_or_else(|| (n_ctx - prompt.len()).min(default_max.unwrap_or(usize::MAX)));
+                .unwrap_or_else(|| cfg.default_max_tokens(prompt.len(), default_max));
             for j in 0..n {
                 let i = pi * n + j;
                 let mut sampling = run.plan.sampling.clone();

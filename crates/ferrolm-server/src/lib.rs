@@ -17,7 +17,7 @@ pub mod wire;
 
 pub use state::{AppState, Limits};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 16)]
     pub max_body_mb: usize,
+    /// What a request whose prompt plus max_tokens exceed the context gets: `error` (400
+    /// context_length_exceeded), `truncate` (the prompt's oldest tokens dropped) or `stream`
+    /// (StreamingLLM: 4 attention sinks plus a rolling window, any length in one context's
+    /// memory; RoPE models). `POLICY` sets every model's; `MODEL=POLICY` one model's
+    /// (repeatable).
+    #[arg(long, value_name = "[MODEL=]POLICY")]
+    pub overflow: Vec<String>,
     /// Hugging Face models: quantize the matrices at load (q8_0, q4_k, ...).
     #[arg(long)]
     pub quantize: Option<String>,
@@ -207,15 +214,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         )?);
         let cfg = state::engine_config(&lm, args)?;
         eprintln!(
-            "ferrolm: '{}' ({}), context {}, {} KV blocks of {} positions, up to {} running",
+            "ferrolm: '{}' ({}), context {}, {} KV blocks of {} positions, up to {} running, overflow {:?}",
             lm.name,
             lm.model.config.arch,
             cfg.n_ctx,
             cfg.kv_blocks,
             cfg.block_size,
-            cfg.max_running
+            cfg.max_running,
+            cfg.overflow
         );
         models.push((lm, cfg));
+    }
+    for o in &args.overflow {
+        if let Some((m, _)) = o.split_once('=') {
+            if !models.iter().any(|(lm, _)| lm.name == m) {
+                let ids: Vec<&str> = models.iter().map(|(lm, _)| lm.name.as_str()).collect();
+                bail!(
+                    "--overflow '{o}': no served model is called '{m}' (served: {})",
+                    ids.join(", ")
+                );
+            }
+        }
     }
     let limits = Limits {
         request_timeout: Duration::from_secs(args.timeout),

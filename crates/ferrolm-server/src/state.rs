@@ -2,8 +2,8 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::HttpMetrics;
-use anyhow::{bail, Result};
-use ferrolm_engine::serve::{Engine, ServeConfig};
+use anyhow::{bail, Context, Result};
+use ferrolm_engine::serve::{Engine, Overflow, ServeConfig};
 use ferrolm_engine::LoadedModel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -141,11 +141,31 @@ pub fn engine_config(lm: &LoadedModel, args: &crate::ServeArgs) -> Result<ServeC
             (need * block_bytes).div_ceil(1 << 20)
         );
     }
+    let mut overflow = Overflow::Error;
+    for o in &args.overflow {
+        let (model, policy) = match o.split_once('=') {
+            Some((m, p)) => (Some(m), p),
+            None => (None, o.as_str()),
+        };
+        if model.is_none_or(|m| m == lm.name) {
+            overflow = policy
+                .parse()
+                .with_context(|| format!("--overflow '{o}'"))?;
+        }
+    }
+    if let Overflow::Stream { sinks } = overflow {
+        ferrolm_engine::longctx::check(
+            &lm.model,
+            &ferrolm_engine::longctx::streaming(sinks, n_ctx),
+        )
+        .with_context(|| format!("--overflow stream for '{}'", lm.name))?;
+    }
     Ok(ServeConfig {
         n_ctx,
         max_running: args.max_running,
         queue_capacity: args.queue,
         kv_blocks,
+        overflow,
         ..base
     })
 }

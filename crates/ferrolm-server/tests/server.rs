@@ -618,3 +618,62 @@ fn response_format_json_schema_is_enforced() {
     let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert!(value["answer"].is_i64(), "{text}");
 }
+
+/// `--overflow truncate` and `stream` on a 256-position context: an over-long prompt is cut to
+/// fit (usage says how much was read) or streamed past the context (StreamingLLM), and a
+/// request that fits answers exactly as it does under the default `error` policy.
+#[test]
+fn overflow_policies_truncate_and_stream() {
+    use ferrolm_engine::serve::{Overflow, ServeConfig};
+    let (Some(lm), Some(shared)) = (smol(), shared()) else {
+        return;
+    };
+    let cfg = |overflow| ServeConfig {
+        n_ctx: 256,
+        kv_blocks: 256,
+        overflow,
+        ..ServeConfig::default()
+    };
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(60); // ~600 tokens
+    let body = |max_tokens: usize| {
+        json!({"model": SMOL, "prompt": long, "max_tokens": max_tokens, "temperature": 0,
+               "ignore_eos": true})
+    };
+    let prompt_tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+
+    let s = Server::start(
+        vec![(lm.clone(), cfg(Overflow::Truncate))],
+        Duration::from_secs(5),
+    );
+    let r = s.post("/v1/completions", &body(16));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(prompt_tokens(&v), 256 - 16, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    // max_tokens alone past the context cannot be truncated into it.
+    let r = s.post("/v1/completions", &body(300));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("context_length_exceeded"), "{}", r.body);
+    s.stop().unwrap();
+
+    let s = Server::start(
+        vec![(lm, cfg(Overflow::Stream { sinks: 4 }))],
+        Duration::from_secs(5),
+    );
+    let r = s.post("/v1/completions", &body(300));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert!(prompt_tokens(&v) > 500, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 300, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("fox"),
+        "a streamed continuation stays on the text: {text:?}"
+    );
+    // A request that fits runs in the batch as before.
+    let (a, _) = greedy_chat(&s, "What is the capital of France?", 16);
+    let (b, _) = greedy_chat(shared, "What is the capital of France?", 16);
+    assert_eq!(a, b);
+    s.stop().unwrap();
+}

@@ -3,7 +3,7 @@
 //! decoding rule run on threads of their own here.
 
 use super::scheduler::{done, Worker};
-use super::{Event, Finish, Job, Metrics, ServeConfig, Sink, SubmitError};
+use super::{Event, Finish, Job, Metrics, Overflow, ServeConfig, Sink, SubmitError};
 use crate::load::LoadedModel;
 use anyhow::{bail, Result};
 use ferrolm_model::spec::Topology;
@@ -78,7 +78,7 @@ impl Engine {
     }
 
     /// Admits a job into the queue; its events go to `sink`. Returns the job's id.
-    pub fn submit(&self, job: Job, sink: Sink) -> Result<u64, SubmitError> {
+    pub fn submit(&self, mut job: Job, sink: Sink) -> Result<u64, SubmitError> {
         let refuse = |e: SubmitError| {
             if let Ok(mut m) = self.shared.metrics.lock() {
                 m.requests_rejected += 1;
@@ -94,12 +94,23 @@ impl Engine {
         if job.prompt.is_empty() {
             return refuse(SubmitError::EmptyPrompt);
         }
-        if job.prompt.len() + job.max_tokens > self.cfg.n_ctx {
-            return refuse(SubmitError::TooLong {
+        let n_ctx = self.cfg.n_ctx;
+        let mut stream = None;
+        if job.prompt.len() + job.max_tokens > n_ctx {
+            let too_long = SubmitError::TooLong {
                 prompt: job.prompt.len(),
                 max_tokens: job.max_tokens,
-                n_ctx: self.cfg.n_ctx,
-            });
+                n_ctx,
+            };
+            match self.cfg.overflow {
+                Overflow::Error => return refuse(too_long),
+                Overflow::Truncate if job.max_tokens >= n_ctx => return refuse(too_long),
+                Overflow::Truncate => {
+                    let bos = self.lm.tokenizer.as_ref().and_then(|t| t.bos_id());
+                    job.prompt = truncate_prompt(&job.prompt, n_ctx - job.max_tokens, bos);
+                }
+                Overflow::Stream { sinks } => stream = Some(sinks),
+            }
         }
         let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
         if waiting >= self.cfg.queue_capacity {
@@ -110,7 +121,7 @@ impl Engine {
         if let Ok(mut m) = self.shared.metrics.lock() {
             m.requests_total += 1;
         }
-        if job.is_solo() {
+        if job.is_solo() || stream.is_some() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             if let Err((param, e)) =
                 crate::decode::check(&self.lm, &job.decoding, job.speculative.as_ref())
@@ -120,7 +131,7 @@ impl Engine {
                     message: e.to_string(),
                 });
             }
-            return self.start_solo(id, job, sink);
+            return self.start_solo(id, job, sink, stream);
         }
         if !self.send(Msg::Submit(id, Box::new(job), sink, Instant::now())) {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -138,9 +149,16 @@ impl Engine {
         self.send(Msg::Cancel(id));
     }
 
-    /// A job with its own decoding rule, on a thread of its own (`generate_tokens`), with the
-    /// batch's events, cancellation and timeout.
-    fn start_solo(&self, id: u64, job: Job, mut sink: Sink) -> Result<u64, SubmitError> {
+    /// A job with its own decoding rule, or one that streams past the context (`Some(sinks)`),
+    /// on a thread of its own (`generate_tokens`), with the batch's events, cancellation and
+    /// timeout.
+    fn start_solo(
+        &self,
+        id: u64,
+        job: Job,
+        mut sink: Sink,
+        stream: Option<usize>,
+    ) -> Result<u64, SubmitError> {
         let cancel = Arc::new(AtomicBool::new(false));
         if let Ok(mut m) = self.solo.lock() {
             m.insert(id, cancel.clone());
@@ -171,6 +189,9 @@ impl Engine {
                 let (mut timed_out, mut gone, mut n) = (false, false, 0usize);
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut kv = lm.model.new_cache(n_ctx);
+                    if let Some(sinks) = stream {
+                        kv.set_long(crate::longctx::streaming(sinks, n_ctx))?;
+                    }
                     crate::generate_tokens(&lm, &mut kv, &req, &cancel, &mut |tok, text| {
                         if deadline.is_some_and(|d| Instant::now() > d) {
                             timed_out = true;
@@ -281,5 +302,31 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
+    }
+}
+
+/// The last `keep` tokens of `prompt`, with its first token kept when it is `bos`.
+fn truncate_prompt(prompt: &[u32], keep: usize, bos: Option<u32>) -> Vec<u32> {
+    let keep = keep.max(1);
+    if prompt.len() <= keep {
+        return prompt.to_vec();
+    }
+    match prompt.first() {
+        Some(&b) if Some(b) == bos && keep >= 2 => std::iter::once(b)
+            .chain(prompt[prompt.len() - (keep - 1)..].iter().copied())
+            .collect(),
+        _ => prompt[prompt.len() - keep..].to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncation_keeps_the_end_and_a_leading_bos() {
+        use super::truncate_prompt as t;
+        assert_eq!(t(&[1, 5, 6, 7, 8], 3, Some(1)), vec![1, 7, 8]);
+        assert_eq!(t(&[9, 5, 6, 7, 8], 3, Some(1)), vec![6, 7, 8]);
+        assert_eq!(t(&[1, 5, 6], 3, Some(1)), vec![1, 5, 6]);
+        assert_eq!(t(&[1, 5, 6, 7], 1, Some(1)), vec![7]);
     }
 }

@@ -39,6 +39,50 @@ pub struct ServeConfig {
     pub block_size: usize,
     /// KV blocks in the pool (the memory budget).
     pub kv_blocks: usize,
+    /// What a request gets when its prompt and `max_tokens` exceed `n_ctx`.
+    pub overflow: Overflow,
+}
+
+/// What a request whose prompt plus `max_tokens` exceed the context gets (per model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refused: HTTP 400 `context_length_exceeded`, naming the lengths.
+    #[default]
+    Error,
+    /// The prompt's oldest tokens are dropped (a leading BOS stays) so prompt and
+    /// `max_tokens` fit; generation still ends at the context.
+    Truncate,
+    /// The sequence runs with StreamingLLM's cache (the first `sinks` tokens and a window of
+    /// the latest, positions assigned inside the cache), so prompt and completion may be any
+    /// length in the memory of one context. Such sequences run outside the batch.
+    Stream { sinks: usize },
+}
+
+impl std::str::FromStr for Overflow {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Overflow> {
+        Ok(match s {
+            "error" => Overflow::Error,
+            "truncate" => Overflow::Truncate,
+            "stream" => Overflow::Stream { sinks: 4 },
+            _ => anyhow::bail!("overflow policy '{s}': expected error, truncate or stream"),
+        })
+    }
+}
+
+impl ServeConfig {
+    /// `max_tokens` for a request that gave none: what the context has left, at most `cap`.
+    /// A prompt that fills the context gets a quarter of it under `truncate` and `stream`
+    /// (where it is not refused).
+    pub fn default_max_tokens(&self, prompt: usize, cap: Option<usize>) -> usize {
+        let left = self.n_ctx.saturating_sub(prompt);
+        let room = if left > 0 || self.overflow == Overflow::Error {
+            left
+        } else {
+            (self.n_ctx / 4).max(1)
+        };
+        room.min(cap.unwrap_or(usize::MAX))
+    }
 }
 
 impl Default for ServeConfig {
@@ -51,6 +95,7 @@ impl Default for ServeConfig {
             prefill_chunk: 256,
             block_size: 16,
             kv_blocks: 8192,
+            overflow: Overflow::Error,
         }
     }
 }
