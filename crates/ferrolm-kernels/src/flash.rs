@@ -30,6 +30,7 @@ pub fn transpose_keys(k: &[f32], stride: usize, n: usize, d: usize, kt: &mut [f3
 
 /// `out[i * ldo + j] = Σ_e q[i * ldq + e] · kt[e * ldk + j]` for `i < nq`, `j < ldk`, summed
 /// in increasing `e` with fused multiply-adds.
+#[allow(clippy::too_many_arguments)]
 pub fn qk_tile_portable(
     q: &[f32],
     ldq: usize,
