@@ -29,6 +29,20 @@ pub fn set_threads(n: Option<usize>) {
 pub fn open(m: &ModelOpts) -> Result<LoadedModel> {
     set_threads(m.threads);
     let mut lm = ferrolm_engine::load_with(&m.model, m.json, m.quantize.as_deref())?;
+    for a in &m.lora {
+        let from_gguf = lm.file.is_some();
+        let applied = ferrolm_engine::lora::apply(&mut lm.model, from_gguf, a)?;
+        if !m.json {
+            eprintln!(
+                "LoRA '{}': {} layers, rank {}, scaling {} x {}",
+                a.dir.display(),
+                applied.layers,
+                applied.rank,
+                applied.scaling,
+                a.scale
+            );
+        }
+    }
     let long = m.long.args();
     long.apply_scaling(&mut lm.model)?;
     // Checked now, so a bad combination fails before any work.

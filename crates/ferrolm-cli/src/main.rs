@@ -61,6 +61,10 @@ pub struct ModelOpts {
     /// q5_k, q6_k, f16, ...) to run on the quantized kernels.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// A LoRA adapter in PEFT's format (a directory with adapter_config.json and
+    /// adapter_model.safetensors), optionally with a multiplier: DIR[:SCALE]. Repeatable.
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<ferrolm_engine::lora::AdapterArg>,
     #[command(flatten)]
     pub long: LongOpts,
 }

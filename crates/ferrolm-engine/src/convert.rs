@@ -57,7 +57,7 @@ fn llama_compatible(cfg: &ModelConfig) -> bool {
 
 /// Rows of a q or k projection reordered from half-split RoPE pairs to adjacent pairs
 /// (llama.cpp's layout for `llama`), per head of `d` rows.
-fn permute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
+pub(crate) fn permute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
     let rows = w.len() / cols;
     let d = rows / heads;
     let mut out = vec![0f32; w.len()];

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod generate;
 pub mod load;
 pub mod longctx;
+pub mod lora;
 pub mod search;
 pub mod serve;
 

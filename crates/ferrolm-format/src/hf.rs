@@ -193,6 +193,35 @@ impl HfDir {
         Ok(dir)
     }
 
+    /// Opens a PEFT adapter directory: `adapter_config.json` (as `config`) and the weights in
+    /// `adapter_model.safetensors`, validated like a model's.
+    pub fn open_adapter(path: &Path) -> Result<HfDir> {
+        let shown = path.display();
+        if !path.is_dir() {
+            bail!(
+                "'{shown}' is not a directory; a LoRA adapter is a directory holding \
+                 adapter_config.json and adapter_model.safetensors (as PEFT saves them)"
+            );
+        }
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            if !path.join(f).is_file() {
+                bail!("adapter directory '{shown}' has no {f}; point at the directory PEFT's save_pretrained wrote");
+            }
+        }
+        let config = read_json(&path.join("adapter_config.json"))?;
+        if !config.is_object() {
+            bail!("'{shown}/adapter_config.json' is not a JSON object");
+        }
+        let mut dir = HfDir {
+            path: path.to_path_buf(),
+            config,
+            shards: Vec::new(),
+            index: BTreeMap::new(),
+        };
+        dir.add_shard("adapter_model.safetensors".into())?;
+        Ok(dir)
+    }
+
     fn add_shard(&mut self, name: String) -> Result<()> {
         let file_path = self.path.join(&name);
         let shown = file_path.display();

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod layers;
 pub mod linear;
 pub mod longctx;
+pub mod lora;
 pub mod model;
 pub mod profile;
 pub mod spec;

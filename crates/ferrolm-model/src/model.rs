@@ -171,6 +171,37 @@ impl Model {
 
     /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
     /// run time. Returns how many layers use RoPE.
+    /// The projection a weight key names (attention, cross-attention, feed-forward and expert
+    /// matrices), to wrap with an adapter; `None` for other keys or absent layers.
+    pub fn linear_mut(&mut self, k: Key) -> Option<&mut Box<dyn Linear>> {
+        use crate::layers::FfnLayer;
+        let stack = if k.encoder {
+            self.encoder.as_mut()?
+        } else {
+            &mut self.main
+        };
+        let b = stack.blocks.get_mut(k.layer?)?;
+        let ffn = match (&mut b.ffn, k.expert) {
+            (FfnLayer::Dense(f), None) => Some(f),
+            (FfnLayer::Moe(m), Some(e)) => m.experts.get_mut(e),
+            _ => None,
+        };
+        match k.slot {
+            Slot::AttnQ => Some(&mut b.attn.q),
+            Slot::AttnK => Some(&mut b.attn.k),
+            Slot::AttnV => Some(&mut b.attn.v),
+            Slot::AttnOut => Some(&mut b.attn.o),
+            Slot::CrossQ => b.cross.as_mut().map(|c| &mut c.1.q),
+            Slot::CrossK => b.cross.as_mut().map(|c| &mut c.1.k),
+            Slot::CrossV => b.cross.as_mut().map(|c| &mut c.1.v),
+            Slot::CrossOut => b.cross.as_mut().map(|c| &mut c.1.o),
+            Slot::FfnGate | Slot::ExpGate => ffn?.gate.as_mut(),
+            Slot::FfnUp | Slot::ExpUp => Some(&mut ffn?.up),
+            Slot::FfnDown | Slot::ExpDown => Some(&mut ffn?.down),
+            _ => None,
+        }
+    }
+
     pub fn map_rope(&mut self, mut f: impl FnMut(&mut crate::spec::RopeSpec)) -> usize {
         let mut n = 0;
         let mut each = |p: &mut Position| {

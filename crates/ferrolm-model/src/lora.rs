@@ -1,0 +1,157 @@
+//! LoRA at inference: a low-rank bypass beside a frozen linear layer,
+//! `y = x Wᵀ (+ b) + Σ scale · (x Aᵀ) Bᵀ`, through the `Linear` extension point (the base layer,
+//! quantized or not, is untouched and shared).
+//!
+//! Dimension legend: `rows` input rows, `in`/`out` the base layer's sizes, `r` the rank.
+
+use crate::linear::Linear;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+/// One adapter's bypass on one layer: `A (r, in)`, `B (out, r)`, both row-major f32.
+#[derive(Clone, Debug)]
+pub struct LoraPart {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub r: usize,
+    pub scale: f32,
+}
+
+/// A base layer plus the bypasses of every adapter applied to it.
+pub struct LoraLinear {
+    base: Box<dyn Linear>,
+    parts: Vec<LoraPart>,
+}
+
+impl LoraLinear {
+    /// Wraps `base` with one bypass; checks the shapes against it.
+    pub fn new(base: Box<dyn Linear>, part: LoraPart) -> Result<LoraLinear> {
+        let (i, o, r) = (base.in_dim(), base.out_dim(), part.r);
+        if r == 0 || part.a.len() != r * i || part.b.len() != o * r {
+            bail!(
+                "LoRA shapes do not fit the layer ({o} x {i}): A has {} values and B {} for rank {r}; the adapter was made for another model",
+                part.a.len(),
+                part.b.len()
+            );
+        }
+        Ok(LoraLinear {
+            base,
+            parts: vec![part],
+        })
+    }
+
+    /// `y += scale (x Aᵀ) Bᵀ` for each part: the slow, obvious product (rank is small).
+    fn add_bypass(&self, x: &[f32], y: &mut [f32]) {
+        let (i, o) = (self.base.in_dim(), self.base.out_dim());
+        let rows = x.len() / i;
+        for p in &self.parts {
+            let mut t = vec![0f32; rows * p.r];
+            for (row, tr) in t.chunks_exact_mut(p.r).enumerate() {
+                let xr = &x[row * i..(row + 1) * i];
+                for (j, tj) in tr.iter_mut().enumerate() {
+                    *tj = ferrolm_kernels::numerics::dot_batched(xr, &p.a[j * i..(j + 1) * i])
+                        * p.scale;
+                }
+            }
+            ferrolm_kernels::pool::par_rows(y, o, |r0, run| {
+                for (k, yr) in run.chunks_exact_mut(o).enumerate() {
+                    let tr = &t[(r0 + k) * p.r..(r0 + k + 1) * p.r];
+                    for (out, yv) in yr.iter_mut().enumerate() {
+                        let br = &p.b[out * p.r..(out + 1) * p.r];
+                        *yv += br.iter().zip(tr).map(|(b, t)| b * t).sum::<f32>();
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Linear for LoraLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let rows = flat.len() / self.in_dim();
+        let mut y = vec![0f32; rows * self.out_dim()];
+        self.forward_slice(&flat, &mut y)?;
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.out_dim();
+        }
+        Ok(Tensor::from_vec(y, out_dims, x.device())?)
+    }
+    fn forward_slice(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.base.forward_slice(x, y)?;
+        self.add_bypass(x, y);
+        Ok(())
+    }
+    fn in_dim(&self) -> usize {
+        self.base.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.base.out_dim()
+    }
+    fn kind(&self) -> String {
+        let ranks: Vec<String> = self.parts.iter().map(|p| p.r.to_string()).collect();
+        format!("{}+LoRA(r={})", self.base.kind(), ranks.join(","))
+    }
+}
+
+/// Placeholder while a layer is being wrapped (never called).
+struct Taken;
+impl Linear for Taken {
+    fn forward(&self, _: &Tensor) -> Result<Tensor> {
+        bail!("internal: a layer was used while being wrapped")
+    }
+    fn in_dim(&self) -> usize {
+        0
+    }
+    fn out_dim(&self) -> usize {
+        0
+    }
+    fn kind(&self) -> String {
+        "taken".into()
+    }
+}
+
+/// Replaces `slot`'s layer by the same layer with the bypass added (on a shape mismatch the
+/// layer is left as it was).
+pub fn wrap(slot: &mut Box<dyn Linear>, part: LoraPart) -> Result<()> {
+    let (i, o, r) = (slot.in_dim(), slot.out_dim(), part.r);
+    if r == 0 || part.a.len() != r * i || part.b.len() != o * r {
+        bail!(
+            "LoRA shapes do not fit the layer ({o} x {i}): A has {} values and B {} for rank {r}; the adapter was made for another model",
+            part.a.len(),
+            part.b.len()
+        );
+    }
+    let base = std::mem::replace(slot, Box::new(Taken));
+    *slot = Box::new(LoraLinear::new(base, part)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linear::DenseLinear;
+
+    #[test]
+    fn bypass_adds_scaled_low_rank_product() {
+        // W = I (2x2), A = [[1, 2]], B = [[1], [-1]], scale 0.5: y = x + 0.5 (x·[1,2]) [1, -1].
+        let w =
+            Tensor::from_vec(vec![1f32, 0., 0., 1.], (2, 2), &candle_core::Device::Cpu).unwrap();
+        let base: Box<dyn Linear> = Box::new(DenseLinear::new(w, None));
+        let l = LoraLinear::new(
+            base,
+            LoraPart {
+                a: vec![1., 2.],
+                b: vec![1., -1.],
+                r: 1,
+                scale: 0.5,
+            },
+        )
+        .unwrap();
+        let mut y = vec![0f32; 4];
+        l.forward_slice(&[1., 1., 2., 0.], &mut y).unwrap();
+        assert_eq!(y, vec![2.5, -0.5, 3.0, -1.0]);
+    }
+}
