@@ -611,6 +611,35 @@ fn rope_scaling(s: &Value, orig_default: usize) -> Result<RopeScaling> {
     })
 }
 
+/// The Hugging Face tensor table of a family, by its architecture name (GGUF's
+/// `general.architecture` or the `model_type`), for adapters that name modules by their
+/// Hugging Face paths. `None`: adapters for that family are not mapped yet.
+pub fn hf_table(arch: &str) -> Option<&'static HfTable> {
+    Some(match arch {
+        "llama" | "mistral" | "qwen2" | "qwen3" => &llama::TABLE,
+        "gemma" => &gemma::TABLE,
+        "gemma2" | "gemma3" | "gemma3_text" => &gemma2::TABLE,
+        _ => return None,
+    })
+}
+
+/// The weight key a Hugging Face module path names in `table` (`model.layers.3.self_attn.q_proj`
+/// -> `AttnQ` of layer 3).
+pub fn hf_module_key(table: &HfTable, module: &str) -> Option<crate::weights::Key> {
+    use crate::weights::Key;
+    table
+        .names
+        .iter()
+        .chain(table.also)
+        .find_map(|&(slot, pat)| match pat.split_once("{L}") {
+            Some((pre, post)) => {
+                let l = module.strip_prefix(pre)?.strip_suffix(post)?.parse().ok()?;
+                Some(Key::layer(slot, l))
+            }
+            None => (module == pat).then(|| Key::global(slot)),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,33 +723,4 @@ mod tests {
         assert_eq!(n, names.len());
         assert_eq!(n, 21);
     }
-}
-
-/// The Hugging Face tensor table of a family, by its architecture name (GGUF's
-/// `general.architecture` or the `model_type`), for adapters that name modules by their
-/// Hugging Face paths. `None`: adapters for that family are not mapped yet.
-pub fn hf_table(arch: &str) -> Option<&'static HfTable> {
-    Some(match arch {
-        "llama" | "mistral" | "qwen2" | "qwen3" => &llama::TABLE,
-        "gemma" => &gemma::TABLE,
-        "gemma2" | "gemma3" | "gemma3_text" => &gemma2::TABLE,
-        _ => return None,
-    })
-}
-
-/// The weight key a Hugging Face module path names in `table` (`model.layers.3.self_attn.q_proj`
-/// -> `AttnQ` of layer 3).
-pub fn hf_module_key(table: &HfTable, module: &str) -> Option<crate::weights::Key> {
-    use crate::weights::Key;
-    table
-        .names
-        .iter()
-        .chain(table.also)
-        .find_map(|&(slot, pat)| match pat.split_once("{L}") {
-            Some((pre, post)) => {
-                let l = module.strip_prefix(pre)?.strip_suffix(post)?.parse().ok()?;
-                Some(Key::layer(slot, l))
-            }
-            None => (module == pat).then(|| Key::global(slot)),
-        })
 }
