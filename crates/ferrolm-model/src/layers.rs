@@ -24,6 +24,12 @@ impl Norm {
     pub fn from_vecs(spec: NormSpec, w: Vec<f32>, b: Option<Vec<f32>>) -> Norm {
         Norm { spec, w, b }
     }
+    pub fn weight(&self) -> &[f32] {
+        &self.w
+    }
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.b.as_deref()
+    }
 
     /// Width of the normalised rows.
     pub fn dim(&self) -> usize {
@@ -106,7 +112,7 @@ pub fn activate_slice(act: Activation, x: &mut [f32]) {
 }
 
 /// The error function in f64 (series below 2, continued fraction above; ~1e-15).
-fn erf(x: f64) -> f64 {
+pub fn erf(x: f64) -> f64 {
     (1.0 - erfc_pos(x.abs())).copysign(x)
 }
 

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod attention;
 pub mod block;
+pub mod dense;
 pub mod kv;
 pub mod layers;
 pub mod linear;

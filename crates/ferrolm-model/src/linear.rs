@@ -21,6 +21,41 @@ pub trait Linear: Send + Sync {
     fn out_dim(&self) -> usize;
     /// A short label for `info` and profiles, e.g. `Q4_K` or `F32`.
     fn kind(&self) -> String;
+    /// Rows `r0..r1` of the weight `(out, in)` widened to f32 into `out ((r1 - r0), in)`:
+    /// training reads a frozen matrix this way, a tile at a time (a quantized matrix is never
+    /// dequantized whole).
+    fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        let _ = (r0, r1, out);
+        anyhow::bail!(
+            "training through {} matrices is not supported yet; convert or quantize the model to a GGUF block type (q8_0, q4_k, ...) or f32/f16",
+            self.kind()
+        )
+    }
+    /// `dx (rows, in) += dy (rows, out) · W`: the input gradient through the frozen matrix,
+    /// 64 weight rows at a time.
+    fn backward_input(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let (i, o) = (self.in_dim(), self.out_dim());
+        let rows = dy.len() / o;
+        const TILE: usize = 64;
+        let mut w = vec![0f32; TILE * i];
+        for r0 in (0..o).step_by(TILE) {
+            let r1 = (r0 + TILE).min(o);
+            self.weight_rows(r0, r1, &mut w[..(r1 - r0) * i])?;
+            // dx += dy[:, r0..r1] · W[r0..r1, :]
+            let n = r1 - r0;
+            crate::dense::mm(
+                rows,
+                n,
+                i,
+                crate::dense::View::rows(&dy[r0..], o),
+                crate::dense::View::rows(&w[..n * i], i),
+                dx,
+                i,
+                true,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A weight matrix kept in a GGUF block format; products quantize the activations to the
@@ -98,6 +133,14 @@ impl Linear for DenseLinear {
     }
     fn kind(&self) -> String {
         format!("{:?}", self.w.dtype()).to_uppercase()
+    }
+    fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        let t = self
+            .w
+            .narrow(0, r0, r1 - r0)?
+            .to_dtype(candle_core::DType::F32)?;
+        out.copy_from_slice(&t.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
     }
 }
 
@@ -183,5 +226,11 @@ impl Linear for KernelLinear {
     }
     fn kind(&self) -> String {
         self.info.ty.name().to_string()
+    }
+    fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        let row_bytes = self.info.row_bytes();
+        let w = self.file.tensor_bytes(&self.info);
+        ferrolm_format::dequant::dequantize(self.info.ty, &w[r0 * row_bytes..r1 * row_bytes], out)?;
+        Ok(())
     }
 }

@@ -84,6 +84,38 @@ impl Linear for LoraLinear {
         self.add_bypass(x, y);
         Ok(())
     }
+    fn backward_input(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        use crate::dense::{mm, View};
+        self.base.backward_input(dy, dx)?;
+        let (i, o) = (self.in_dim(), self.out_dim());
+        let rows = dy.len() / o;
+        for p in &self.parts {
+            // dx += scale (dy B) A
+            let mut t = vec![0f32; rows * p.r];
+            mm(
+                rows,
+                o,
+                p.r,
+                View::rows(dy, o),
+                View::rows(&p.b, p.r),
+                &mut t,
+                p.r,
+                false,
+            );
+            t.iter_mut().for_each(|x| *x *= p.scale);
+            mm(
+                rows,
+                p.r,
+                i,
+                View::rows(&t, p.r),
+                View::rows(&p.a, i),
+                dx,
+                i,
+                true,
+            );
+        }
+        Ok(())
+    }
     fn in_dim(&self) -> usize {
         self.base.in_dim()
     }

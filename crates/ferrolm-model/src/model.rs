@@ -171,6 +171,31 @@ impl Model {
 
     /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
     /// run time. Returns how many layers use RoPE.
+    /// The decoder's blocks (read access, for training).
+    pub fn blocks(&self) -> &[crate::block::Block] {
+        &self.main.blocks
+    }
+    /// The decoder's token embedding table and its scale.
+    pub fn token_embedding(&self) -> (&crate::weights::Embedding, Option<f32>) {
+        (&self.main.embed.tok, self.main.embed.scale)
+    }
+    /// Whether the decoder's input has more than scaled token rows (learned positions, token
+    /// types, an embedding norm).
+    pub fn has_extra_embeddings(&self) -> bool {
+        let e = &self.main.embed;
+        e.pos.is_some() || e.types.is_some() || e.norm.is_some()
+    }
+    pub fn final_norm(&self) -> Option<&crate::layers::Norm> {
+        self.main.final_norm.as_ref()
+    }
+    pub fn head(&self) -> Option<&dyn Linear> {
+        self.head.as_deref()
+    }
+    /// Whether the decoder stack is causal with no ALiBi or relative bias (what training covers).
+    pub fn plain_causal(&self) -> bool {
+        self.main.causal && self.main.alibi.is_empty() && self.main.relative.is_empty()
+    }
+
     /// The projection a weight key names (attention, cross-attention, feed-forward and expert
     /// matrices), to wrap with an adapter; `None` for other keys or absent layers.
     pub fn linear_mut(&mut self, k: Key) -> Option<&mut Box<dyn Linear>> {

@@ -1,0 +1,7 @@
+//! ferrolm-train: fine-tuning on the CPU. Every component's backward pass (`ops`, each checked
+//! against finite differences), LoRA over a frozen base that stays in its stored format
+//! (QLoRA on a quantized base: the base's input gradient reads its weight 64 rows at a time,
+//! never dequantized whole), AdamW with warmup and cosine decay, and adapters saved in PEFT's
+//! format.
+
+pub mod ops;
