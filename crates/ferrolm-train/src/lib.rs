@@ -4,4 +4,5 @@
 //! never dequantized whole), AdamW with warmup and cosine decay, and adapters saved in PEFT's
 //! format.
 
+pub mod net;
 pub mod ops;

@@ -1,0 +1,634 @@
+//! LoRA training over a loaded model: the decoder's forward pass with every activation the
+//! backward needs kept, and the backward pass into the adapters' gradients. The base model is
+//! read, never changed: its projections run through `Linear::forward_slice` (in their stored
+//! format) and their input gradients through `Linear::backward_input`.
+
+use crate::ops::{self, AttnSaved, AttnShape};
+use anyhow::{bail, Result};
+use ferrolm_model::block::Block;
+use ferrolm_model::layers::{FfnLayer, Norm};
+use ferrolm_model::linear::Linear;
+use ferrolm_model::spec::{Ffn, NormPlacement, Position, Residual, Topology};
+use ferrolm_model::weights::Slot;
+use ferrolm_model::Model;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The projections an adapter may target, in the order of `Adapter::index`.
+pub const SLOTS: [Slot; 7] = [
+    Slot::AttnQ,
+    Slot::AttnK,
+    Slot::AttnV,
+    Slot::AttnOut,
+    Slot::FfnGate,
+    Slot::FfnUp,
+    Slot::FfnDown,
+];
+
+/// Hugging Face's name for a projection (PEFT's `target_modules` entries).
+pub fn slot_name(s: Slot) -> &'static str {
+    match s {
+        Slot::AttnQ => "q_proj",
+        Slot::AttnK => "k_proj",
+        Slot::AttnV => "v_proj",
+        Slot::AttnOut => "o_proj",
+        Slot::FfnGate => "gate_proj",
+        Slot::FfnUp => "up_proj",
+        Slot::FfnDown => "down_proj",
+        _ => "?",
+    }
+}
+
+/// LoRA's hyper-parameters.
+#[derive(Clone, Debug)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    /// `q_proj`, `v_proj`, ... (Hugging Face names).
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn scaling(&self) -> f32 {
+        self.alpha / self.r as f32
+    }
+}
+
+/// One adapted projection: `A (r, in)`, `B (out, r)`.
+pub struct Module {
+    pub layer: usize,
+    pub slot: Slot,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// The trainable adapter: its modules and, per layer, which projection has which module.
+pub struct Adapter {
+    pub cfg: LoraConfig,
+    pub mods: Vec<Module>,
+    index: Vec<[Option<usize>; 7]>,
+}
+
+/// Gradients shaped like an adapter's parameters (`[A, B]` per module).
+pub type Grads = Vec<[Vec<f32>; 2]>;
+
+/// Whether training covers this model; the error names what it does not cover.
+pub fn check_trainable(m: &Model) -> Result<()> {
+    if m.topology() != Topology::Decoder {
+        bail!(
+            "fine-tuning covers decoder-only models so far; this one is {:?}",
+            m.topology()
+        );
+    }
+    if !m.plain_causal() || m.has_extra_embeddings() {
+        bail!("fine-tuning does not cover models with ALiBi, relative biases or learned position embeddings yet (RoPE decoders only)");
+    }
+    for b in m.blocks() {
+        if !matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich)
+            || b.residual != Residual::Sequential
+            || b.cross.is_some()
+            || !matches!(b.ffn, FfnLayer::Dense(_))
+            || !matches!(b.plan.position, Position::Rope(_) | Position::None)
+        {
+            bail!("fine-tuning covers pre-norm (or sandwich-norm) RoPE blocks with a dense feed-forward; layer {} of this model is built otherwise", b.index);
+        }
+    }
+    Ok(())
+}
+
+fn linear<'a>(b: &'a Block, s: Slot) -> Option<&'a dyn Linear> {
+    let FfnLayer::Dense(f) = &b.ffn else {
+        return None;
+    };
+    Some(match s {
+        Slot::AttnQ => b.attn.q.as_ref(),
+        Slot::AttnK => b.attn.k.as_ref(),
+        Slot::AttnV => b.attn.v.as_ref(),
+        Slot::AttnOut => b.attn.o.as_ref(),
+        Slot::FfnGate => f.gate.as_deref()?,
+        Slot::FfnUp => f.up.as_ref(),
+        Slot::FfnDown => f.down.as_ref(),
+        _ => return None,
+    })
+}
+
+impl Adapter {
+    /// PEFT's initialisation: `A` Kaiming-uniform (bound `1/sqrt(in)`), `B` zero, so training
+    /// starts from the base model.
+    pub fn new(m: &Model, cfg: LoraConfig, seed: u64) -> Result<Adapter> {
+        check_trainable(m)?;
+        if cfg.r == 0 {
+            bail!("--rank must be at least 1");
+        }
+        for t in &cfg.targets {
+            if !SLOTS.iter().any(|&s| slot_name(s) == t) {
+                bail!("--targets '{t}': expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut mods = Vec::new();
+        let mut index = vec![[None; 7]; m.blocks().len()];
+        for (l, b) in m.blocks().iter().enumerate() {
+            for (si, &s) in SLOTS.iter().enumerate() {
+                if !cfg.targets.iter().any(|t| t == slot_name(s)) {
+                    continue;
+                }
+                let Some(lin) = linear(b, s) else { continue };
+                let (d_in, d_out) = (lin.in_dim(), lin.out_dim());
+                let bound = 1.0 / (d_in as f32).sqrt();
+                let a = (0..cfg.r * d_in)
+                    .map(|_| rng.gen_range(-bound..bound))
+                    .collect();
+                index[l][si] = Some(mods.len());
+                mods.push(Module {
+                    layer: l,
+                    slot: s,
+                    a,
+                    b: vec![0.0; d_out * cfg.r],
+                    d_in,
+                    d_out,
+                });
+            }
+        }
+        if mods.is_empty() {
+            bail!(
+                "--targets {:?} names no projection this model has",
+                cfg.targets
+            );
+        }
+        Ok(Adapter { cfg, mods, index })
+    }
+
+    pub fn zero_grads(&self) -> Grads {
+        self.mods
+            .iter()
+            .map(|m| [vec![0.0; m.a.len()], vec![0.0; m.b.len()]])
+            .collect()
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.mods.iter().map(|m| m.a.len() + m.b.len()).sum()
+    }
+
+    fn module(&self, layer: usize, s: Slot) -> Option<usize> {
+        let si = SLOTS.iter().position(|&x| x == s)?;
+        self.index[layer][si]
+    }
+}
+
+/// What one adapted product keeps for its backward: the (dropped-out) input's projection
+/// `t = x_d Aᵀ` and the dropout mask.
+struct LinSaved {
+    t: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+struct Ctx<'a> {
+    ad: &'a Adapter,
+    rng: Option<ChaCha8Rng>,
+}
+
+impl Ctx<'_> {
+    /// `y = x Wᵀ (+ b) + scale · (drop(x) Aᵀ) Bᵀ`.
+    fn lin_fwd(
+        &mut self,
+        lin: &dyn Linear,
+        layer: usize,
+        s: Slot,
+        x: &[f32],
+    ) -> Result<(Vec<f32>, Option<LinSaved>)> {
+        use ferrolm_model::dense::{mm, View};
+        let (i, o) = (lin.in_dim(), lin.out_dim());
+        let rows = x.len() / i;
+        let mut y = vec![0f32; rows * o];
+        lin.forward_slice(x, &mut y)?;
+        let Some(mi) = self.ad.module(layer, s) else {
+            return Ok((y, None));
+        };
+        let m = &self.ad.mods[mi];
+        let r = self.ad.cfg.r;
+        let p = self.ad.cfg.dropout;
+        let mut mask = Vec::new();
+        let xd: std::borrow::Cow<[f32]> = match (&mut self.rng, p > 0.0) {
+            (Some(rng), true) => {
+                mask = (0..x.len())
+                    .map(|_| {
+                        if rng.gen::<f32>() < p {
+                            0.0
+                        } else {
+                            1.0 / (1.0 - p)
+                        }
+                    })
+                    .collect();
+                x.iter()
+                    .zip(&mask)
+                    .map(|(a, b)| a * b)
+                    .collect::<Vec<_>>()
+                    .into()
+            }
+            _ => x.into(),
+        };
+        let mut t = vec![0f32; rows * r];
+        mm(
+            rows,
+            i,
+            r,
+            View::rows(&xd, i),
+            View::t(&m.a, i),
+            &mut t,
+            r,
+            false,
+        );
+        let sc = self.ad.cfg.scaling();
+        let ts: Vec<f32> = t.iter().map(|v| v * sc).collect();
+        mm(
+            rows,
+            r,
+            o,
+            View::rows(&ts, r),
+            View::t(&m.b, r),
+            &mut y,
+            o,
+            true,
+        );
+        Ok((y, Some(LinSaved { t, mask })))
+    }
+
+    /// `dx` of `lin_fwd`, adding the adapter's gradients into `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn lin_bwd(
+        &self,
+        lin: &dyn Linear,
+        layer: usize,
+        s: Slot,
+        x: &[f32],
+        saved: &Option<LinSaved>,
+        dy: &[f32],
+        g: &mut Grads,
+    ) -> Result<Vec<f32>> {
+        use ferrolm_model::dense::{mm, View};
+        let (i, o) = (lin.in_dim(), lin.out_dim());
+        let rows = x.len() / i;
+        let mut dx = vec![0f32; rows * i];
+        lin.backward_input(dy, &mut dx)?;
+        let (Some(mi), Some(sv)) = (self.ad.module(layer, s), saved) else {
+            return Ok(dx);
+        };
+        let m = &self.ad.mods[mi];
+        let r = self.ad.cfg.r;
+        let sc = self.ad.cfg.scaling();
+        // dB += scale dyᵀ t
+        let ts: Vec<f32> = sv.t.iter().map(|v| v * sc).collect();
+        mm(
+            o,
+            rows,
+            r,
+            View::t(dy, o),
+            View::rows(&ts, r),
+            &mut g[mi][1],
+            r,
+            true,
+        );
+        // dt = scale dy B ; dA += dtᵀ x_d ; dx += (dt A) ⊙ mask
+        let mut dt = vec![0f32; rows * r];
+        mm(
+            rows,
+            o,
+            r,
+            View::rows(dy, o),
+            View::rows(&m.b, r),
+            &mut dt,
+            r,
+            false,
+        );
+        dt.iter_mut().for_each(|v| *v *= sc);
+        let xd: std::borrow::Cow<[f32]> = if sv.mask.is_empty() {
+            x.into()
+        } else {
+            x.iter()
+                .zip(&sv.mask)
+                .map(|(a, b)| a * b)
+                .collect::<Vec<_>>()
+                .into()
+        };
+        mm(
+            r,
+            rows,
+            i,
+            View::t(&dt, r),
+            View::rows(&xd, i),
+            &mut g[mi][0],
+            i,
+            true,
+        );
+        let mut dxl = vec![0f32; rows * i];
+        mm(
+            rows,
+            r,
+            i,
+            View::rows(&dt, r),
+            View::rows(&m.a, i),
+            &mut dxl,
+            i,
+            false,
+        );
+        if !sv.mask.is_empty() {
+            dxl.iter_mut().zip(&sv.mask).for_each(|(a, b)| *a *= b);
+        }
+        dx.iter_mut().zip(&dxl).for_each(|(a, b)| *a += b);
+        Ok(dx)
+    }
+}
+
+fn norm_f(n: &Norm, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    ops::norm_forward(n.spec, n.weight(), n.bias(), x, n.weight().len())
+}
+
+fn norm_b(n: &Norm, x: &[f32], rstd: &[f32], dy: &[f32]) -> Vec<f32> {
+    ops::norm_backward(n.spec, n.weight(), x, rstd, dy, n.weight().len())
+}
+
+/// Everything one block keeps from the forward pass.
+struct BlockSaved {
+    x: Vec<f32>,
+    n1: (Vec<f32>, Vec<f32>),
+    lq: Option<LinSaved>,
+    lk: Option<LinSaved>,
+    lv: Option<LinSaved>,
+    q_pre: Vec<f32>,
+    k_pre: Vec<f32>,
+    rq: Vec<f32>,
+    rk: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: AttnSaved,
+    o_in: Vec<f32>,
+    lo: Option<LinSaved>,
+    o: Vec<f32>,
+    ro: Vec<f32>,
+    x_mid: Vec<f32>,
+    n2: (Vec<f32>, Vec<f32>),
+    g: Vec<f32>,
+    lg: Option<LinSaved>,
+    u: Vec<f32>,
+    lu: Option<LinSaved>,
+    a: Vec<f32>,
+    ld: Option<LinSaved>,
+    f: Vec<f32>,
+    rf: Vec<f32>,
+}
+
+fn shape(m: &Model, b: &Block, t: usize) -> AttnShape {
+    let a = &b.attn.spec;
+    let _ = m;
+    AttnShape {
+        t,
+        h: a.n_heads,
+        hkv: a.n_kv_heads,
+        d: a.head_dim,
+        scale: a.scale,
+        softcap: a.softcap,
+        window: b.plan.window,
+    }
+}
+
+/// The loss of one sequence: `targets[i]` is the token position `i` should predict (or none).
+/// Returns `(sum of token losses, tokens)`; with `grads`, also backpropagates
+/// `loss_sum / denom` into them. `seed` drives dropout (`None`: no dropout, as at evaluation).
+pub fn run(
+    m: &Model,
+    ad: &Adapter,
+    ids: &[u32],
+    targets: &[Option<u32>],
+    denom: f32,
+    grads: Option<&mut Grads>,
+    seed: Option<u64>,
+) -> Result<(f64, usize)> {
+    let t = ids.len();
+    let (emb, scale) = m.token_embedding();
+    let c = emb.dim();
+    let mut x = vec![0f32; t * c];
+    emb.rows_into(ids, &mut x)?;
+    if let Some(s) = scale {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+    let pos: Vec<usize> = (0..t).collect();
+    let mut cx = Ctx {
+        ad,
+        rng: seed.map(ChaCha8Rng::seed_from_u64),
+    };
+    let backward = grads.is_some();
+    let mut saved: Vec<BlockSaved> = Vec::new();
+    for b in m.blocks() {
+        let l = b.index;
+        let a = &b.attn;
+        let sh = shape(m, b, t);
+        let n1 = norm_f(&b.attn_norm, &x);
+        let (q_pre, lq) = cx.lin_fwd(a.q.as_ref(), l, Slot::AttnQ, &n1.0)?;
+        let (k_pre, lk) = cx.lin_fwd(a.k.as_ref(), l, Slot::AttnK, &n1.0)?;
+        let (v, lv) = cx.lin_fwd(a.v.as_ref(), l, Slot::AttnV, &n1.0)?;
+        let (mut q, rq) = match &a.q_norm {
+            Some(n) => norm_f(n, &q_pre),
+            None => (q_pre.clone(), Vec::new()),
+        };
+        let (mut k, rk) = match &a.k_norm {
+            Some(n) => norm_f(n, &k_pre),
+            None => (k_pre.clone(), Vec::new()),
+        };
+        if let Position::Rope(spec) = &b.plan.position {
+            let tables = ferrolm_model::layers::rope_tables(spec, &pos);
+            ops::rope(spec, &tables, &mut q, sh.h, sh.d, false);
+            ops::rope(spec, &tables, &mut k, sh.hkv, sh.d, false);
+        }
+        let (o_in, att) = ops::attn_forward(sh, &q, &k, &v);
+        let (o, lo) = cx.lin_fwd(a.o.as_ref(), l, Slot::AttnOut, &o_in)?;
+        let (o2, ro) = match &b.post_attn_norm {
+            Some(n) => norm_f(n, &o),
+            None => (o.clone(), Vec::new()),
+        };
+        let x_mid: Vec<f32> = x.iter().zip(&o2).map(|(a, b)| a + b).collect();
+        let ffn_norm = b.ffn_norm.as_ref().unwrap_or(&b.attn_norm);
+        let n2 = norm_f(ffn_norm, &x_mid);
+        let FfnLayer::Dense(ff) = &b.ffn else {
+            unreachable!("checked")
+        };
+        let (act, gated) = match ff.spec {
+            Ffn::Gated { act } => (act, true),
+            Ffn::Plain { act } => (act, false),
+            _ => bail!("mixture-of-experts layers are not covered by fine-tuning yet"),
+        };
+        let (g, lg) = match (&ff.gate, gated) {
+            (Some(gl), true) => cx.lin_fwd(gl.as_ref(), l, Slot::FfnGate, &n2.0)?,
+            _ => (Vec::new(), None),
+        };
+        let (u, lu) = cx.lin_fwd(ff.up.as_ref(), l, Slot::FfnUp, &n2.0)?;
+        let av: Vec<f32> = if gated {
+            ops::act_forward(act, &g)
+                .iter()
+                .zip(&u)
+                .map(|(a, b)| a * b)
+                .collect()
+        } else {
+            ops::act_forward(act, &u)
+        };
+        let (f, ld) = cx.lin_fwd(ff.down.as_ref(), l, Slot::FfnDown, &av)?;
+        let (f2, rf) = match &b.post_ffn_norm {
+            Some(n) => norm_f(n, &f),
+            None => (f.clone(), Vec::new()),
+        };
+        let x_out: Vec<f32> = x_mid.iter().zip(&f2).map(|(a, b)| a + b).collect();
+        if backward {
+            saved.push(BlockSaved {
+                x,
+                n1,
+                lq,
+                lk,
+                lv,
+                q_pre,
+                k_pre,
+                rq,
+                rk,
+                q,
+                k,
+                v,
+                att,
+                o_in,
+                lo,
+                o,
+                ro,
+                x_mid,
+                n2,
+                g,
+                lg,
+                u,
+                lu,
+                a: av,
+                ld,
+                f,
+                rf,
+            });
+        }
+        x = x_out;
+    }
+    // The head on the rows that predict something.
+    let rows: Vec<usize> = (0..t)
+        .filter(|&i| targets.get(i).copied().flatten().is_some())
+        .collect();
+    let tg: Vec<u32> = rows.iter().map(|&i| targets[i].unwrap()).collect();
+    let (xf, rf) = match m.final_norm() {
+        Some(n) => norm_f(n, &x),
+        None => (x.clone(), Vec::new()),
+    };
+    let head = m
+        .head()
+        .ok_or_else(|| anyhow::anyhow!("the model has no LM head"))?;
+    let xs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| xf[i * c..(i + 1) * c].iter().copied())
+        .collect();
+    let vsz = head.out_dim();
+    let mut logits = vec![0f32; rows.len() * vsz];
+    head.forward_slice(&xs, &mut logits)?;
+    let cap = m.config.final_softcap;
+    let capped: Vec<f32> = match cap {
+        Some(cp) => logits.iter().map(|&z| cp * (z / cp).tanh()).collect(),
+        None => Vec::new(),
+    };
+    let (loss, mut dl) = ops::cross_entropy(
+        if cap.is_some() { &capped } else { &logits },
+        vsz,
+        &tg,
+        denom,
+    );
+    let Some(grads) = grads else {
+        return Ok((loss, rows.len()));
+    };
+    if let Some(cp) = cap {
+        for (d, &cz) in dl.iter_mut().zip(&capped) {
+            let th = cz / cp;
+            *d *= 1.0 - th * th;
+        }
+    }
+    let mut dxs = vec![0f32; rows.len() * c];
+    head.backward_input(&dl, &mut dxs)?;
+    drop(dl);
+    let mut dxf = vec![0f32; t * c];
+    for (k, &i) in rows.iter().enumerate() {
+        dxf[i * c..(i + 1) * c].copy_from_slice(&dxs[k * c..(k + 1) * c]);
+    }
+    let mut dx = match m.final_norm() {
+        Some(n) => norm_b(n, &x, &rf, &dxf),
+        None => dxf,
+    };
+    for (b, s) in m.blocks().iter().zip(saved).rev() {
+        let l = b.index;
+        let a = &b.attn;
+        let sh = shape(m, b, t);
+        let FfnLayer::Dense(ff) = &b.ffn else {
+            unreachable!()
+        };
+        let (act, gated) = match ff.spec {
+            Ffn::Gated { act } => (act, true),
+            Ffn::Plain { act } => (act, false),
+            _ => unreachable!(),
+        };
+        // Feed-forward branch.
+        let df = match &b.post_ffn_norm {
+            Some(n) => norm_b(n, &s.f, &s.rf, &dx),
+            None => dx.clone(),
+        };
+        let da = cx.lin_bwd(ff.down.as_ref(), l, Slot::FfnDown, &s.a, &s.ld, &df, grads)?;
+        let mut dn2 = if gated {
+            let ag = ops::act_forward(act, &s.g);
+            let dg: Vec<f32> = (0..da.len())
+                .map(|j| da[j] * s.u[j] * ops::act_grad(act, s.g[j]))
+                .collect();
+            let du: Vec<f32> = (0..da.len()).map(|j| da[j] * ag[j]).collect();
+            let gl = ff.gate.as_deref().unwrap();
+            let mut d1 = cx.lin_bwd(gl, l, Slot::FfnGate, &s.n2.0, &s.lg, &dg, grads)?;
+            let d2 = cx.lin_bwd(ff.up.as_ref(), l, Slot::FfnUp, &s.n2.0, &s.lu, &du, grads)?;
+            d1.iter_mut().zip(&d2).for_each(|(a, b)| *a += b);
+            d1
+        } else {
+            let du: Vec<f32> = (0..da.len())
+                .map(|j| da[j] * ops::act_grad(act, s.u[j]))
+                .collect();
+            cx.lin_bwd(ff.up.as_ref(), l, Slot::FfnUp, &s.n2.0, &s.lu, &du, grads)?
+        };
+        let ffn_norm = b.ffn_norm.as_ref().unwrap_or(&b.attn_norm);
+        let dmid = norm_b(ffn_norm, &s.x_mid, &s.n2.1, &dn2);
+        dn2.clear();
+        dx.iter_mut().zip(&dmid).for_each(|(a, b)| *a += b);
+        // Attention branch.
+        let do_ = match &b.post_attn_norm {
+            Some(n) => norm_b(n, &s.o, &s.ro, &dx),
+            None => dx.clone(),
+        };
+        let do_in = cx.lin_bwd(a.o.as_ref(), l, Slot::AttnOut, &s.o_in, &s.lo, &do_, grads)?;
+        let (mut dq, mut dk, dv) = ops::attn_backward(sh, &s.q, &s.k, &s.v, &s.att, &do_in);
+        if let Position::Rope(spec) = &b.plan.position {
+            let tables = ferrolm_model::layers::rope_tables(spec, &pos);
+            ops::rope(spec, &tables, &mut dq, sh.h, sh.d, true);
+            ops::rope(spec, &tables, &mut dk, sh.hkv, sh.d, true);
+        }
+        if let Some(n) = &a.q_norm {
+            dq = norm_b(n, &s.q_pre, &s.rq, &dq);
+        }
+        if let Some(n) = &a.k_norm {
+            dk = norm_b(n, &s.k_pre, &s.rk, &dk);
+        }
+        let mut dn1 = cx.lin_bwd(a.q.as_ref(), l, Slot::AttnQ, &s.n1.0, &s.lq, &dq, grads)?;
+        let d2 = cx.lin_bwd(a.k.as_ref(), l, Slot::AttnK, &s.n1.0, &s.lk, &dk, grads)?;
+        let d3 = cx.lin_bwd(a.v.as_ref(), l, Slot::AttnV, &s.n1.0, &s.lv, &dv, grads)?;
+        dn1.iter_mut()
+            .zip(d2.iter().zip(&d3))
+            .for_each(|(a, (b, c))| *a += b + c);
+        let din = norm_b(&b.attn_norm, &s.x, &s.n1.1, &dn1);
+        dx.iter_mut().zip(&din).for_each(|(a, b)| *a += b);
+    }
+    Ok((loss, rows.len()))
+}
