@@ -47,7 +47,7 @@ def main():
     ids = json.load(open(os.path.join(BASE, "golden.json")))["ids"]
     for name, kw in CASES.items():
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(BASE, torch_dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
         model = get_peft_model(base, LoraConfig(lora_dropout=0.0, init_lora_weights=False, **kw))
         out = os.path.join(a.out, name)
         model.save_pretrained(out)
@@ -59,7 +59,7 @@ def main():
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
         # The reference is what the saved files give.
-        base = AutoModelForCausalLM.from_pretrained(BASE, torch_dtype=torch.float32,
+        base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32,
                                                     attn_implementation="eager")
         model = PeftModel.from_pretrained(base, out).eval()
         with torch.no_grad():

@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod commands;
 mod eval;
+mod finetune;
 mod perplexity;
 
 use clap::{Args, Parser, Subcommand};
@@ -375,6 +376,9 @@ enum Cmd {
         #[arg(long = "type", default_value = "f16")]
         ty: String,
     },
+    /// Fine-tune: LoRA (QLoRA over a quantized base) on a JSON-lines file; the adapter is saved
+    /// in PEFT's format (docs/finetune.md).
+    Finetune(finetune::FinetuneArgs),
     /// Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, ...).
     Serve(ferrolm_server::ServeArgs),
     /// Fetch a catalog model into the cache (or list the catalog).
@@ -388,6 +392,7 @@ enum Cmd {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Finetune(a) => finetune::run(&a),
         Cmd::Tokenize { m, special, text } => commands::tokenize(&m, special, &text),
         Cmd::Logits {
             m,

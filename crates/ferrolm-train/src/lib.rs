@@ -4,5 +4,9 @@
 //! never dequantized whole), AdamW with warmup and cosine decay, and adapters saved in PEFT's
 //! format.
 
+pub mod data;
 pub mod net;
 pub mod ops;
+pub mod optim;
+pub mod peft;
+pub mod train;

@@ -1,0 +1,157 @@
+//! The training loop: shuffled epochs, gradient accumulation over `batch x grad_accum`
+//! sequences per step (the loss a mean over their target tokens), AdamW with warmup and cosine
+//! decay, clipping, held-out loss before and after, progress, and the adapter saved in PEFT's
+//! format.
+
+use crate::data::Example;
+use crate::net::{run, Adapter, LoraConfig};
+use crate::optim::{clip, schedule, AdamW};
+use anyhow::{bail, Result};
+use ferrolm_model::Model;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub lora: LoraConfig,
+    pub epochs: Option<usize>,
+    pub steps: Option<usize>,
+    pub lr: f32,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub eval_split: f32,
+    pub seed: u64,
+    pub warmup_ratio: f32,
+    pub weight_decay: f32,
+    pub clip: f32,
+    pub out: PathBuf,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub steps: usize,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    /// (step, mean train loss of the step).
+    pub losses: Vec<(usize, f64)>,
+    pub eval_before: Option<f64>,
+    pub eval_after: Option<f64>,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub params: usize,
+}
+
+/// Mean loss per target token over `examples` (no dropout).
+pub fn eval_loss(m: &Model, ad: &Adapter, examples: &[Example]) -> Result<Option<f64>> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for e in examples {
+        let (l, k) = run(m, ad, &e.ids, &e.targets, 1.0, None, None)?;
+        sum += l;
+        n += k;
+    }
+    Ok((n > 0).then(|| sum / n as f64))
+}
+
+/// Splits off the held-out examples (a seeded shuffle, then the last `split` of them).
+pub fn split(mut all: Vec<Example>, frac: f32, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    all.shuffle(&mut rng);
+    let n_eval = ((all.len() as f32) * frac).round() as usize;
+    let n_eval = n_eval.min(all.len().saturating_sub(1));
+    let eval = all.split_off(all.len() - n_eval);
+    (all, eval)
+}
+
+/// Trains `ad` on `train`; `on_step` sees each step's (step, total, loss, lr, tokens/s).
+pub fn train(
+    m: &Model,
+    ad: &mut Adapter,
+    train: &[Example],
+    eval: &[Example],
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(usize, usize, f64, f32, f64),
+) -> Result<Summary> {
+    if train.is_empty() {
+        bail!("no training examples left after the held-out split");
+    }
+    if cfg.batch == 0 || cfg.grad_accum == 0 {
+        bail!("--batch and --grad-accum must be at least 1");
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        bail!("--lr must be a positive number");
+    }
+    let per_step = cfg.batch * cfg.grad_accum;
+    let steps_per_epoch = train.len().div_ceil(per_step);
+    let total = match (cfg.steps, cfg.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e * steps_per_epoch,
+        (None, None) => steps_per_epoch,
+    };
+    let warmup = ((total as f32) * cfg.warmup_ratio).round() as usize;
+    let mut s = Summary {
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        params: ad.n_params(),
+        eval_before: eval_loss(m, ad, eval)?,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(&ad.zero_grads(), cfg.weight_decay);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let start = Instant::now();
+    for step in 0..total {
+        let mut batch = Vec::with_capacity(per_step);
+        while batch.len() < per_step {
+            if order.is_empty() {
+                order = (0..train.len()).collect();
+                order.shuffle(&mut rng);
+            }
+            batch.push(order.pop().unwrap());
+        }
+        let denom: usize = batch.iter().map(|&i| train[i].n_targets()).sum();
+        let mut g = ad.zero_grads();
+        let mut loss = 0f64;
+        for (k, &i) in batch.iter().enumerate() {
+            let e = &train[i];
+            let seed = cfg.seed ^ ((step as u64) << 20) ^ k as u64;
+            let (l, _) = run(
+                m,
+                ad,
+                &e.ids,
+                &e.targets,
+                denom as f32,
+                Some(&mut g),
+                Some(seed),
+            )?;
+            loss += l;
+            s.tokens += e.ids.len();
+        }
+        clip(&mut g, cfg.clip);
+        let lr = schedule(cfg.lr, step, total, warmup);
+        let mut params: Vec<[&mut [f32]; 2]> = ad
+            .mods
+            .iter_mut()
+            .map(|md| [&mut md.a[..], &mut md.b[..]])
+            .collect();
+        opt.step(&mut params, &g, lr);
+        let mean = loss / denom.max(1) as f64;
+        s.losses.push((step + 1, mean));
+        s.steps = step + 1;
+        on_step(
+            step + 1,
+            total,
+            mean,
+            lr,
+            s.tokens as f64 / start.elapsed().as_secs_f64(),
+        );
+    }
+    s.seconds = start.elapsed().as_secs_f64();
+    s.eval_after = eval_loss(m, ad, eval)?;
+    Ok(s)
+}
