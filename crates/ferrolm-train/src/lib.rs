@@ -4,6 +4,9 @@
 //! never dequantized whole), AdamW with warmup and cosine decay, and adapters saved in PEFT's
 //! format.
 
+// Index loops spell out the per-element formulas of each backward pass.
+#![allow(clippy::needless_range_loop)]
+
 pub mod data;
 pub mod net;
 pub mod ops;

@@ -99,7 +99,7 @@ pub fn check_trainable(m: &Model) -> Result<()> {
     Ok(())
 }
 
-fn linear<'a>(b: &'a Block, s: Slot) -> Option<&'a dyn Linear> {
+fn linear(b: &Block, s: Slot) -> Option<&dyn Linear> {
     let FfnLayer::Dense(f) = &b.ffn else {
         return None;
     };

@@ -5,6 +5,8 @@
 //! reaches A only through B and every earlier layer, so this checks every component's backward
 //! as composed in the model.
 
+#![allow(clippy::needless_range_loop)]
+
 use ferrolm_format::hf::HfDir;
 use ferrolm_model::Model;
 use ferrolm_train::net::{run, Adapter, LoraConfig};
