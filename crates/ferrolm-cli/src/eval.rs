@@ -163,3 +163,77 @@ mod tests {
         assert_eq!(first_key("a 70001"), Some(70001));
     }
 }
+
+/// `eval exact`: greedy answers to chats against their last assistant turn.
+pub fn exact(m: &ModelOpts, data: &std::path::Path, max_tokens: usize) -> Result<()> {
+    use anyhow::Context;
+    let lm = open(m)?;
+    let tok = lm.tok()?;
+    let eog = lm.end_of_generation_ids();
+    let text = std::fs::read_to_string(data)
+        .with_context(|| format!("cannot read --data '{}'", data.display()))?;
+    let (mut n, mut correct, mut rows) = (0usize, 0usize, Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let where_ = || format!("{}:{}", data.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(where_)?;
+        let msgs: Vec<ferrolm_tokenize::ChatMessage> = v["messages"]
+            .as_array()
+            .with_context(|| format!("{}: expected a 'messages' array", where_()))?
+            .iter()
+            .map(|x| {
+                Some(ferrolm_tokenize::ChatMessage::new(
+                    x.get("role")?.as_str()?,
+                    x.get("content")?.as_str()?,
+                ))
+            })
+            .collect::<Option<_>>()
+            .with_context(|| format!("{}: each message needs string 'role' and 'content'", where_()))?;
+        let Some(last) = msgs.iter().rposition(|x| x.role == "assistant") else {
+            bail!("{}: no assistant turn to compare with", where_());
+        };
+        let ids = lm.chat_prompt(&msgs[..last])?;
+        let mut mo = m.clone();
+        mo.ctx = Some(ids.len() + max_tokens + 1);
+        let mut kv = new_cache(&lm, &mo)?;
+        let mut logits = lm.model.forward(&ids, &mut kv, Logits::Last)?;
+        let mut out = Vec::new();
+        for _ in 0..max_tokens {
+            let row: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            let next = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |x| x.0 as u32);
+            if eog.contains(&next) {
+                break;
+            }
+            out.push(next);
+            logits = lm.model.forward(&[next], &mut kv, Logits::Last)?;
+        }
+        let answer = tok.decode(&out, false);
+        let ok = answer.trim() == msgs[last].content.trim();
+        n += 1;
+        correct += usize::from(ok);
+        rows.push(json!({"expected": msgs[last].content, "answer": answer.trim(), "correct": ok}));
+        if !m.json {
+            eprint!("\r{n} answered, {correct} exact   ");
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if n == 0 {
+        bail!("'{}' holds no examples", data.display());
+    }
+    if m.json {
+        println!("{}", json!({"examples": n, "correct": correct, "accuracy": correct as f64 / n as f64, "answers": rows}));
+    } else {
+        eprintln!();
+        for r in rows.iter().take(5) {
+            println!("expected {}  got {}", r["expected"], r["answer"]);
+        }
+        println!("exact match: {correct}/{n} = {:.1}%", 100.0 * correct as f64 / n as f64);
+    }
+    Ok(())
+}

@@ -16,8 +16,9 @@ pub struct FinetuneArgs {
     /// {"input_ids"}.
     #[arg(long)]
     pub data: PathBuf,
-    /// lora, or qlora (LoRA over a quantized base: GGUF bases as stored; a Hugging Face base
-    /// is quantized at load, to q4_k unless --quantize says otherwise).
+    /// lora (beside a full-precision base: a GGUF base's matrices are widened to f32 at load),
+    /// or qlora (beside a quantized base: a GGUF base as stored; a Hugging Face base quantized
+    /// at load, to q4_k unless --quantize says otherwise).
     #[arg(long, default_value = "lora")]
     pub method: String,
     #[arg(long, default_value_t = 8)]
@@ -90,7 +91,12 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.eval_split) {
         bail!("--eval-split must be in [0, 1)");
     }
-    let lm = crate::commands::open(&m)?;
+    let mut lm = crate::commands::open(&m)?;
+    if a.method == "lora" && lm.file.is_some() {
+        // LoRA proper trains beside a full-precision base: a GGUF base's matrices are widened
+        // to f32 from their stored values (qlora keeps them in their blocks).
+        lm.model.widen_to_f32()?;
+    }
     let examples = ferrolm_train::data::load(&lm, &a.data, a.max_len)?;
     let (tr, ev) = split(examples, a.eval_split, a.seed);
     let lora = LoraConfig {

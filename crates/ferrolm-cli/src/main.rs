@@ -26,6 +26,17 @@ enum EvalTask {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Exact match on chats: each JSON line's `messages` up to its last assistant turn is the
+    /// prompt; the greedy answer must equal that turn (trimmed). With --lora, the adapted model.
+    Exact {
+        #[command(flatten)]
+        m: ModelOpts,
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Longest answer generated.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+    },
 }
 
 #[derive(Parser)]
@@ -431,6 +442,14 @@ fn run() -> anyhow::Result<()> {
                     seed,
                 },
         } => eval::passkey(&m, &lengths, trials, seed),
+        Cmd::Eval {
+            task:
+                EvalTask::Exact {
+                    m,
+                    data,
+                    max_tokens,
+                },
+        } => eval::exact(&m, &data, max_tokens),
         Cmd::Bench {
             m,
             p,

@@ -21,6 +21,10 @@ pub trait Linear: Send + Sync {
     fn out_dim(&self) -> usize;
     /// A short label for `info` and profiles, e.g. `Q4_K` or `F32`.
     fn kind(&self) -> String;
+    /// The bias added after the product, if any (for conversions).
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
     /// Rows `r0..r1` of the weight `(out, in)` widened to f32 into `out ((r1 - r0), in)`:
     /// training reads a frozen matrix this way, a tile at a time (a quantized matrix is never
     /// dequantized whole).
@@ -134,6 +138,12 @@ impl Linear for DenseLinear {
     fn kind(&self) -> String {
         format!("{:?}", self.w.dtype()).to_uppercase()
     }
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(match &self.bias {
+            Some(b) => Some(b.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?),
+            None => None,
+        })
+    }
     fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         let t = self
             .w
@@ -227,10 +237,75 @@ impl Linear for KernelLinear {
     fn kind(&self) -> String {
         self.info.ty.name().to_string()
     }
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(self.bias_rows.clone())
+    }
     fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         let row_bytes = self.info.row_bytes();
         let w = self.file.tensor_bytes(&self.info);
         ferrolm_format::dequant::dequantize(self.info.ty, &w[r0 * row_bytes..r1 * row_bytes], out)?;
+        Ok(())
+    }
+}
+
+/// A dense f32 matrix on plain buffers (a frozen base widened for full-precision training or
+/// LoRA: `Model::widen_to_f32`).
+pub struct F32Linear {
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl F32Linear {
+    /// The same layer as `l`, its weight widened to f32 (read 64 rows at a time).
+    pub fn widen(l: &dyn Linear) -> Result<F32Linear> {
+        let (i, o) = (l.in_dim(), l.out_dim());
+        let mut w = vec![0f32; i * o];
+        for r0 in (0..o).step_by(64) {
+            let r1 = (r0 + 64).min(o);
+            l.weight_rows(r0, r1, &mut w[r0 * i..r1 * i])?;
+        }
+        Ok(F32Linear { w, bias: l.bias_values()?, in_dim: i, out_dim: o })
+    }
+}
+
+impl Linear for F32Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut y = vec![0f32; xs.len() / self.in_dim * self.out_dim];
+        self.forward_slice(&xs, &mut y)?;
+        if let Some(l) = dims.last_mut() {
+            *l = self.out_dim;
+        }
+        Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+    fn forward_slice(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        use crate::dense::{mm, View};
+        let rows = x.len() / self.in_dim;
+        mm(rows, self.in_dim, self.out_dim, View::rows(x, self.in_dim), View::t(&self.w, self.in_dim), y, self.out_dim, false);
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.out_dim) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        Ok(())
+    }
+    fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    fn kind(&self) -> String {
+        "F32".into()
+    }
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(self.bias.clone())
+    }
+    fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&self.w[r0 * self.in_dim..r1 * self.in_dim]);
         Ok(())
     }
 }

@@ -171,6 +171,46 @@ impl Model {
 
     /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
     /// run time. Returns how many layers use RoPE.
+    /// Widens every projection and the head to dense f32 (`F32Linear`); returns how many.
+    /// A quantized base then trains (and runs) at full precision from its stored values.
+    pub fn widen_to_f32(&mut self) -> Result<usize> {
+        use crate::layers::FfnLayer;
+        use crate::linear::F32Linear;
+        let mut n = 0;
+        let mut widen = |l: &mut Box<dyn Linear>| -> Result<()> {
+            *l = Box::new(F32Linear::widen(l.as_ref())?);
+            n += 1;
+            Ok(())
+        };
+        for stack in std::iter::once(&mut self.main).chain(self.encoder.as_mut()) {
+            for b in &mut stack.blocks {
+                for l in [&mut b.attn.q, &mut b.attn.k, &mut b.attn.v, &mut b.attn.o] {
+                    widen(l)?;
+                }
+                if let Some((_, c)) = &mut b.cross {
+                    for l in [&mut c.q, &mut c.k, &mut c.v, &mut c.o] {
+                        widen(l)?;
+                    }
+                }
+                let ffns: Vec<&mut crate::layers::FeedForward> = match &mut b.ffn {
+                    FfnLayer::Dense(f) => vec![f],
+                    FfnLayer::Moe(m) => m.experts.iter_mut().collect(),
+                };
+                for f in ffns {
+                    if let Some(g) = &mut f.gate {
+                        widen(g)?;
+                    }
+                    widen(&mut f.up)?;
+                    widen(&mut f.down)?;
+                }
+            }
+        }
+        if let Some(h) = &mut self.head {
+            widen(h)?;
+        }
+        Ok(n)
+    }
+
     /// The decoder's blocks (read access, for training).
     pub fn blocks(&self) -> &[crate::block::Block] {
         &self.main.blocks
