@@ -158,3 +158,30 @@ fn lora_learns_is_deterministic_and_round_trips_through_peft_format() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The quantized matrix's backward (`dx = dy · W`, W read 64 rows at a time from its q8_0
+/// blocks) equals the widened matrix's, and is the adjoint of the widened forward:
+/// `<dy · W, x> = <dy, x Wᵀ>`.
+#[test]
+fn quantized_backward_is_the_adjoint_of_its_dequantized_forward() {
+    use ferrolm_model::linear::{F32Linear, Linear};
+    let m = gguf();
+    let b = &m.blocks()[0];
+    for l in [&b.attn.q, &b.attn.k, &b.attn.o] {
+        let (i, o) = (l.in_dim(), l.out_dim());
+        assert_eq!(l.kind(), "Q8_0");
+        let w = F32Linear::widen(l.as_ref()).unwrap();
+        let rows = 3;
+        let x: Vec<f32> = (0..rows * i).map(|k| ((k * 7919 % 97) as f32 - 48.0) / 50.0).collect();
+        let dy: Vec<f32> = (0..rows * o).map(|k| ((k * 104729 % 89) as f32 - 44.0) / 40.0).collect();
+        let (mut dq, mut dw) = (vec![0f32; rows * i], vec![0f32; rows * i]);
+        l.backward_input(&dy, &mut dq).unwrap();
+        w.backward_input(&dy, &mut dw).unwrap();
+        assert_eq!(dq, dw);
+        let mut y = vec![0f32; rows * o];
+        w.forward_slice(&x, &mut y).unwrap();
+        let lhs: f64 = dq.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let rhs: f64 = dy.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-4 * rhs.abs().max(1.0), "{lhs} vs {rhs}");
+    }
+}
