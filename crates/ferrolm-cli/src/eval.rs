@@ -190,7 +190,12 @@ pub fn exact(m: &ModelOpts, data: &std::path::Path, max_tokens: usize) -> Result
                 ))
             })
             .collect::<Option<_>>()
-            .with_context(|| format!("{}: each message needs string 'role' and 'content'", where_()))?;
+            .with_context(|| {
+                format!(
+                    "{}: each message needs string 'role' and 'content'",
+                    where_()
+                )
+            })?;
         let Some(last) = msgs.iter().rposition(|x| x.role == "assistant") else {
             bail!("{}: no assistant turn to compare with", where_());
         };
@@ -227,13 +232,19 @@ pub fn exact(m: &ModelOpts, data: &std::path::Path, max_tokens: usize) -> Result
         bail!("'{}' holds no examples", data.display());
     }
     if m.json {
-        println!("{}", json!({"examples": n, "correct": correct, "accuracy": correct as f64 / n as f64, "answers": rows}));
+        println!(
+            "{}",
+            json!({"examples": n, "correct": correct, "accuracy": correct as f64 / n as f64, "answers": rows})
+        );
     } else {
         eprintln!();
         for r in rows.iter().take(5) {
             println!("expected {}  got {}", r["expected"], r["answer"]);
         }
-        println!("exact match: {correct}/{n} = {:.1}%", 100.0 * correct as f64 / n as f64);
+        println!(
+            "exact match: {correct}/{n} = {:.1}%",
+            100.0 * correct as f64 / n as f64
+        );
     }
     Ok(())
 }

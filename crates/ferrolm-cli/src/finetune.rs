@@ -63,6 +63,12 @@ pub struct FinetuneArgs {
     /// Clip the gradient's global norm to this.
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
+    /// Virtual tokens (prompt tuning, P-tuning).
+    #[arg(long, default_value_t = 20)]
+    pub virtual_tokens: usize,
+    /// P-tuning: the width of the MLP prompt encoder.
+    #[arg(long, default_value_t = 128)]
+    pub encoder_hidden: usize,
     /// Where the adapter goes (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -80,9 +86,8 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
                 m.quantize = Some("q4_k".into());
             }
         }
-        "prompt" | "ptuning" | "full" => {
-            bail!("--method {} is not built yet; use lora or qlora", a.method)
-        }
+        "prompt" | "ptuning" => {}
+        "full" => bail!("--method full is not built yet; use lora, qlora, prompt or ptuning"),
         other => bail!("--method '{other}': expected lora, qlora, prompt, ptuning or full"),
     }
     if !(0.0..1.0).contains(&a.dropout) {
@@ -105,7 +110,13 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         dropout: a.dropout,
         targets: a.targets.clone(),
     };
-    let mut ad = Adapter::new(&lm.model, lora.clone(), a.seed)?;
+    let mut ad = match a.method.as_str() {
+        "prompt" => Adapter::new_prompt(&lm.model, a.virtual_tokens, None, a.seed)?,
+        "ptuning" => {
+            Adapter::new_prompt(&lm.model, a.virtual_tokens, Some(a.encoder_hidden), a.seed)?
+        }
+        _ => Adapter::new(&lm.model, lora.clone(), a.seed)?,
+    };
     let cfg = TrainConfig {
         lora,
         epochs: a.epochs,
@@ -123,11 +134,10 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     };
     if !m.json {
         eprintln!(
-            "finetune {}: {} ({} trainable parameters, rank {}), {} training / {} held-out examples",
+            "finetune {}: {} ({} trainable parameters), {} training / {} held-out examples",
             a.method,
             lm.name,
             ad.n_params(),
-            a.rank,
             tr.len(),
             ev.len()
         );

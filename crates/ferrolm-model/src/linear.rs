@@ -140,7 +140,11 @@ impl Linear for DenseLinear {
     }
     fn bias_values(&self) -> Result<Option<Vec<f32>>> {
         Ok(match &self.bias {
-            Some(b) => Some(b.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?),
+            Some(b) => Some(
+                b.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?,
+            ),
             None => None,
         })
     }
@@ -266,7 +270,12 @@ impl F32Linear {
             let r1 = (r0 + 64).min(o);
             l.weight_rows(r0, r1, &mut w[r0 * i..r1 * i])?;
         }
-        Ok(F32Linear { w, bias: l.bias_values()?, in_dim: i, out_dim: o })
+        Ok(F32Linear {
+            w,
+            bias: l.bias_values()?,
+            in_dim: i,
+            out_dim: o,
+        })
     }
 }
 
@@ -284,7 +293,16 @@ impl Linear for F32Linear {
     fn forward_slice(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         use crate::dense::{mm, View};
         let rows = x.len() / self.in_dim;
-        mm(rows, self.in_dim, self.out_dim, View::rows(x, self.in_dim), View::t(&self.w, self.in_dim), y, self.out_dim, false);
+        mm(
+            rows,
+            self.in_dim,
+            self.out_dim,
+            View::rows(x, self.in_dim),
+            View::t(&self.w, self.in_dim),
+            y,
+            self.out_dim,
+            false,
+        );
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out_dim) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);

@@ -70,10 +70,101 @@ pub struct Adapter {
     pub cfg: LoraConfig,
     pub mods: Vec<Module>,
     index: Vec<[Option<usize>; 7]>,
+    /// Virtual tokens before every input (prompt tuning, P-tuning).
+    pub prompt: Option<Prompt>,
 }
 
-/// Gradients shaped like an adapter's parameters (`[A, B]` per module).
-pub type Grads = Vec<[Vec<f32>; 2]>;
+/// Learned virtual tokens: `emb (N, C)` directly (prompt tuning), or through PEFT's MLP prompt
+/// encoder (P-tuning): `relu(relu(emb W1ᵀ + b1) W2ᵀ + b2) W3ᵀ + b3`.
+pub struct Prompt {
+    pub n: usize,
+    pub c: usize,
+    pub emb: Vec<f32>,
+    /// `[W1 (Hd, C), b1, W2 (Hd, Hd), b2, W3 (C, Hd), b3]` for P-tuning; empty otherwise.
+    pub mlp: Vec<Vec<f32>>,
+    pub hidden: usize,
+}
+
+/// What the prompt encoder keeps for its backward.
+struct PromptSaved {
+    h1: Vec<f32>,
+    h2: Vec<f32>,
+}
+
+impl Prompt {
+    /// The virtual tokens `(N, C)` (the encoder's output for P-tuning).
+    pub fn virtual_tokens(&self) -> Vec<f32> {
+        self.tokens().0
+    }
+
+    /// The virtual tokens `(N, C)`.
+    fn tokens(&self) -> (Vec<f32>, Option<PromptSaved>) {
+        use ferrolm_model::dense::{mm, View};
+        if self.mlp.is_empty() {
+            return (self.emb.clone(), None);
+        }
+        let (n, c, hd) = (self.n, self.c, self.hidden);
+        let lin = |x: &[f32], w: &[f32], b: &[f32], i: usize, o: usize, relu: bool| {
+            let mut y: Vec<f32> = (0..n).flat_map(|_| b.iter().copied()).collect();
+            mm(n, i, o, View::rows(x, i), View::t(w, i), &mut y, o, true);
+            if relu {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            y
+        };
+        let h1 = lin(&self.emb, &self.mlp[0], &self.mlp[1], c, hd, true);
+        let h2 = lin(&h1, &self.mlp[2], &self.mlp[3], hd, hd, true);
+        let out = lin(&h2, &self.mlp[4], &self.mlp[5], hd, c, false);
+        (out, Some(PromptSaved { h1, h2 }))
+    }
+
+    /// Gradients of the prompt's tensors (in `params` order) from `dout (N, C)`.
+    fn backward(&self, saved: &Option<PromptSaved>, dout: &[f32]) -> Vec<Vec<f32>> {
+        use ferrolm_model::dense::{mm, View};
+        let Some(sv) = saved else {
+            return vec![dout.to_vec()];
+        };
+        let (n, c, hd) = (self.n, self.c, self.hidden);
+        // One linear layer back: (dW, db, dx) from dy, its input x and weight w (o, i).
+        let back = |dy: &[f32], x: &[f32], w: &[f32], i: usize, o: usize| {
+            let mut dw = vec![0f32; o * i];
+            mm(o, n, i, View::t(dy, o), View::rows(x, i), &mut dw, i, false);
+            let db: Vec<f32> = (0..o)
+                .map(|j| (0..n).map(|r| dy[r * o + j]).sum())
+                .collect();
+            let mut dx = vec![0f32; n * i];
+            mm(
+                n,
+                o,
+                i,
+                View::rows(dy, o),
+                View::rows(w, i),
+                &mut dx,
+                i,
+                false,
+            );
+            (dw, db, dx)
+        };
+        let (dw3, db3, mut dh2) = back(dout, &sv.h2, &self.mlp[4], hd, c);
+        dh2.iter_mut().zip(&sv.h2).for_each(|(d, h)| {
+            if *h <= 0.0 {
+                *d = 0.0
+            }
+        });
+        let (dw2, db2, mut dh1) = back(&dh2, &sv.h1, &self.mlp[2], hd, hd);
+        dh1.iter_mut().zip(&sv.h1).for_each(|(d, h)| {
+            if *h <= 0.0 {
+                *d = 0.0
+            }
+        });
+        let (dw1, db1, demb) = back(&dh1, &self.emb, &self.mlp[0], c, hd);
+        vec![demb, dw1, db1, dw2, db2, dw3, db3]
+    }
+}
+
+/// Gradients shaped like an adapter's parameters ([`Adapter::params_mut`]'s order: `A`, `B`
+/// of each LoRA module, then the prompt's tensors).
+pub type Grads = Vec<Vec<f32>>;
 
 /// Whether training covers this model; the error names what it does not cover.
 pub fn check_trainable(m: &Model) -> Result<()> {
@@ -159,18 +250,98 @@ impl Adapter {
                 cfg.targets
             );
         }
-        Ok(Adapter { cfg, mods, index })
+        Ok(Adapter {
+            cfg,
+            mods,
+            index,
+            prompt: None,
+        })
+    }
+
+    /// Prompt tuning (`hidden: None`) or P-tuning with an MLP prompt encoder of width
+    /// `hidden`: `n` virtual tokens, initialised from the embeddings of random vocabulary
+    /// tokens (PEFT's `SAMPLE_VOCAB`); the encoder's layers as PyTorch initialises `Linear`.
+    pub fn new_prompt(m: &Model, n: usize, hidden: Option<usize>, seed: u64) -> Result<Adapter> {
+        check_trainable(m)?;
+        if n == 0 {
+            bail!("--virtual-tokens must be at least 1");
+        }
+        let (emb, _) = m.token_embedding();
+        let (c, vocab) = (emb.dim(), emb.n_rows());
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ids: Vec<u32> = (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect();
+        let mut e = vec![0f32; n * c];
+        emb.rows_into(&ids, &mut e)?;
+        let mut uniform = |len: usize, fan_in: usize| -> Vec<f32> {
+            let b = 1.0 / (fan_in as f32).sqrt();
+            (0..len).map(|_| rng.gen_range(-b..b)).collect()
+        };
+        let (mlp, hd) = match hidden {
+            None => (Vec::new(), 0),
+            Some(hd) => (
+                vec![
+                    uniform(hd * c, c),
+                    uniform(hd, c),
+                    uniform(hd * hd, hd),
+                    uniform(hd, hd),
+                    uniform(c * hd, hd),
+                    uniform(c, hd),
+                ],
+                hd,
+            ),
+        };
+        Ok(Adapter {
+            cfg: LoraConfig {
+                r: 0,
+                alpha: 0.0,
+                dropout: 0.0,
+                targets: Vec::new(),
+            },
+            mods: Vec::new(),
+            index: vec![[None; 7]; m.blocks().len()],
+            prompt: Some(Prompt {
+                n,
+                c,
+                emb: e,
+                mlp,
+                hidden: hd,
+            }),
+        })
     }
 
     pub fn zero_grads(&self) -> Grads {
-        self.mods
-            .iter()
-            .map(|m| [vec![0.0; m.a.len()], vec![0.0; m.b.len()]])
-            .collect()
+        self.params().iter().map(|p| vec![0.0; p.len()]).collect()
+    }
+
+    /// Every trainable tensor, in the gradients' order.
+    pub fn params(&self) -> Vec<&[f32]> {
+        let mut v: Vec<&[f32]> = Vec::new();
+        for m in &self.mods {
+            v.push(&m.a);
+            v.push(&m.b);
+        }
+        if let Some(p) = &self.prompt {
+            v.push(&p.emb);
+            v.extend(p.mlp.iter().map(|x| &x[..]));
+        }
+        v
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut v: Vec<&mut [f32]> = Vec::new();
+        for m in &mut self.mods {
+            v.push(&mut m.a);
+            v.push(&mut m.b);
+        }
+        if let Some(p) = &mut self.prompt {
+            v.push(&mut p.emb);
+            v.extend(p.mlp.iter_mut().map(|x| &mut x[..]));
+        }
+        v
     }
 
     pub fn n_params(&self) -> usize {
-        self.mods.iter().map(|m| m.a.len() + m.b.len()).sum()
+        self.params().iter().map(|p| p.len()).sum()
     }
 
     fn module(&self, layer: usize, s: Slot) -> Option<usize> {
@@ -288,7 +459,7 @@ impl Ctx<'_> {
             r,
             View::t(dy, o),
             View::rows(&ts, r),
-            &mut g[mi][1],
+            &mut g[2 * mi + 1],
             r,
             true,
         );
@@ -320,7 +491,7 @@ impl Ctx<'_> {
             i,
             View::t(&dt, r),
             View::rows(&xd, i),
-            &mut g[mi][0],
+            &mut g[2 * mi],
             i,
             true,
         );
@@ -408,14 +579,33 @@ pub fn run(
     grads: Option<&mut Grads>,
     seed: Option<u64>,
 ) -> Result<(f64, usize)> {
-    let t = ids.len();
     let (emb, scale) = m.token_embedding();
     let c = emb.dim();
-    let mut x = vec![0f32; t * c];
-    emb.rows_into(ids, &mut x)?;
+    // Virtual tokens first (prompt tuning, P-tuning); they predict nothing.
+    let (virt, psaved) = match &ad.prompt {
+        Some(p) => {
+            let (v, s) = p.tokens();
+            (v, s)
+        }
+        None => (Vec::new(), None),
+    };
+    let nv = virt.len() / c;
+    let t = nv + ids.len();
+    let mut x = virt;
+    x.resize(t * c, 0.0);
+    emb.rows_into(ids, &mut x[nv * c..])?;
     if let Some(s) = scale {
         x.iter_mut().for_each(|v| *v *= s);
     }
+    let shifted: Vec<Option<u32>>;
+    let targets = if nv > 0 {
+        shifted = std::iter::repeat_n(None, nv)
+            .chain(targets.iter().copied())
+            .collect();
+        &shifted[..]
+    } else {
+        targets
+    };
     let pos: Vec<usize> = (0..t).collect();
     let mut cx = Ctx {
         ad,
@@ -630,5 +820,78 @@ pub fn run(
         let din = norm_b(&b.attn_norm, &s.x, &s.n1.1, &dn1);
         dx.iter_mut().zip(&din).for_each(|(a, b)| *a += b);
     }
+    if let Some(p) = &ad.prompt {
+        // The input's gradient at the virtual positions (through the embedding scale).
+        let mut dv = dx[..nv * c].to_vec();
+        if let Some(s) = scale {
+            dv.iter_mut().for_each(|v| *v *= s);
+        }
+        let base = 2 * ad.mods.len();
+        for (k, gk) in p.backward(&psaved, &dv).into_iter().enumerate() {
+            grads[base + k]
+                .iter_mut()
+                .zip(&gk)
+                .for_each(|(a, b)| *a += b);
+        }
+    }
     Ok((loss, rows.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_encoder_backward_matches_finite_differences() {
+        let (n, c, hd) = (3, 8, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut r =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let mut p = Prompt {
+            n,
+            c,
+            emb: r(n * c),
+            mlp: vec![r(hd * c), r(hd), r(hd * hd), r(hd), r(c * hd), r(c)],
+            hidden: hd,
+        };
+        let w = r(n * c);
+        let f = |p: &Prompt| -> f64 {
+            p.tokens()
+                .0
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
+        let (_, saved) = p.tokens();
+        let g = p.backward(&saved, &w);
+        for ti in 0..7 {
+            for j in 0..g[ti].len() {
+                let get = |p: &mut Prompt| -> *mut f32 {
+                    if ti == 0 {
+                        &mut p.emb[j]
+                    } else {
+                        &mut p.mlp[ti - 1][j]
+                    }
+                };
+                let eps = 1e-3;
+                // SAFETY: a pointer into `p`, used while nothing else borrows it.
+                unsafe {
+                    let x = get(&mut p);
+                    let x0 = *x;
+                    *x = x0 + eps;
+                    let lp = f(&p);
+                    *get(&mut p) = x0 - eps;
+                    let lm = f(&p);
+                    *get(&mut p) = x0;
+                    let num = (lp - lm) / (2.0 * eps as f64);
+                    assert!(
+                        (num - g[ti][j] as f64).abs() < 1e-2,
+                        "tensor {ti}[{j}]: {} vs {num}",
+                        g[ti][j]
+                    );
+                }
+            }
+        }
+    }
 }

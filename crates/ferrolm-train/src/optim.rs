@@ -16,7 +16,6 @@ pub fn schedule(lr: f32, step: usize, total: usize, warmup: usize) -> f32 {
 pub fn clip(g: &mut Grads, max: f32) -> f32 {
     let n = g
         .iter()
-        .flat_map(|p| p.iter())
         .flat_map(|v| v.iter())
         .map(|x| (*x as f64).powi(2))
         .sum::<f64>()
@@ -24,7 +23,6 @@ pub fn clip(g: &mut Grads, max: f32) -> f32 {
     if n > max && n > 0.0 {
         let s = max / n;
         g.iter_mut()
-            .flat_map(|p| p.iter_mut())
             .flat_map(|v| v.iter_mut())
             .for_each(|x| *x *= s);
     }
@@ -44,12 +42,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(shape: &Grads, weight_decay: f32) -> AdamW {
-        let zeros = || {
-            shape
-                .iter()
-                .map(|p| [vec![0.0; p[0].len()], vec![0.0; p[1].len()]])
-                .collect()
-        };
+        let zeros = || shape.iter().map(|p| vec![0.0; p.len()]).collect();
         AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -61,22 +54,20 @@ impl AdamW {
         }
     }
 
-    /// One update of `params[i][j]` (the same shape as the gradients) at rate `lr`.
-    pub fn step(&mut self, params: &mut [[&mut [f32]; 2]], g: &Grads, lr: f32) {
+    /// One update of `params[i]` (the same shapes as the gradients) at rate `lr`.
+    pub fn step(&mut self, params: &mut [&mut [f32]], g: &Grads, lr: f32) {
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         for (i, p) in params.iter_mut().enumerate() {
-            for j in 0..2 {
-                let (m, v) = (&mut self.m[i][j], &mut self.v[i][j]);
-                for (k, w) in p[j].iter_mut().enumerate() {
-                    let gk = g[i][j][k];
-                    m[k] = b1 * m[k] + (1.0 - b1) * gk;
-                    v[k] = b2 * v[k] + (1.0 - b2) * gk * gk;
-                    let upd = (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps);
-                    *w -= lr * (upd + self.weight_decay * *w);
-                }
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            for (k, w) in p.iter_mut().enumerate() {
+                let gk = g[i][k];
+                m[k] = b1 * m[k] + (1.0 - b1) * gk;
+                v[k] = b2 * v[k] + (1.0 - b2) * gk * gk;
+                let upd = (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps);
+                *w -= lr * (upd + self.weight_decay * *w);
             }
         }
     }
@@ -99,15 +90,15 @@ mod tests {
     fn adamw_minimises_a_quadratic() {
         // f(w) = Σ (w - 3)²
         let mut w = vec![vec![0f32; 4], vec![0f32; 2]];
-        let shape: Grads = vec![[vec![0.0; 4], vec![0.0; 2]]];
+        let shape: Grads = vec![vec![0.0; 4], vec![0.0; 2]];
         let mut opt = AdamW::new(&shape, 0.0);
         for _ in 0..2000 {
-            let g: Grads = vec![[
-                w[0].iter().map(|x| 2.0 * (x - 3.0)).collect(),
-                w[1].iter().map(|x| 2.0 * (x - 3.0)).collect(),
-            ]];
-            let (a, b) = w.split_at_mut(1);
-            opt.step(&mut [[&mut a[0][..], &mut b[0][..]]], &g, 0.05);
+            let g: Grads = w
+                .iter()
+                .map(|p| p.iter().map(|x| 2.0 * (x - 3.0)).collect())
+                .collect();
+            let mut params: Vec<&mut [f32]> = w.iter_mut().map(|p| &mut p[..]).collect();
+            opt.step(&mut params, &g, 0.05);
         }
         assert!(w.iter().flatten().all(|x| (x - 3.0).abs() < 1e-2), "{w:?}");
     }

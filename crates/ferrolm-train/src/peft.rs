@@ -30,6 +30,9 @@ pub fn unpermute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
 /// llama q/k rows are permuted); `base` names the base model in the config.
 pub fn save(ad: &Adapter, m: &Model, from_gguf: bool, base: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    if let Some(p) = &ad.prompt {
+        return save_prompt(p, m, base, dir);
+    }
     let arch = &m.config.arch;
     let table = ferrolm_model::arch::hf_table(arch)
         .with_context(|| format!("saving adapters for '{arch}' models is not mapped yet"))?;
@@ -100,6 +103,40 @@ pub fn save(ad: &Adapter, m: &Model, from_gguf: bool, base: &str, dir: &Path) ->
         "rank_pattern": {},
         "alpha_pattern": {},
     });
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg)?,
+    )?;
+    Ok(())
+}
+
+/// Prompt tuning and P-tuning as PEFT saves them: the virtual tokens (for P-tuning, the
+/// encoder's output) as `prompt_embeddings (N, C)`.
+fn save_prompt(p: &crate::net::Prompt, m: &Model, base: &str, dir: &Path) -> Result<()> {
+    let tokens = p.virtual_tokens();
+    let bytes: Vec<u8> = tokens.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![p.n, p.c], &bytes)?;
+    let tmp = dir.join("adapter_model.safetensors.partial");
+    safetensors::serialize_to_file(vec![("prompt_embeddings".to_string(), view)], None, &tmp)?;
+    std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
+    let mut cfg = serde_json::json!({
+        "peft_type": if p.mlp.is_empty() { "PROMPT_TUNING" } else { "P_TUNING" },
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "num_virtual_tokens": p.n,
+        "token_dim": p.c,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": m.config.attn.n_heads,
+        "num_layers": m.blocks().len(),
+        "inference_mode": true,
+    });
+    if p.mlp.is_empty() {
+        cfg["prompt_tuning_init"] = "SAMPLE_VOCAB".into();
+    } else {
+        cfg["encoder_reparameterization_type"] = "MLP".into();
+        cfg["encoder_hidden_size"] = p.hidden.into();
+    }
     std::fs::write(
         dir.join("adapter_config.json"),
         serde_json::to_string_pretty(&cfg)?,

@@ -134,11 +134,7 @@ pub fn train(
         }
         clip(&mut g, cfg.clip);
         let lr = schedule(cfg.lr, step, total, warmup);
-        let mut params: Vec<[&mut [f32]; 2]> = ad
-            .mods
-            .iter_mut()
-            .map(|md| [&mut md.a[..], &mut md.b[..]])
-            .collect();
+        let mut params = ad.params_mut();
         opt.step(&mut params, &g, lr);
         let mean = loss / denom.max(1) as f64;
         s.losses.push((step + 1, mean));

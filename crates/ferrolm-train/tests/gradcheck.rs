@@ -83,7 +83,7 @@ fn lora_gradients_match_finite_differences() {
                     let lm = loss(&m, &ad, &targets);
                     *get(&mut ad, mi, which, j) = x0;
                     let num = (lp - lm) / (2.0 * eps as f64);
-                    let ana = g[mi][which][j] as f64;
+                    let ana = g[2 * mi + which][j] as f64;
                     let err = (num - ana).abs() / (num.abs().max(ana.abs()).max(1e-2));
                     worst = worst.max(err);
                     checked += 1;
@@ -98,5 +98,66 @@ fn lora_gradients_match_finite_differences() {
             }
         }
         println!("{name}: {checked} LoRA parameters, worst relative error {worst:.1e}");
+    }
+}
+
+/// Prompt tuning and P-tuning: the virtual tokens' (and the prompt encoder's) gradients
+/// against finite differences, on LLaMA and on Gemma 2 (whose embedding scale the virtual
+/// tokens pass through too).
+#[test]
+fn prompt_gradients_match_finite_differences() {
+    for name in ["llama", "gemma2"] {
+        let m = fixture(name);
+        for hidden in [None, Some(16)] {
+            let mut ad = Adapter::new_prompt(&m, 3, hidden, 6).unwrap();
+            let targets: Vec<Option<u32>> = (0..IDS.len())
+                .map(|i| (i + 1 < IDS.len()).then(|| IDS[i + 1]))
+                .collect();
+            let mut g = ad.zero_grads();
+            run(&m, &ad, &IDS, &targets, 1.0, Some(&mut g), None).unwrap();
+            let mut worst = 0f64;
+            let n_tensors = g.len();
+            // P-tuning: the encoder's last layer (`W3`, `b3`), which no ReLU follows, so a
+            // finite step cannot cross a kink; the layers before it are checked on their own
+            // (`net::tests::prompt_encoder_backward_matches_finite_differences`).
+            let checked: Vec<usize> = if hidden.is_some() {
+                vec![5, 6]
+            } else {
+                vec![0]
+            };
+            for &ti in &checked {
+                let n = g[ti].len();
+                for j in [0, n / 2, n - 1] {
+                    // The loss curves sharply along a virtual token's coordinates (at 1e-2 the
+                    // central difference is still a few percent off), and the encoder's ReLUs
+                    // have kinks: small steps.
+                    let eps = 3e-3f32;
+                    let x0 = ad.params_mut()[ti][j];
+                    ad.params_mut()[ti][j] = x0 + eps;
+                    let lp = loss(&m, &ad, &targets);
+                    ad.params_mut()[ti][j] = x0 - eps;
+                    let lm = loss(&m, &ad, &targets);
+                    ad.params_mut()[ti][j] = x0;
+                    let num = (lp - lm) / (2.0 * eps as f64);
+                    let ana = g[ti][j] as f64;
+                    // The f32 loss's own rounding (~1e-5) limits small gradients: errors are
+                    // relative to at least 0.05.
+                    let err = (num - ana).abs() / num.abs().max(ana.abs()).max(5e-2);
+                    worst = worst.max(err);
+                    assert!(
+                        err < 3e-2,
+                        "{name} {hidden:?} tensor {ti}[{j}]: analytic {ana:.6} numeric {num:.6}"
+                    );
+                }
+            }
+            println!(
+                "{name} {}: {n_tensors} tensors, worst relative error {worst:.1e}",
+                if hidden.is_some() {
+                    "P-tuning"
+                } else {
+                    "prompt tuning"
+                }
+            );
+        }
     }
 }

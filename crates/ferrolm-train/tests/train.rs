@@ -172,8 +172,12 @@ fn quantized_backward_is_the_adjoint_of_its_dequantized_forward() {
         assert_eq!(l.kind(), "Q8_0");
         let w = F32Linear::widen(l.as_ref()).unwrap();
         let rows = 3;
-        let x: Vec<f32> = (0..rows * i).map(|k| ((k * 7919 % 97) as f32 - 48.0) / 50.0).collect();
-        let dy: Vec<f32> = (0..rows * o).map(|k| ((k * 104729 % 89) as f32 - 44.0) / 40.0).collect();
+        let x: Vec<f32> = (0..rows * i)
+            .map(|k| ((k * 7919 % 97) as f32 - 48.0) / 50.0)
+            .collect();
+        let dy: Vec<f32> = (0..rows * o)
+            .map(|k| ((k * 104729 % 89) as f32 - 44.0) / 40.0)
+            .collect();
         let (mut dq, mut dw) = (vec![0f32; rows * i], vec![0f32; rows * i]);
         l.backward_input(&dy, &mut dq).unwrap();
         w.backward_input(&dy, &mut dw).unwrap();
@@ -182,6 +186,9 @@ fn quantized_backward_is_the_adjoint_of_its_dequantized_forward() {
         w.forward_slice(&x, &mut y).unwrap();
         let lhs: f64 = dq.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
         let rhs: f64 = dy.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!((lhs - rhs).abs() < 1e-4 * rhs.abs().max(1.0), "{lhs} vs {rhs}");
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * rhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 }
