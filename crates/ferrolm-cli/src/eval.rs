@@ -142,28 +142,6 @@ pub fn passkey(m: &ModelOpts, lengths: &[usize], trials: usize, seed: u64) -> Re
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prompt_holds_the_key_once_at_its_depth() {
-        let t = passkey_text(3, 1, 54321);
-        assert_eq!(t.matches("54321").count(), 2);
-        assert!(t.ends_with("The pass key is"));
-        let at = t.find("54321").unwrap();
-        assert_eq!(t[..at].matches("The grass is green").count(), 1);
-    }
-
-    #[test]
-    fn key_is_the_first_five_digits() {
-        assert_eq!(first_key(" 54321. Remember"), Some(54321));
-        assert_eq!(first_key("123456"), None);
-        assert_eq!(first_key("is 1234"), None);
-        assert_eq!(first_key("a 70001"), Some(70001));
-    }
-}
-
 /// `eval exact`: greedy answers to chats against their last assistant turn.
 pub fn exact(m: &ModelOpts, data: &std::path::Path, max_tokens: usize) -> Result<()> {
     use anyhow::Context;
@@ -247,4 +225,26 @@ pub fn exact(m: &ModelOpts, data: &std::path::Path, max_tokens: usize) -> Result
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_holds_the_key_once_at_its_depth() {
+        let t = passkey_text(3, 1, 54321);
+        assert_eq!(t.matches("54321").count(), 2);
+        assert!(t.ends_with("The pass key is"));
+        let at = t.find("54321").unwrap();
+        assert_eq!(t[..at].matches("The grass is green").count(), 1);
+    }
+
+    #[test]
+    fn key_is_the_first_five_digits() {
+        assert_eq!(first_key(" 54321. Remember"), Some(54321));
+        assert_eq!(first_key("123456"), None);
+        assert_eq!(first_key("is 1234"), None);
+        assert_eq!(first_key("a 70001"), Some(70001));
+    }
 }
