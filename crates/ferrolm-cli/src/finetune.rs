@@ -69,6 +69,14 @@ pub struct FinetuneArgs {
     /// P-tuning: the width of the MLP prompt encoder.
     #[arg(long, default_value_t = 128)]
     pub encoder_hidden: usize,
+    /// Write a checkpoint (adapter tensors, optimizer state, step) into OUT/checkpoint-STEP
+    /// every this many steps and at the end.
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    /// Continue from a checkpoint directory (same data and settings; the result equals an
+    /// uninterrupted run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// Where the adapter goes (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -131,6 +139,8 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         clip: a.max_grad_norm,
         out: a.out.clone(),
         progress: !m.json,
+        save_every: Some(a.save_every),
+        resume: a.resume.clone(),
     };
     if !m.json {
         eprintln!(

@@ -30,6 +30,115 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// Write a checkpoint every this many steps (and at the end), into `out/checkpoint-STEP`.
+    pub save_every: Option<usize>,
+    /// Continue from the checkpoint in this directory (the same data and settings).
+    pub resume: Option<PathBuf>,
+}
+
+/// A checkpoint: every trainable tensor and the optimizer's moments (`checkpoint.safetensors`,
+/// tensors `p.{i}`, `m.{i}`, `v.{i}`), the step and losses so far (`trainer_state.json`).
+pub fn save_checkpoint(
+    dir: &std::path::Path,
+    ad: &Adapter,
+    opt: &AdamW,
+    step: usize,
+    losses: &[(usize, f64)],
+) -> Result<()> {
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut data: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    for (i, p) in ad.params().iter().enumerate() {
+        data.push((format!("p.{i}"), bytes(p), p.len()));
+        data.push((format!("m.{i}"), bytes(&opt.m[i]), p.len()));
+        data.push((format!("v.{i}"), bytes(&opt.v[i]), p.len()));
+    }
+    let views = data
+        .iter()
+        .map(|(n, b, len)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, &tmp.join("checkpoint.safetensors"))?;
+    let state = serde_json::json!({"step": step, "adam_t": opt.t, "losses": losses, "n_params": ad.params().len()});
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_string(&state)?,
+    )?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+/// Restores a checkpoint into `ad` and `opt`; returns the step it was taken at and the losses.
+pub fn load_checkpoint(
+    dir: &std::path::Path,
+    ad: &mut Adapter,
+    opt: &mut AdamW,
+) -> Result<(usize, Vec<(usize, f64)>)> {
+    use anyhow::Context;
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("trainer_state.json")).with_context(|| {
+            format!(
+                "--resume '{}': no trainer_state.json (is it a checkpoint directory?)",
+                dir.display()
+            )
+        })?,
+    )
+    .context("trainer_state.json is not valid JSON")?;
+    let bytes = std::fs::read(dir.join("checkpoint.safetensors"))
+        .with_context(|| format!("--resume '{}': no checkpoint.safetensors", dir.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .context("checkpoint.safetensors is damaged")?;
+    let n = ad.params().len();
+    if state["n_params"].as_u64() != Some(n as u64) {
+        bail!("--resume: the checkpoint holds another adapter (different method, rank or targets)");
+    }
+    let read = |name: String, want: usize| -> Result<Vec<f32>> {
+        let t = st
+            .tensor(&name)
+            .with_context(|| format!("checkpoint lacks '{name}'"))?;
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if v.len() != want {
+            bail!(
+                "--resume: '{name}' has {} values, the adapter {want} (different settings?)",
+                v.len()
+            );
+        }
+        Ok(v)
+    };
+    let sizes: Vec<usize> = ad.params().iter().map(|p| p.len()).collect();
+    for (i, p) in ad.params_mut().into_iter().enumerate() {
+        p.copy_from_slice(&read(format!("p.{i}"), sizes[i])?);
+    }
+    for (i, &len) in sizes.iter().enumerate() {
+        opt.m[i] = read(format!("m.{i}"), len)?;
+        opt.v[i] = read(format!("v.{i}"), len)?;
+    }
+    opt.t = state["adam_t"].as_u64().unwrap_or(0);
+    let losses = state["losses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| Some((x[0].as_u64()? as usize, x[1].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((
+        state["step"]
+            .as_u64()
+            .context("trainer_state.json lacks 'step'")? as usize,
+        losses,
+    ))
 }
 
 /// What a run did.
@@ -102,6 +211,15 @@ pub fn train(
         ..Default::default()
     };
     let mut opt = AdamW::new(&ad.zero_grads(), cfg.weight_decay);
+    let mut first = 0;
+    if let Some(dir) = &cfg.resume {
+        let (step, losses) = load_checkpoint(dir, ad, &mut opt)?;
+        if step > total {
+            bail!("--resume: the checkpoint is at step {step}, past this run's {total} steps");
+        }
+        first = step;
+        s.losses = losses;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let start = Instant::now();
@@ -113,6 +231,10 @@ pub fn train(
                 order.shuffle(&mut rng);
             }
             batch.push(order.pop().unwrap());
+        }
+        if step < first {
+            // Done before the checkpoint: only the data order is replayed.
+            continue;
         }
         let denom: usize = batch.iter().map(|&i| train[i].n_targets()).sum();
         let mut g = ad.zero_grads();
@@ -146,6 +268,13 @@ pub fn train(
             lr,
             s.tokens as f64 / start.elapsed().as_secs_f64(),
         );
+        if cfg
+            .save_every
+            .is_some_and(|k| (step + 1) % k == 0 || step + 1 == total)
+        {
+            let dir = cfg.out.join(format!("checkpoint-{}", step + 1));
+            save_checkpoint(&dir, ad, &opt, step + 1, &s.losses)?;
+        }
     }
     s.seconds = start.elapsed().as_secs_f64();
     s.eval_after = eval_loss(m, ad, eval)?;

@@ -72,6 +72,8 @@ fn cfg(out: &Path) -> TrainConfig {
         clip: 1.0,
         out: out.to_path_buf(),
         progress: false,
+        save_every: None,
+        resume: None,
     }
 }
 
@@ -191,4 +193,31 @@ fn quantized_backward_is_the_adjoint_of_its_dequantized_forward() {
             "{lhs} vs {rhs}"
         );
     }
+}
+
+/// A run resumed from its step-5 checkpoint ends with the same adapter as the run itself.
+#[test]
+fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
+    let tmp = std::env::temp_dir().join(format!("ferrolm-resume-{}", std::process::id()));
+    let m = hf();
+    let (tr, ev) = split(data(), 0.1, 3);
+    let mut c = cfg(&tmp);
+    c.steps = Some(12);
+    c.save_every = Some(5);
+    let mut whole = Adapter::new(&m, c.lora.clone(), 3).unwrap();
+    let s1 = train(&m, &mut whole, &tr, &ev, &c, |_, _, _, _, _| {}).unwrap();
+    assert!(tmp.join("checkpoint-5").is_dir() && tmp.join("checkpoint-12").is_dir());
+    let mut resumed = Adapter::new(&m, c.lora.clone(), 3).unwrap();
+    c.resume = Some(tmp.join("checkpoint-5"));
+    c.save_every = None;
+    let s2 = train(&m, &mut resumed, &tr, &ev, &c, |_, _, _, _, _| {}).unwrap();
+    for (a, b) in whole.params().iter().zip(resumed.params()) {
+        assert_eq!(*a, b);
+    }
+    assert_eq!(s1.losses, s2.losses);
+    // A checkpoint of another adapter is refused by name.
+    let mut other = Adapter::new_prompt(&m, 4, None, 3).unwrap();
+    let e = train(&m, &mut other, &tr, &ev, &c, |_, _, _, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("another adapter"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
