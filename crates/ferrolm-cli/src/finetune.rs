@@ -138,7 +138,6 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         clip: a.max_grad_norm,
         out: a.out.clone(),
-        progress: !m.json,
         save_every: Some(a.save_every),
         resume: a.resume.clone(),
     };

@@ -553,9 +553,8 @@ struct BlockSaved {
     rf: Vec<f32>,
 }
 
-fn shape(m: &Model, b: &Block, t: usize) -> AttnShape {
+fn shape(b: &Block, t: usize) -> AttnShape {
     let a = &b.attn.spec;
-    let _ = m;
     AttnShape {
         t,
         h: a.n_heads,
@@ -616,7 +615,7 @@ pub fn run(
     for b in m.blocks() {
         let l = b.index;
         let a = &b.attn;
-        let sh = shape(m, b, t);
+        let sh = shape(b, t);
         let n1 = norm_f(&b.attn_norm, &x);
         let (q_pre, lq) = cx.lin_fwd(a.q.as_ref(), l, Slot::AttnQ, &n1.0)?;
         let (k_pre, lk) = cx.lin_fwd(a.k.as_ref(), l, Slot::AttnK, &n1.0)?;
@@ -757,7 +756,7 @@ pub fn run(
     for (b, s) in m.blocks().iter().zip(saved).rev() {
         let l = b.index;
         let a = &b.attn;
-        let sh = shape(m, b, t);
+        let sh = shape(b, t);
         let FfnLayer::Dense(ff) = &b.ffn else {
             unreachable!()
         };

@@ -1,7 +1,7 @@
 //! The training loop: shuffled epochs, gradient accumulation over `batch x grad_accum`
 //! sequences per step (the loss a mean over their target tokens), AdamW with warmup and cosine
-//! decay, clipping, held-out loss before and after, progress, and the adapter saved in PEFT's
-//! format.
+//! decay, clipping, held-out loss before and after, checkpoints and resuming; the caller sees
+//! each step (progress) and saves the adapter in PEFT's format.
 
 use crate::data::Example;
 use crate::net::{run, Adapter, LoraConfig};
@@ -28,8 +28,6 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     pub clip: f32,
     pub out: PathBuf,
-    /// Progress lines on stderr.
-    pub progress: bool,
     /// Write a checkpoint every this many steps (and at the end), into `out/checkpoint-STEP`.
     pub save_every: Option<usize>,
     /// Continue from the checkpoint in this directory (the same data and settings).

@@ -71,7 +71,6 @@ fn cfg(out: &Path) -> TrainConfig {
         weight_decay: 0.0,
         clip: 1.0,
         out: out.to_path_buf(),
-        progress: false,
         save_every: None,
         resume: None,
     }
