@@ -89,8 +89,11 @@ def passkey(log, trials, done, max_length):
     table = dict(done)
     # The memory method first at every length (the one that reaches 32k), then the others
     # length by length.
+    # Within a length, the methods that can still work there come first (when time is short).
+    first = ["memory", "ReRoPE", "Self-Extend", "YaRN", "dynamic"]
+    rank = lambda name: next((i for i, f in enumerate(first) if f in name), len(first))
     work = sorted(((name, flags, length) for name, flags, lengths in METHODS for length in lengths),
-                  key=lambda w: ("memory" not in w[0], w[2]))
+                  key=lambda w: (rank(w[0]) != 0, w[2], rank(w[0])))
     for name, flags, length in work:
         if (name, length) in table or length > max_length:
             continue

@@ -1,6 +1,6 @@
 //! `ferrolm finetune`: LoRA / QLoRA training from the command line.
 
-use crate::perplexity::rss_mib;
+use crate::perplexity::peak_rss_mib;
 use crate::ModelOpts;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -152,7 +152,6 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         );
     }
     let quiet = m.json;
-    let mut peak = rss_mib();
     let s = train(
         &lm.model,
         &mut ad,
@@ -160,8 +159,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         &ev,
         &cfg,
         |step, total, loss, lr, tps| {
-            peak = peak.max(rss_mib());
-            if !quiet {
+                if !quiet {
                 eprint!("\rstep {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tps:.0} tok/s   ");
             }
         },
@@ -169,7 +167,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     if !quiet {
         eprintln!();
     }
-    peak = peak.max(rss_mib());
+    let peak = peak_rss_mib();
     ferrolm_train::peft::save(&ad, &lm.model, lm.file.is_some(), &lm.name, &a.out)?;
     let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     if m.json {
