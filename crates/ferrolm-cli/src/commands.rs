@@ -732,3 +732,22 @@ pub fn embed(
     }
     Ok(())
 }
+
+/// `export --merge --out OUT.gguf`: the base with its adapters folded in.
+pub fn export(m: &ModelOpts, merge: bool, out: &std::path::Path) -> Result<()> {
+    if !merge {
+        bail!(
+            "export needs --merge (folding --lora adapters into the weights is all it does so far)"
+        );
+    }
+    if m.lora.is_empty() {
+        bail!("export --merge needs at least one --lora DIR");
+    }
+    let lm = open(m)?;
+    let w = ferrolm_engine::lora::merge_gguf(&lm)?;
+    let tmp = out.with_extension("gguf.partial");
+    w.write_file(&tmp)?;
+    std::fs::rename(&tmp, out)?;
+    eprintln!("wrote {} (the adapters merged)", out.display());
+    Ok(())
+}

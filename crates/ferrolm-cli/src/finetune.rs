@@ -159,7 +159,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         &ev,
         &cfg,
         |step, total, loss, lr, tps| {
-                if !quiet {
+            if !quiet {
                 eprint!("\rstep {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tps:.0} tok/s   ");
             }
         },

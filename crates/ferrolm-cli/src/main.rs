@@ -390,6 +390,17 @@ enum Cmd {
     /// Fine-tune: LoRA (QLoRA over a quantized base) on a JSON-lines file; the adapter is saved
     /// in PEFT's format (docs/finetune.md).
     Finetune(finetune::FinetuneArgs),
+    /// Write a model with its --lora adapters folded into the weights (--merge), as GGUF.
+    Export {
+        #[command(flatten)]
+        m: ModelOpts,
+        /// Fold the adapters into the matrices (each re-encoded in its own type).
+        #[arg(long)]
+        merge: bool,
+        /// The GGUF file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, ...).
     Serve(ferrolm_server::ServeArgs),
     /// Fetch a catalog model into the cache (or list the catalog).
@@ -404,6 +415,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Finetune(a) => finetune::run(&a),
+        Cmd::Export { m, merge, out } => commands::export(&m, merge, &out),
         Cmd::Tokenize { m, special, text } => commands::tokenize(&m, special, &text),
         Cmd::Logits {
             m,

@@ -172,3 +172,76 @@ mod tests {
         assert_eq!(a.dir, PathBuf::from("c:/x:y"));
     }
 }
+
+/// The GGUF file `lm` came from, with every adapted projection replaced by its merged weight
+/// `W + scale B A` (re-encoded in the tensor's own type; other tensors and the metadata copied
+/// as they are): `ferrolm export --merge`.
+pub fn merge_gguf(lm: &crate::LoadedModel) -> Result<ferrolm_format::GgufWriter> {
+    use ferrolm_format::{quant, GgmlType, GgufWriter};
+    use ferrolm_model::weights::{gguf_key_name, Key};
+    let Some(file) = &lm.file else {
+        bail!("export --merge writes GGUF from a GGUF base; convert the Hugging Face model first (`ferrolm convert`)");
+    };
+    let h = &file.header;
+    let mut w = GgufWriter::new();
+    w.set_version(h.version);
+    for (k, v) in &h.metadata {
+        w.add_meta(k.clone(), v.clone());
+    }
+    let slots = [
+        Slot::AttnQ,
+        Slot::AttnK,
+        Slot::AttnV,
+        Slot::AttnOut,
+        Slot::FfnGate,
+        Slot::FfnUp,
+        Slot::FfnDown,
+    ];
+    let n_layers = lm.model.blocks().len();
+    let key_of = |name: &str| -> Option<Key> {
+        (0..n_layers)
+            .flat_map(|l| slots.iter().map(move |&s| Key::layer(s, l)))
+            .find(|&k| gguf_key_name(k, "weight") == name)
+    };
+    let mut merged = 0;
+    for t in &h.tensors {
+        let adapted = key_of(&t.name)
+            .and_then(|k| lm.model.blocks().get(k.layer?).map(|b| (k, b)))
+            .and_then(|(k, b)| {
+                let l: &dyn ferrolm_model::linear::Linear = match k.slot {
+                    Slot::AttnQ => b.attn.q.as_ref(),
+                    Slot::AttnK => b.attn.k.as_ref(),
+                    Slot::AttnV => b.attn.v.as_ref(),
+                    Slot::AttnOut => b.attn.o.as_ref(),
+                    _ => match &b.ffn {
+                        ferrolm_model::layers::FfnLayer::Dense(f) => match k.slot {
+                            Slot::FfnGate => f.gate.as_deref()?,
+                            Slot::FfnUp => f.up.as_ref(),
+                            _ => f.down.as_ref(),
+                        },
+                        _ => return None,
+                    },
+                };
+                l.kind().contains("+LoRA").then_some(l)
+            });
+        let data = match adapted {
+            None => file.tensor_bytes(t).to_vec(),
+            Some(l) => {
+                let (i, o) = (l.in_dim(), l.out_dim());
+                let mut rows = vec![0f32; i * o];
+                l.weight_rows(0, o, &mut rows)?;
+                merged += 1;
+                match t.ty {
+                    GgmlType::F32 => rows.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ty if quant::can_quantize(ty) => quant::quantize(ty, &rows)?,
+                    ty => bail!("export --merge cannot re-encode '{}' ({ty}); pick a base in a quantizable type", t.name),
+                }
+            }
+        };
+        w.add_tensor(t.name.clone(), &t.dims, t.ty, data)?;
+    }
+    if merged == 0 {
+        bail!("no adapted matrix to merge: give --lora DIR");
+    }
+    Ok(w)
+}

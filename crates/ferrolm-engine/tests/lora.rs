@@ -220,3 +220,35 @@ fn write_adapter(dir: &Path, modules: &[(&str, usize, usize, usize)]) {
     )
     .unwrap();
 }
+
+/// `export --merge`: the GGUF base with PEFT's adapter folded into its (f32) matrices gives
+/// PEFT's logits on its own.
+#[test]
+fn merged_gguf_gives_the_adapters_logits() {
+    let tmp = std::env::temp_dir().join(format!("ferrolm-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let base = tmp.join("llama-f32.gguf");
+    convert(
+        &root().join("fixtures/hf/llama"),
+        parse_type("f32").unwrap(),
+    )
+    .unwrap()
+    .write_file(&base)
+    .unwrap();
+    let mut lm = ferrolm_engine::load(base.to_str().unwrap(), true).unwrap();
+    apply(&mut lm.model, true, &arg("llama-all")).unwrap();
+    let merged = tmp.join("merged.gguf");
+    ferrolm_engine::lora::merge_gguf(&lm)
+        .unwrap()
+        .write_file(&merged)
+        .unwrap();
+    let m = Model::from_gguf(Arc::new(GgufFile::open(&merged).unwrap())).unwrap();
+    let (ids, want) = golden("llama-all");
+    let d = max_diff(&logits(&m, &ids), &want);
+    println!("merged GGUF: max |logit - PEFT| {d:.1e}");
+    assert!(d <= TOL, "{d}");
+    // Without an adapter there is nothing to merge.
+    let plain = ferrolm_engine::load(base.to_str().unwrap(), true).unwrap();
+    assert!(ferrolm_engine::lora::merge_gguf(&plain).is_err());
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -84,6 +84,32 @@ impl Linear for LoraLinear {
         self.add_bypass(x, y);
         Ok(())
     }
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        self.base.bias_values()
+    }
+    /// The merged weight `W + Σ scale B Aᵀ`'s rows (what `export --merge` writes).
+    fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        use crate::dense::{mm, View};
+        self.base.weight_rows(r0, r1, out)?;
+        let i = self.in_dim();
+        for p in &self.parts {
+            let b: Vec<f32> = p.b[r0 * p.r..r1 * p.r]
+                .iter()
+                .map(|x| x * p.scale)
+                .collect();
+            mm(
+                r1 - r0,
+                p.r,
+                i,
+                View::rows(&b, p.r),
+                View::rows(&p.a, i),
+                out,
+                i,
+                true,
+            );
+        }
+        Ok(())
+    }
     fn backward_input(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
         use crate::dense::{mm, View};
         self.base.backward_input(dy, dx)?;
