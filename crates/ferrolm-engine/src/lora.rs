@@ -158,21 +158,6 @@ pub fn apply(model: &mut Model, from_gguf: bool, arg: &AdapterArg) -> Result<App
     Ok(applied)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adapter_arg_takes_a_trailing_scale() {
-        let a: AdapterArg = "out/adapter:0.5".parse().unwrap();
-        assert_eq!((a.dir, a.scale), ("out/adapter".into(), 0.5));
-        let a: AdapterArg = "out/adapter".parse().unwrap();
-        assert_eq!((a.dir, a.scale), ("out/adapter".into(), 1.0));
-        let a: AdapterArg = "c:/x:y".parse().unwrap();
-        assert_eq!(a.dir, PathBuf::from("c:/x:y"));
-    }
-}
-
 /// The GGUF file `lm` came from, with every adapted projection replaced by its merged weight
 /// `W + scale B A` (re-encoded in the tensor's own type; other tensors and the metadata copied
 /// as they are): `ferrolm export --merge`.
@@ -244,4 +229,19 @@ pub fn merge_gguf(lm: &crate::LoadedModel) -> Result<ferrolm_format::GgufWriter>
         bail!("no adapted matrix to merge: give --lora DIR");
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_arg_takes_a_trailing_scale() {
+        let a: AdapterArg = "out/adapter:0.5".parse().unwrap();
+        assert_eq!((a.dir, a.scale), ("out/adapter".into(), 0.5));
+        let a: AdapterArg = "out/adapter".parse().unwrap();
+        assert_eq!((a.dir, a.scale), ("out/adapter".into(), 1.0));
+        let a: AdapterArg = "c:/x:y".parse().unwrap();
+        assert_eq!(a.dir, PathBuf::from("c:/x:y"));
+    }
 }
