@@ -56,15 +56,18 @@ fn llama_compatible(cfg: &ModelConfig) -> bool {
 }
 
 /// Rows of a q or k projection reordered from half-split RoPE pairs to adjacent pairs
-/// (llama.cpp's layout for `llama`), per head of `d` rows.
-pub(crate) fn permute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
+/// (llama.cpp's layout for `llama`), per head of `d` rows; `inverse` reorders back.
+pub fn permute_rows(w: &[f32], cols: usize, heads: usize, inverse: bool) -> Vec<f32> {
     let rows = w.len() / cols;
     let d = rows / heads;
     let mut out = vec![0f32; w.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for j in 0..2 {
-                let (dst, src) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                let (mut dst, mut src) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                if inverse {
+                    std::mem::swap(&mut dst, &mut src);
+                }
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }
@@ -199,8 +202,8 @@ pub fn convert(dir_path: &Path, ty: GgmlType) -> Result<GgufWriter> {
                     } else {
                         cfg.attn.n_kv_heads
                     };
-                    m = permute_rows(&m, cols, heads);
-                    bias = bias.map(|b| permute_rows(&b, 1, heads));
+                    m = permute_rows(&m, cols, heads, false);
+                    bias = bias.map(|b| permute_rows(&b, 1, heads, false));
                 }
                 let name = gguf_key_name(k, "weight");
                 if matrix && !router {

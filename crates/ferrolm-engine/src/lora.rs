@@ -130,8 +130,8 @@ pub fn apply(model: &mut Model, from_gguf: bool, arg: &AdapterArg) -> Result<App
         let mut bv = b.to_f32();
         if permuted {
             match key.slot {
-                Slot::AttnQ => bv = crate::convert::permute_rows(&bv, r, h),
-                Slot::AttnK => bv = crate::convert::permute_rows(&bv, r, hkv),
+                Slot::AttnQ => bv = crate::convert::permute_rows(&bv, r, h, false),
+                Slot::AttnK => bv = crate::convert::permute_rows(&bv, r, hkv, false),
                 _ => {}
             }
         }

@@ -12,4 +12,5 @@ pub mod net;
 pub mod ops;
 pub mod optim;
 pub mod peft;
+pub mod prompt;
 pub mod train;

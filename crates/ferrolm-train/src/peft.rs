@@ -4,27 +4,11 @@
 
 use crate::net::{slot_name, Adapter};
 use anyhow::{Context, Result};
+use ferrolm_engine::convert::permute_rows;
 use ferrolm_model::spec::{Position, RopeLayout};
 use ferrolm_model::weights::Slot;
 use ferrolm_model::Model;
 use std::path::Path;
-
-/// Rows of a q or k projection from llama.cpp's adjacent-pair order back to Hugging Face's
-/// half-split order, per head (the inverse of the GGUF converter's permutation).
-pub fn unpermute_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let d = rows / heads;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let (src, dst) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
 
 /// Writes `ad` into `dir` in PEFT's format. `from_gguf`: the base came from a GGUF file (whose
 /// llama q/k rows are permuted); `base` names the base model in the config.
@@ -55,8 +39,8 @@ pub fn save(ad: &Adapter, m: &Model, from_gguf: bool, base: &str, dir: &Path) ->
             .with_context(|| format!("no Hugging Face name for {:?}", md.slot))?;
         let module = pat.replace("{L}", &md.layer.to_string());
         let b = match (permuted, md.slot) {
-            (true, Slot::AttnQ) => unpermute_rows(&md.b, r, h),
-            (true, Slot::AttnK) => unpermute_rows(&md.b, r, hkv),
+            (true, Slot::AttnQ) => permute_rows(&md.b, r, h, true),
+            (true, Slot::AttnK) => permute_rows(&md.b, r, hkv, true),
             _ => md.b.clone(),
         };
         tensors.push((
@@ -147,12 +131,11 @@ fn save_prompt(p: &crate::net::Prompt, m: &Model, base: &str, dir: &Path) -> Res
 #[cfg(test)]
 mod tests {
     #[test]
-    fn unpermute_inverts_the_converters_permutation() {
+    fn the_inverse_undoes_the_converters_permutation() {
         // heads 2, d 4, cols 1: HF rows [0 1 2 3 | 4 5 6 7] -> llama.cpp [0 2 1 3 | 4 6 5 7].
-        let gguf = [0., 2., 1., 3., 4., 6., 5., 7.];
-        assert_eq!(
-            super::unpermute_rows(&gguf, 1, 2),
-            vec![0., 1., 2., 3., 4., 5., 6., 7.]
-        );
+        let hf = [0., 1., 2., 3., 4., 5., 6., 7.];
+        let gguf = super::permute_rows(&hf, 1, 2, false);
+        assert_eq!(gguf, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(super::permute_rows(&gguf, 1, 2, true), hf.to_vec());
     }
 }
