@@ -78,8 +78,18 @@ pub fn new_cache(lm: &LoadedModel, m: &ModelOpts) -> Result<KvCache> {
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    let mut kv = lm.model.new_cache_with(n_ctx, precision(m, &lm.model));
+    let soft = match &m.prompt_adapter {
+        Some(dir) => ferrolm_engine::lora::load_prompt(&lm.model, dir)?,
+        None => Vec::new(),
+    };
+    let n_soft = soft.len() / lm.model.config.hidden;
+    let mut kv = lm
+        .model
+        .new_cache_with(n_ctx + n_soft, precision(m, &lm.model));
     m.long.args().apply(&lm.model, &mut kv)?;
+    if n_soft > 0 {
+        lm.model.prefill_soft(&soft, &mut kv)?;
+    }
     Ok(kv)
 }
 

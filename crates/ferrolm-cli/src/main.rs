@@ -77,6 +77,10 @@ pub struct ModelOpts {
     /// adapter_model.safetensors), optionally with a multiplier: DIR[:SCALE]. Repeatable.
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<ferrolm_engine::lora::AdapterArg>,
+    /// A prompt-tuning or P-tuning adapter in PEFT's format: its virtual tokens go before
+    /// every input.
+    #[arg(long, value_name = "DIR")]
+    pub prompt_adapter: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub long: LongOpts,
 }

@@ -231,6 +231,23 @@ pub fn merge_gguf(lm: &crate::LoadedModel) -> Result<ferrolm_format::GgufWriter>
     Ok(w)
 }
 
+/// The virtual tokens `(N, C)` of a PEFT prompt-tuning or P-tuning adapter
+/// (`prompt_embeddings`), checked against the model's width: `--prompt-adapter DIR`.
+pub fn load_prompt(model: &Model, dir: &std::path::Path) -> Result<Vec<f32>> {
+    let d = HfDir::open_adapter(dir)?;
+    let shown = dir.display();
+    let kind = d.config["peft_type"].as_str().unwrap_or("");
+    if !matches!(kind, "PROMPT_TUNING" | "P_TUNING") {
+        bail!("'{shown}' is a {kind} adapter; --prompt-adapter takes prompt tuning or P-tuning adapters (LoRA goes to --lora)");
+    }
+    let t = d.get("prompt_embeddings")?;
+    let c = model.config.hidden;
+    if t.shape.len() != 2 || t.shape[1] != c {
+        bail!("'{shown}': prompt_embeddings is {:?}, but this model's width is {c}; the adapter was made for another model", t.shape);
+    }
+    Ok(t.to_f32())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

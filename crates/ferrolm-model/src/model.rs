@@ -339,6 +339,28 @@ impl Model {
         Ok(out)
     }
 
+    /// Runs `rows (N, C)` as the next `N` inputs in place of token embeddings (a soft prompt's
+    /// virtual tokens, as PEFT's prompt tuning puts them before the input), filling the cache.
+    pub fn prefill_soft(&self, rows: &[f32], kv: &mut KvCache) -> Result<()> {
+        let c = self.config.hidden;
+        if rows.is_empty() || rows.len() % c != 0 {
+            bail!(
+                "a soft prompt must hold whole rows of {c} values; it has {}",
+                rows.len()
+            );
+        }
+        if self.config.topology != Topology::Decoder || self.main.embed.pos.is_some() {
+            bail!("soft prompts are for decoder-only models without learned positions");
+        }
+        let n = rows.len() / c;
+        let mut probe = Probe {
+            soft: Some(rows.to_vec()),
+            ..Default::default()
+        };
+        let mut out = vec![0f32; n * c];
+        self.hidden_probed(&vec![0; n], kv, &mut out, Some(&mut probe))
+    }
+
     fn hidden_probed(
         &self,
         tokens: &[u32],

@@ -75,6 +75,9 @@ pub struct Probe {
     pub as_decode: bool,
     /// After the pass: `tapped[j]` is the last row of `hidden_states[taps[j]]` (`C` values).
     pub tapped: Vec<Vec<f32>>,
+    /// Input rows `(T, C)` used instead of the tokens' embedding rows (a soft prompt's
+    /// virtual tokens); the stack's embedding scale still applies.
+    pub soft: Option<Vec<f32>>,
 }
 
 /// Embeddings, the blocks, and the final norm of one stack, with its attention biases.
@@ -112,7 +115,20 @@ impl Stack {
         let mut x = std::mem::take(&mut scratch.x);
         let res = (|| {
             let x = sized(&mut x, t * c);
-            scope("embedding").run(|| self.embed.rows_into(ids, types, pos, x))?;
+            match probe.as_ref().and_then(|p| p.soft.as_deref()) {
+                Some(rows) if rows.len() == x.len() => {
+                    x.copy_from_slice(rows);
+                    if let Some(s) = self.embed.scale {
+                        x.iter_mut().for_each(|v| *v *= s);
+                    }
+                }
+                Some(rows) => bail!(
+                    "soft prompt rows hold {} values, the call needs {}",
+                    rows.len(),
+                    x.len()
+                ),
+                None => scope("embedding").run(|| self.embed.rows_into(ids, types, pos, x))?,
+            }
             let mut rope = Vec::new();
             for b in &self.blocks {
                 if let Position::Rope(spec) = &b.plan.position {

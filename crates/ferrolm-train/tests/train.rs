@@ -220,3 +220,51 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
     assert!(e.to_string().contains("another adapter"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A prompt-tuning and a P-tuning adapter, trained, saved as PEFT does and loaded back by
+/// `--prompt-adapter`'s loader: their virtual tokens prefilled before the input give the trained
+/// network's loss.
+#[test]
+fn prompt_adapters_round_trip_to_inference() {
+    let tmp = std::env::temp_dir().join(format!("ferrolm-prompt-{}", std::process::id()));
+    let m = hf();
+    let (tr, ev) = split(data(), 0.1, 3);
+    let mut c = cfg(&tmp);
+    c.steps = Some(30);
+    for hidden in [None, Some(16)] {
+        c.lr = if hidden.is_some() { 3e-3 } else { 2e-2 };
+        let mut ad = Adapter::new_prompt(&m, 4, hidden, 3).unwrap();
+        train(&m, &mut ad, &tr, &ev, &c, |_, _, _, _, _| {}).unwrap();
+        let out = tmp.join(if hidden.is_some() {
+            "ptuning"
+        } else {
+            "prompt"
+        });
+        ferrolm_train::peft::save(&ad, &m, false, "llama", &out).unwrap();
+        let soft = ferrolm_engine::lora::load_prompt(&m, &out).unwrap();
+        let ids: Vec<u32> = (0..12).map(|k| (5 + 3 * k) % 128).collect();
+        let targets: Vec<Option<u32>> = (0..ids.len()).map(|i| ids.get(i + 1).copied()).collect();
+        let (want, n) = ferrolm_train::net::run(&m, &ad, &ids, &targets, 1.0, None, None).unwrap();
+        let mut kv = m.new_cache_with(4 + ids.len(), KvPrecision::F32);
+        m.prefill_soft(&soft, &mut kv).unwrap();
+        let lg: Vec<f32> = m
+            .forward(&ids, &mut kv, Logits::All)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let v = m.config.vocab_size;
+        let got: f64 = (0..n)
+            .map(|i| {
+                let row = &lg[i * v..(i + 1) * v];
+                let mx = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+                let z: f64 = row.iter().map(|&x| (x as f64 - mx).exp()).sum();
+                z.ln() + mx - row[targets[i].unwrap() as usize] as f64
+            })
+            .sum();
+        println!("{hidden:?}: trained loss {want:.5}, at inference {got:.5}");
+        assert!((want - got).abs() < 1e-3 * want.abs().max(1.0));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
