@@ -343,7 +343,7 @@ impl Model {
     /// virtual tokens, as PEFT's prompt tuning puts them before the input), filling the cache.
     pub fn prefill_soft(&self, rows: &[f32], kv: &mut KvCache) -> Result<()> {
         let c = self.config.hidden;
-        if rows.is_empty() || rows.len() % c != 0 {
+        if rows.is_empty() || !rows.len().is_multiple_of(c) {
             bail!(
                 "a soft prompt must hold whole rows of {c} values; it has {}",
                 rows.len()
