@@ -60,6 +60,9 @@ pub fn run(
     depths: &[usize],
     profile: bool,
 ) -> Result<()> {
+    if m.prompt_adapter.is_some() {
+        anyhow::bail!("bench does not apply --prompt-adapter");
+    }
     let lm = open(m)?;
     let model = &lm.model;
     let vocab = model.config.vocab_size as u64;

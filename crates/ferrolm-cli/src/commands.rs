@@ -753,6 +753,9 @@ pub fn export(m: &ModelOpts, merge: bool, out: &std::path::Path) -> Result<()> {
     if m.lora.is_empty() {
         bail!("export --merge needs at least one --lora DIR");
     }
+    if m.prompt_adapter.is_some() {
+        bail!("export --merge folds LoRA adapters; a --prompt-adapter has no weights to fold into");
+    }
     let lm = open(m)?;
     let w = ferrolm_engine::lora::merge_gguf(&lm)?;
     let tmp = out.with_extension("gguf.partial");

@@ -84,6 +84,9 @@ pub struct FinetuneArgs {
 
 pub fn run(a: &FinetuneArgs) -> Result<()> {
     let mut m = a.m.clone();
+    if m.prompt_adapter.is_some() {
+        bail!("finetune does not take --prompt-adapter: it trains a new adapter from the base");
+    }
     match a.method.as_str() {
         "lora" => {}
         "qlora" => {

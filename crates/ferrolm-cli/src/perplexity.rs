@@ -13,6 +13,11 @@ use serde_json::json;
 use std::io::Write;
 
 pub fn run(m: &ModelOpts, file: &std::path::Path) -> Result<()> {
+    if m.prompt_adapter.is_some() {
+        anyhow::bail!(
+            "perplexity does not apply --prompt-adapter yet (logits, generate, chat and eval do)"
+        );
+    }
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read text file '{}'", file.display()))?;
     let lm = open(m)?;
