@@ -427,6 +427,15 @@ impl Ctx<'_> {
     }
 }
 
+/// A dense feed-forward's activation, and whether it is gated.
+fn ffn_kind(spec: Ffn) -> Result<(ferrolm_model::spec::Activation, bool)> {
+    match spec {
+        Ffn::Gated { act } => Ok((act, true)),
+        Ffn::Plain { act } => Ok((act, false)),
+        _ => bail!("mixture-of-experts layers are not covered by fine-tuning yet"),
+    }
+}
+
 fn norm_f(n: &Norm, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     ops::norm_forward(n.spec, n.weight(), n.bias(), x, n.weight().len())
 }
@@ -449,6 +458,8 @@ struct BlockSaved {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The RoPE tables of the call (the backward rotates by their transpose).
+    tables: Vec<f32>,
     att: AttnSaved,
     o_in: Vec<f32>,
     lo: Option<LinSaved>,
@@ -457,6 +468,8 @@ struct BlockSaved {
     x_mid: Vec<f32>,
     n2: (Vec<f32>, Vec<f32>),
     g: Vec<f32>,
+    /// `act(g)` (gated feed-forwards).
+    ag: Vec<f32>,
     lg: Option<LinSaved>,
     u: Vec<f32>,
     lu: Option<LinSaved>,
@@ -541,8 +554,11 @@ pub fn run(
             Some(n) => norm_f(n, &k_pre),
             None => (k_pre.clone(), Vec::new()),
         };
+        let tables = match &b.plan.position {
+            Position::Rope(spec) => ferrolm_model::layers::rope_tables(spec, &pos),
+            _ => Vec::new(),
+        };
         if let Position::Rope(spec) = &b.plan.position {
-            let tables = ferrolm_model::layers::rope_tables(spec, &pos);
             ops::rope(spec, &tables, &mut q, sh.h, sh.d, false);
             ops::rope(spec, &tables, &mut k, sh.hkv, sh.d, false);
         }
@@ -558,24 +574,18 @@ pub fn run(
         let FfnLayer::Dense(ff) = &b.ffn else {
             unreachable!("checked")
         };
-        let (act, gated) = match ff.spec {
-            Ffn::Gated { act } => (act, true),
-            Ffn::Plain { act } => (act, false),
-            _ => bail!("mixture-of-experts layers are not covered by fine-tuning yet"),
-        };
+        let (act, gated) = ffn_kind(ff.spec)?;
         let (g, lg) = match (&ff.gate, gated) {
             (Some(gl), true) => cx.lin_fwd(gl.as_ref(), l, Slot::FfnGate, &n2.0)?,
             _ => (Vec::new(), None),
         };
         let (u, lu) = cx.lin_fwd(ff.up.as_ref(), l, Slot::FfnUp, &n2.0)?;
-        let av: Vec<f32> = if gated {
-            ops::act_forward(act, &g)
-                .iter()
-                .zip(&u)
-                .map(|(a, b)| a * b)
-                .collect()
+        // Gated: act(gate) (kept for the backward) times up; plain: act(up).
+        let (av, ag): (Vec<f32>, Vec<f32>) = if gated {
+            let ag = ops::act_forward(act, &g);
+            (ag.iter().zip(&u).map(|(a, b)| a * b).collect(), ag)
         } else {
-            ops::act_forward(act, &u)
+            (ops::act_forward(act, &u), Vec::new())
         };
         let (f, ld) = cx.lin_fwd(ff.down.as_ref(), l, Slot::FfnDown, &av)?;
         let (f2, rf) = match &b.post_ffn_norm {
@@ -597,6 +607,7 @@ pub fn run(
                 q,
                 k,
                 v,
+                tables,
                 att,
                 o_in,
                 lo,
@@ -605,6 +616,7 @@ pub fn run(
                 x_mid,
                 n2,
                 g,
+                ag,
                 lg,
                 u,
                 lu,
@@ -673,11 +685,7 @@ pub fn run(
         let FfnLayer::Dense(ff) = &b.ffn else {
             unreachable!()
         };
-        let (act, gated) = match ff.spec {
-            Ffn::Gated { act } => (act, true),
-            Ffn::Plain { act } => (act, false),
-            _ => unreachable!(),
-        };
+        let (act, gated) = ffn_kind(ff.spec)?;
         // Feed-forward branch.
         let df = match &b.post_ffn_norm {
             Some(n) => norm_b(n, &s.f, &s.rf, &dx),
@@ -685,7 +693,7 @@ pub fn run(
         };
         let da = cx.lin_bwd(ff.down.as_ref(), l, Slot::FfnDown, &s.a, &s.ld, &df, grads)?;
         let mut dn2 = if gated {
-            let ag = ops::act_forward(act, &s.g);
+            let ag = &s.ag;
             let dg: Vec<f32> = (0..da.len())
                 .map(|j| da[j] * s.u[j] * ops::act_grad(act, s.g[j]))
                 .collect();
@@ -713,9 +721,8 @@ pub fn run(
         let do_in = cx.lin_bwd(a.o.as_ref(), l, Slot::AttnOut, &s.o_in, &s.lo, &do_, grads)?;
         let (mut dq, mut dk, dv) = ops::attn_backward(sh, &s.q, &s.k, &s.v, &s.att, &do_in);
         if let Position::Rope(spec) = &b.plan.position {
-            let tables = ferrolm_model::layers::rope_tables(spec, &pos);
-            ops::rope(spec, &tables, &mut dq, sh.h, sh.d, true);
-            ops::rope(spec, &tables, &mut dk, sh.hkv, sh.d, true);
+            ops::rope(spec, &s.tables, &mut dq, sh.h, sh.d, true);
+            ops::rope(spec, &s.tables, &mut dk, sh.hkv, sh.d, true);
         }
         if let Some(n) = &a.q_norm {
             dq = norm_b(n, &s.q_pre, &s.rq, &dq);

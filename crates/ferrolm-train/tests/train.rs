@@ -7,6 +7,7 @@ use ferrolm_engine::convert::{convert, parse_type};
 use ferrolm_engine::lora::{apply, AdapterArg};
 use ferrolm_format::hf::HfDir;
 use ferrolm_format::GgufFile;
+use ferrolm_model::model::log_softmax_at;
 use ferrolm_model::{KvPrecision, Logits, Model};
 use ferrolm_train::data::Example;
 use ferrolm_train::net::{Adapter, LoraConfig};
@@ -133,12 +134,7 @@ fn lora_learns_is_deterministic_and_round_trips_through_peft_format() {
         let lg = logits(&m2, &ids);
         let v = m2.config.vocab_size;
         let l_loaded: f64 = (0..n)
-            .map(|i| {
-                let row = &lg[i * v..(i + 1) * v];
-                let mx = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-                let z: f64 = row.iter().map(|&x| (x as f64 - mx).exp()).sum();
-                z.ln() + mx - row[targets[i].unwrap() as usize] as f64
-            })
+            .map(|i| -log_softmax_at(&lg[i * v..(i + 1) * v], targets[i].unwrap() as usize))
             .sum();
         println!("{name}: loss of the trained network {l_train:.5}, of the saved adapter loaded back {l_loaded:.5}");
         assert!(
@@ -256,12 +252,7 @@ fn prompt_adapters_round_trip_to_inference() {
             .unwrap();
         let v = m.config.vocab_size;
         let got: f64 = (0..n)
-            .map(|i| {
-                let row = &lg[i * v..(i + 1) * v];
-                let mx = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-                let z: f64 = row.iter().map(|&x| (x as f64 - mx).exp()).sum();
-                z.ln() + mx - row[targets[i].unwrap() as usize] as f64
-            })
+            .map(|i| -log_softmax_at(&lg[i * v..(i + 1) * v], targets[i].unwrap() as usize))
             .sum();
         println!("{hidden:?}: trained loss {want:.5}, at inference {got:.5}");
         assert!((want - got).abs() < 1e-3 * want.abs().max(1.0));
