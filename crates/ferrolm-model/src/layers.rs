@@ -30,6 +30,10 @@ impl Norm {
     pub fn bias(&self) -> Option<&[f32]> {
         self.b.as_deref()
     }
+    /// The scale and bias, mutable (full fine-tuning).
+    pub fn params_mut(&mut self) -> (&mut [f32], Option<&mut [f32]>) {
+        (&mut self.w, self.b.as_deref_mut())
+    }
 
     /// Width of the normalised rows.
     pub fn dim(&self) -> usize {

@@ -35,6 +35,11 @@ pub trait Linear: Send + Sync {
             self.kind()
         )
     }
+    /// The weight `(out, in)` and bias as mutable f32 (full fine-tuning updates them in
+    /// place); `None` for layers not stored as dense f32 (widen them first).
+    fn params_mut(&mut self) -> Option<(&mut [f32], Option<&mut [f32]>)> {
+        None
+    }
     /// `dx (rows, in) += dy (rows, out) · W`: the input gradient through the frozen matrix,
     /// 64 weight rows at a time.
     fn backward_input(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
@@ -325,5 +330,8 @@ impl Linear for F32Linear {
     fn weight_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         out.copy_from_slice(&self.w[r0 * self.in_dim..r1 * self.in_dim]);
         Ok(())
+    }
+    fn params_mut(&mut self) -> Option<(&mut [f32], Option<&mut [f32]>)> {
+        Some((&mut self.w, self.bias.as_deref_mut()))
     }
 }

@@ -169,8 +169,6 @@ impl Model {
         Ok(())
     }
 
-    /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
-    /// run time. Returns how many layers use RoPE.
     /// Widens every projection and the head to dense f32 (`F32Linear`); returns how many.
     /// A quantized base then trains (and runs) at full precision from its stored values.
     pub fn widen_to_f32(&mut self) -> Result<usize> {
@@ -214,6 +212,25 @@ impl Model {
     /// The decoder's blocks (read access, for training).
     pub fn blocks(&self) -> &[crate::block::Block] {
         &self.main.blocks
+    }
+    /// The decoder's blocks, mutable (full fine-tuning updates their weights in place).
+    pub fn blocks_mut(&mut self) -> &mut [crate::block::Block] {
+        &mut self.main.blocks
+    }
+    pub fn token_embedding_mut(&mut self) -> &mut crate::weights::Embedding {
+        &mut self.main.embed.tok
+    }
+    pub fn final_norm_mut(&mut self) -> Option<&mut crate::layers::Norm> {
+        self.main.final_norm.as_mut()
+    }
+    pub fn head_mut(&mut self) -> Option<&mut Box<dyn Linear>> {
+        self.head.as_mut()
+    }
+    /// The head and the token embedding together (one tensor's two copies when tied).
+    pub fn head_and_embedding_mut(
+        &mut self,
+    ) -> (Option<&mut Box<dyn Linear>>, &mut crate::weights::Embedding) {
+        (self.head.as_mut(), &mut self.main.embed.tok)
     }
     /// The decoder's token embedding table and its scale.
     pub fn token_embedding(&self) -> (&crate::weights::Embedding, Option<f32>) {
@@ -267,6 +284,8 @@ impl Model {
         }
     }
 
+    /// Applies `f` to the RoPE spec of every layer (decoder and encoder): a scaling chosen at
+    /// run time. Returns how many layers use RoPE.
     pub fn map_rope(&mut self, mut f: impl FnMut(&mut crate::spec::RopeSpec)) -> usize {
         let mut n = 0;
         let mut each = |p: &mut Position| {

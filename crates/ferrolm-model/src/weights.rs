@@ -11,7 +11,7 @@ use ferrolm_format::{dequantize, GgmlType, GgufFile, TensorInfo};
 use std::sync::Arc;
 
 /// A named place for a weight in the model, independent of any file's naming.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
     TokenEmbd,
     OutputNorm,
@@ -60,7 +60,7 @@ pub enum Slot {
 }
 
 /// Where a weight sits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub slot: Slot,
     pub layer: Option<usize>,
@@ -234,6 +234,21 @@ impl Embedding {
     }
     pub fn add_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         self.rows_op(ids, out, true)
+    }
+    /// The table as mutable dense f32, widened first if it is stored in GGUF blocks (full
+    /// fine-tuning updates its rows in place).
+    pub fn dense_mut(&mut self) -> Result<&mut [f32]> {
+        if let Embedding::Gguf { .. } = self {
+            let (rows, cols) = (self.n_rows(), self.dim());
+            let ids: Vec<u32> = (0..rows as u32).collect();
+            let mut data = vec![0f32; rows * cols];
+            self.rows_into(&ids, &mut data)?;
+            *self = Embedding::Dense { rows, cols, data };
+        }
+        match self {
+            Embedding::Dense { data, .. } => Ok(data),
+            Embedding::Gguf { .. } => unreachable!(),
+        }
     }
     fn rows_op(&self, ids: &[u32], out: &mut [f32], add: bool) -> Result<()> {
         let c = self.dim();

@@ -8,6 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod data;
+pub mod full;
 pub mod net;
 pub mod ops;
 pub mod optim;

@@ -10,7 +10,7 @@ use ferrolm_model::block::Block;
 use ferrolm_model::layers::{FfnLayer, Norm};
 use ferrolm_model::linear::Linear;
 use ferrolm_model::spec::{Ffn, NormPlacement, Position, Residual, Topology};
-use ferrolm_model::weights::Slot;
+use ferrolm_model::weights::{Key, Slot};
 use ferrolm_model::Model;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -78,6 +78,22 @@ pub struct Adapter {
 /// Gradients shaped like an adapter's parameters ([`Adapter::params_mut`]'s order: `A`, `B`
 /// of each LoRA module, then the prompt's tensors).
 pub type Grads = Vec<Vec<f32>>;
+
+/// A tensor of the model (full fine-tuning): its weight key, and whether it is the bias.
+pub type TensorId = (Key, bool);
+/// Gradients of whole tensors.
+pub type TensorGrads = Vec<(TensorId, Vec<f32>)>;
+
+/// Where full fine-tuning's weight gradients go, each as soon as it is complete in the backward
+/// pass: LOMO updates the tensor there and then, AdamW keeps the gradient for its step.
+pub trait WeightSink {
+    /// The gradients of one block's tensors; the backward reads `b` no more, so it may change.
+    fn block(&mut self, b: &mut Block, g: TensorGrads) -> Result<()>;
+    /// Gradients of tensors outside the blocks (the head, the final norm).
+    fn global(&mut self, m: &mut Model, g: TensorGrads) -> Result<()>;
+    /// The token embedding's gradient at the rows `ids` (`g (ids, C)`).
+    fn embedding_rows(&mut self, m: &mut Model, ids: &[u32], g: &[f32]) -> Result<()>;
+}
 
 /// Whether training covers this model; the error names what it does not cover.
 pub fn check_trainable(m: &Model) -> Result<()> {
@@ -203,6 +219,20 @@ impl Adapter {
                 hd,
             ),
         };
+        let mut ad = Adapter::none(m)?;
+        ad.prompt = Some(Prompt {
+            n,
+            c,
+            emb: e,
+            mlp,
+            hidden: hd,
+        });
+        Ok(ad)
+    }
+
+    /// No adapter (full fine-tuning trains the model's own weights).
+    pub fn none(m: &Model) -> Result<Adapter> {
+        check_trainable(m)?;
         Ok(Adapter {
             cfg: LoraConfig {
                 r: 0,
@@ -212,13 +242,7 @@ impl Adapter {
             },
             mods: Vec::new(),
             index: vec![[None; 7]; m.blocks().len()],
-            prompt: Some(Prompt {
-                n,
-                c,
-                emb: e,
-                mlp,
-                hidden: hd,
-            }),
+            prompt: None,
         })
     }
 
@@ -273,9 +297,65 @@ struct LinSaved {
 struct Ctx<'a> {
     ad: &'a Adapter,
     rng: Option<ChaCha8Rng>,
+    /// Full fine-tuning: the weight gradients of the block being run backward.
+    wg: Option<TensorGrads>,
 }
 
 impl Ctx<'_> {
+    /// Adds `g` into the gradient of tensor `id` (full fine-tuning).
+    fn add_grad(&mut self, id: TensorId, g: &[f32]) {
+        let Some(wg) = &mut self.wg else { return };
+        match wg.iter_mut().find(|(k, _)| *k == id) {
+            Some((_, acc)) => acc.iter_mut().zip(g).for_each(|(a, b)| *a += b),
+            None => wg.push((id, g.to_vec())),
+        }
+    }
+
+    /// `dx` of a norm; in full fine-tuning, also its scale's and bias's gradients (under `key`).
+    fn norm_bwd(&mut self, n: &Norm, key: Key, x: &[f32], rstd: &[f32], dy: &[f32]) -> Vec<f32> {
+        if self.wg.is_some() {
+            let c = n.weight().len();
+            let mut dw = vec![0f32; c];
+            let mut db = n.bias().map(|_| vec![0f32; c]);
+            ops::norm_param_grads(n.spec, x, rstd, dy, c, &mut dw, db.as_deref_mut());
+            self.add_grad((key, false), &dw);
+            if let Some(db) = db {
+                self.add_grad((key, true), &db);
+            }
+        }
+        norm_b(n, x, rstd, dy)
+    }
+
+    /// In full fine-tuning, the gradients of `lin`'s weight (`dyᵀ x`) and bias (under `key`).
+    fn lin_param_grads(&mut self, lin: &dyn Linear, key: Key, x: &[f32], dy: &[f32]) -> Result<()> {
+        use ferrolm_model::dense::{mm, View};
+        if self.wg.is_none() {
+            return Ok(());
+        }
+        let (i, o) = (lin.in_dim(), lin.out_dim());
+        let rows = x.len() / i;
+        let mut dw = vec![0f32; o * i];
+        mm(
+            o,
+            rows,
+            i,
+            View::t(dy, o),
+            View::rows(x, i),
+            &mut dw,
+            i,
+            false,
+        );
+        self.add_grad((key, false), &dw);
+        if lin.bias_values()?.is_some() {
+            let mut db = vec![0f32; o];
+            for r in dy.chunks_exact(o) {
+                db.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            self.add_grad((key, true), &db);
+        }
+        Ok(())
+    }
+
     /// `y = x Wᵀ (+ b) + scale · (drop(x) Aᵀ) Bᵀ`.
     fn lin_fwd(
         &mut self,
@@ -344,21 +424,22 @@ impl Ctx<'_> {
     /// `dx` of `lin_fwd`, adding the adapter's gradients into `g`.
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(
-        &self,
+        &mut self,
         lin: &dyn Linear,
         layer: usize,
         s: Slot,
         x: &[f32],
         saved: &Option<LinSaved>,
         dy: &[f32],
-        g: &mut Grads,
+        g: Option<&mut Grads>,
     ) -> Result<Vec<f32>> {
         use ferrolm_model::dense::{mm, View};
         let (i, o) = (lin.in_dim(), lin.out_dim());
         let rows = x.len() / i;
         let mut dx = vec![0f32; rows * i];
         lin.backward_input(dy, &mut dx)?;
-        let (Some(mi), Some(sv)) = (self.ad.module(layer, s), saved) else {
+        self.lin_param_grads(lin, Key::layer(s, layer), x, dy)?;
+        let (Some(mi), Some(sv), Some(g)) = (self.ad.module(layer, s), saved, g) else {
             return Ok(dx);
         };
         let m = &self.ad.mods[mi];
@@ -492,6 +573,22 @@ fn shape(b: &Block, t: usize) -> AttnShape {
     }
 }
 
+/// The model a pass runs on: read-only (adapters), or mutable (full fine-tuning, whose weight
+/// sink updates each block once its backward is done).
+enum MRef<'a> {
+    Shared(&'a Model),
+    Mut(&'a mut Model),
+}
+
+impl MRef<'_> {
+    fn get(&self) -> &Model {
+        match self {
+            MRef::Shared(m) => m,
+            MRef::Mut(m) => m,
+        }
+    }
+}
+
 /// The loss of one sequence: `targets[i]` is the token position `i` should predict (or none).
 /// Returns `(sum of token losses, tokens)`; with `grads`, also backpropagates
 /// `loss_sum / denom` into them. `seed` drives dropout (`None`: no dropout, as at evaluation).
@@ -504,6 +601,43 @@ pub fn run(
     grads: Option<&mut Grads>,
     seed: Option<u64>,
 ) -> Result<(f64, usize)> {
+    pass(MRef::Shared(m), ad, ids, targets, denom, grads, None, seed)
+}
+
+/// Full fine-tuning's pass: like [`run`] with no adapter, every weight's gradient handed to
+/// `sink` as soon as it is complete (block by block, from the last).
+pub fn run_full(
+    m: &mut Model,
+    ids: &[u32],
+    targets: &[Option<u32>],
+    denom: f32,
+    sink: &mut dyn WeightSink,
+) -> Result<(f64, usize)> {
+    let none = Adapter::none(m)?;
+    pass(
+        MRef::Mut(m),
+        &none,
+        ids,
+        targets,
+        denom,
+        None,
+        Some(sink),
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pass(
+    mut mr: MRef,
+    ad: &Adapter,
+    ids: &[u32],
+    targets: &[Option<u32>],
+    denom: f32,
+    grads: Option<&mut Grads>,
+    mut sink: Option<&mut dyn WeightSink>,
+    seed: Option<u64>,
+) -> Result<(f64, usize)> {
+    let m = mr.get();
     let (emb, scale) = m.token_embedding();
     let c = emb.dim();
     // Virtual tokens first (prompt tuning, P-tuning); they predict nothing.
@@ -535,8 +669,9 @@ pub fn run(
     let mut cx = Ctx {
         ad,
         rng: seed.map(ChaCha8Rng::seed_from_u64),
+        wg: None,
     };
-    let backward = grads.is_some();
+    let backward = grads.is_some() || sink.is_some();
     let mut saved: Vec<BlockSaved> = Vec::new();
     for b in m.blocks() {
         let l = b.index;
@@ -658,40 +793,63 @@ pub fn run(
         &tg,
         denom,
     );
-    let Some(grads) = grads else {
+    drop(logits);
+    if !backward {
         return Ok((loss, rows.len()));
-    };
+    }
+    let mut grads = grads;
     if let Some(cp) = cap {
         for (d, &cz) in dl.iter_mut().zip(&capped) {
             let th = cz / cp;
             *d *= 1.0 - th * th;
         }
     }
+    drop(capped);
     let mut dxs = vec![0f32; rows.len() * c];
     head.backward_input(&dl, &mut dxs)?;
+    let final_norm = m.final_norm();
+    let n_blocks = m.blocks().len();
+    // Full fine-tuning: the head's and the final norm's gradients, complete here.
+    if sink.is_some() {
+        cx.wg = Some(Vec::new());
+        cx.lin_param_grads(head, Key::global(Slot::Output), &xs, &dl)?;
+    }
     drop(dl);
     let mut dxf = vec![0f32; t * c];
     for (k, &i) in rows.iter().enumerate() {
         dxf[i * c..(i + 1) * c].copy_from_slice(&dxs[k * c..(k + 1) * c]);
     }
-    let mut dx = match m.final_norm() {
-        Some(n) => norm_b(n, &x, &rf, &dxf),
+    let mut dx = match final_norm {
+        Some(n) => cx.norm_bwd(n, Key::global(Slot::OutputNorm), &x, &rf, &dxf),
         None => dxf,
     };
-    for (b, s) in m.blocks().iter().zip(saved).rev() {
-        let l = b.index;
+    if let (Some(sk), MRef::Mut(mm)) = (sink.as_deref_mut(), &mut mr) {
+        sk.global(mm, cx.wg.replace(Vec::new()).unwrap_or_default())?;
+    }
+    for (l, s) in (0..n_blocks).zip(saved).rev() {
+        let b = &mr.get().blocks()[l];
         let a = &b.attn;
         let sh = shape(b, t);
         let FfnLayer::Dense(ff) = &b.ffn else {
             unreachable!()
         };
         let (act, gated) = ffn_kind(ff.spec)?;
+        let key = |s: Slot| Key::layer(s, l);
         // Feed-forward branch.
         let df = match &b.post_ffn_norm {
-            Some(n) => norm_b(n, &s.f, &s.rf, &dx),
+            Some(n) => cx.norm_bwd(n, key(Slot::PostFfnNorm), &s.f, &s.rf, &dx),
             None => dx.clone(),
         };
-        let da = cx.lin_bwd(ff.down.as_ref(), l, Slot::FfnDown, &s.a, &s.ld, &df, grads)?;
+        let mut gs = grads.as_deref_mut();
+        let da = cx.lin_bwd(
+            ff.down.as_ref(),
+            l,
+            Slot::FfnDown,
+            &s.a,
+            &s.ld,
+            &df,
+            gs.as_deref_mut(),
+        )?;
         let mut dn2 = if gated {
             let ag = &s.ag;
             let dg: Vec<f32> = (0..da.len())
@@ -699,54 +857,118 @@ pub fn run(
                 .collect();
             let du: Vec<f32> = (0..da.len()).map(|j| da[j] * ag[j]).collect();
             let gl = ff.gate.as_deref().unwrap();
-            let mut d1 = cx.lin_bwd(gl, l, Slot::FfnGate, &s.n2.0, &s.lg, &dg, grads)?;
-            let d2 = cx.lin_bwd(ff.up.as_ref(), l, Slot::FfnUp, &s.n2.0, &s.lu, &du, grads)?;
+            let mut d1 =
+                cx.lin_bwd(gl, l, Slot::FfnGate, &s.n2.0, &s.lg, &dg, gs.as_deref_mut())?;
+            let d2 = cx.lin_bwd(
+                ff.up.as_ref(),
+                l,
+                Slot::FfnUp,
+                &s.n2.0,
+                &s.lu,
+                &du,
+                gs.as_deref_mut(),
+            )?;
             d1.iter_mut().zip(&d2).for_each(|(a, b)| *a += b);
             d1
         } else {
             let du: Vec<f32> = (0..da.len())
                 .map(|j| da[j] * ops::act_grad(act, s.u[j]))
                 .collect();
-            cx.lin_bwd(ff.up.as_ref(), l, Slot::FfnUp, &s.n2.0, &s.lu, &du, grads)?
+            cx.lin_bwd(
+                ff.up.as_ref(),
+                l,
+                Slot::FfnUp,
+                &s.n2.0,
+                &s.lu,
+                &du,
+                gs.as_deref_mut(),
+            )?
         };
-        let ffn_norm = b.ffn_norm.as_ref().unwrap_or(&b.attn_norm);
-        let dmid = norm_b(ffn_norm, &s.x_mid, &s.n2.1, &dn2);
+        // A block without its own feed-forward norm shares the attention norm's.
+        let (ffn_norm, fkey) = match &b.ffn_norm {
+            Some(n) => (n, key(Slot::FfnNorm)),
+            None => (&b.attn_norm, key(Slot::AttnNorm)),
+        };
+        let dmid = cx.norm_bwd(ffn_norm, fkey, &s.x_mid, &s.n2.1, &dn2);
         dn2.clear();
         dx.iter_mut().zip(&dmid).for_each(|(a, b)| *a += b);
         // Attention branch.
         let do_ = match &b.post_attn_norm {
-            Some(n) => norm_b(n, &s.o, &s.ro, &dx),
+            Some(n) => cx.norm_bwd(n, key(Slot::PostAttnNorm), &s.o, &s.ro, &dx),
             None => dx.clone(),
         };
-        let do_in = cx.lin_bwd(a.o.as_ref(), l, Slot::AttnOut, &s.o_in, &s.lo, &do_, grads)?;
+        let do_in = cx.lin_bwd(
+            a.o.as_ref(),
+            l,
+            Slot::AttnOut,
+            &s.o_in,
+            &s.lo,
+            &do_,
+            gs.as_deref_mut(),
+        )?;
         let (mut dq, mut dk, dv) = ops::attn_backward(sh, &s.q, &s.k, &s.v, &s.att, &do_in);
         if let Position::Rope(spec) = &b.plan.position {
             ops::rope(spec, &s.tables, &mut dq, sh.h, sh.d, true);
             ops::rope(spec, &s.tables, &mut dk, sh.hkv, sh.d, true);
         }
         if let Some(n) = &a.q_norm {
-            dq = norm_b(n, &s.q_pre, &s.rq, &dq);
+            dq = cx.norm_bwd(n, key(Slot::AttnQNorm), &s.q_pre, &s.rq, &dq);
         }
         if let Some(n) = &a.k_norm {
-            dk = norm_b(n, &s.k_pre, &s.rk, &dk);
+            dk = cx.norm_bwd(n, key(Slot::AttnKNorm), &s.k_pre, &s.rk, &dk);
         }
-        let mut dn1 = cx.lin_bwd(a.q.as_ref(), l, Slot::AttnQ, &s.n1.0, &s.lq, &dq, grads)?;
-        let d2 = cx.lin_bwd(a.k.as_ref(), l, Slot::AttnK, &s.n1.0, &s.lk, &dk, grads)?;
-        let d3 = cx.lin_bwd(a.v.as_ref(), l, Slot::AttnV, &s.n1.0, &s.lv, &dv, grads)?;
+        let mut dn1 = cx.lin_bwd(
+            a.q.as_ref(),
+            l,
+            Slot::AttnQ,
+            &s.n1.0,
+            &s.lq,
+            &dq,
+            gs.as_deref_mut(),
+        )?;
+        let d2 = cx.lin_bwd(
+            a.k.as_ref(),
+            l,
+            Slot::AttnK,
+            &s.n1.0,
+            &s.lk,
+            &dk,
+            gs.as_deref_mut(),
+        )?;
+        let d3 = cx.lin_bwd(
+            a.v.as_ref(),
+            l,
+            Slot::AttnV,
+            &s.n1.0,
+            &s.lv,
+            &dv,
+            gs.as_deref_mut(),
+        )?;
         dn1.iter_mut()
             .zip(d2.iter().zip(&d3))
             .for_each(|(a, (b, c))| *a += b + c);
-        let din = norm_b(&b.attn_norm, &s.x, &s.n1.1, &dn1);
+        let din = cx.norm_bwd(&b.attn_norm, key(Slot::AttnNorm), &s.x, &s.n1.1, &dn1);
         dx.iter_mut().zip(&din).for_each(|(a, b)| *a += b);
-    }
-    if let Some(p) = &ad.prompt {
-        // The input's gradient at the virtual positions (through the embedding scale).
-        let mut dv = dx[..nv * c].to_vec();
-        if let Some(s) = scale {
-            dv.iter_mut().for_each(|v| *v *= s);
+        // This block's weight gradients are complete, and the backward reads it no more.
+        if let (Some(sk), MRef::Mut(mm)) = (sink.as_deref_mut(), &mut mr) {
+            sk.block(
+                &mut mm.blocks_mut()[l],
+                cx.wg.replace(Vec::new()).unwrap_or_default(),
+            )?;
         }
+    }
+    // The embedding's rows (through its scale).
+    if let Some(sc) = scale {
+        dx.iter_mut().for_each(|v| *v *= sc);
+    }
+    if let (Some(sk), MRef::Mut(mm)) = (sink.as_deref_mut(), &mut mr) {
+        sk.embedding_rows(mm, ids, &dx[nv * c..])?;
+    }
+    if let (Some(p), Some(grads)) = (&ad.prompt, grads) {
+        // The input's gradient at the virtual positions.
+        let dv = &dx[..nv * c];
         let base = 2 * ad.mods.len();
-        for (k, gk) in p.backward(&psaved, &dv).into_iter().enumerate() {
+        for (k, gk) in p.backward(&psaved, dv).into_iter().enumerate() {
             grads[base + k]
                 .iter_mut()
                 .zip(&gk)

@@ -68,6 +68,30 @@ pub fn norm_backward(
     dx
 }
 
+/// The gradients of [`norm_forward`]'s scale (into `dw`) and bias (into `db`), accumulated.
+pub fn norm_param_grads(
+    spec: NormSpec,
+    x: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    c: usize,
+    dw: &mut [f32],
+    mut db: Option<&mut [f32]>,
+) {
+    for (i, (xr, dyr)) in x.chunks_exact(c).zip(dy.chunks_exact(c)).enumerate() {
+        let mean = match spec.kind {
+            NormKind::Rms => 0.0,
+            NormKind::Layer => (xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64) as f32,
+        };
+        for j in 0..c {
+            dw[j] += dyr[j] * (xr[j] - mean) * rstd[i];
+        }
+        if let Some(db) = db.as_deref_mut() {
+            db.iter_mut().zip(dyr).for_each(|(a, b)| *a += b);
+        }
+    }
+}
+
 /// RoPE in place on `x (T, heads, D)` with `tables (T, dims)` (cos, sin pairs); `inverse`
 /// applies the transpose (the backward: sines negated).
 pub fn rope(spec: &RopeSpec, tables: &[f32], x: &mut [f32], heads: usize, d: usize, inverse: bool) {
@@ -389,6 +413,23 @@ mod tests {
             );
             println!("{kind:?} norm: max relative error {e:.1e}");
             assert!(e < 2e-3, "{kind:?}: {e}");
+            // The scale's and bias's gradients (full fine-tuning).
+            let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+            norm_param_grads(spec, &x, &rstd, &r, c, &mut dw, Some(&mut db));
+            let ew = check(
+                &w,
+                &dw,
+                |w| dot(&norm_forward(spec, w, Some(&b), &x, c).0, &r),
+                1e-3,
+            );
+            let eb = check(
+                &b,
+                &db,
+                |b| dot(&norm_forward(spec, &w, Some(b), &x, c).0, &r),
+                1e-3,
+            );
+            println!("{kind:?} norm scale / bias: {ew:.1e} / {eb:.1e}");
+            assert!(ew < 2e-3 && eb < 2e-3, "{kind:?}: {ew} {eb}");
         }
     }
 

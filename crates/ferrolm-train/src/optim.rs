@@ -29,12 +29,43 @@ pub fn clip(g: &mut Grads, max: f32) -> f32 {
     n
 }
 
-/// AdamW (decoupled weight decay), PyTorch's defaults.
-pub struct AdamW {
+/// AdamW's hyper-parameters (PyTorch's defaults but the decay).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamHyper {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+}
+
+impl AdamHyper {
+    pub fn new(weight_decay: f32) -> AdamHyper {
+        AdamHyper {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
+    /// The update of one tensor `p` at step `t` (from 1), with its moments `m`, `v`.
+    pub fn update(&self, t: u64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32) {
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(t as i32);
+        let c2 = 1.0 - b2.powi(t as i32);
+        for (k, w) in p.iter_mut().enumerate() {
+            let gk = g[k];
+            m[k] = b1 * m[k] + (1.0 - b1) * gk;
+            v[k] = b2 * v[k] + (1.0 - b2) * gk * gk;
+            let upd = (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps);
+            *w -= lr * (upd + self.weight_decay * *w);
+        }
+    }
+}
+
+/// AdamW (decoupled weight decay) over a list of tensors.
+pub struct AdamW {
+    pub h: AdamHyper,
     pub m: Grads,
     pub v: Grads,
     pub t: u64,
@@ -44,10 +75,7 @@ impl AdamW {
     pub fn new(shape: &Grads, weight_decay: f32) -> AdamW {
         let zeros = || shape.iter().map(|p| vec![0.0; p.len()]).collect();
         AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
+            h: AdamHyper::new(weight_decay),
             m: zeros(),
             v: zeros(),
             t: 0,
@@ -57,18 +85,9 @@ impl AdamW {
     /// One update of `params[i]` (the same shapes as the gradients) at rate `lr`.
     pub fn step(&mut self, params: &mut [&mut [f32]], g: &Grads, lr: f32) {
         self.t += 1;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let c1 = 1.0 - b1.powi(self.t as i32);
-        let c2 = 1.0 - b2.powi(self.t as i32);
         for (i, p) in params.iter_mut().enumerate() {
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for (k, w) in p.iter_mut().enumerate() {
-                let gk = g[i][k];
-                m[k] = b1 * m[k] + (1.0 - b1) * gk;
-                v[k] = b2 * v[k] + (1.0 - b2) * gk * gk;
-                let upd = (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps);
-                *w -= lr * (upd + self.weight_decay * *w);
-            }
+            self.h
+                .update(self.t, p, &g[i], &mut self.m[i], &mut self.v[i], lr);
         }
     }
 }
