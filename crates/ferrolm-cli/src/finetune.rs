@@ -1,4 +1,5 @@
-//! `ferrolm finetune`: LoRA / QLoRA training from the command line.
+//! `ferrolm finetune`: LoRA, QLoRA, prompt tuning, P-tuning and full fine-tuning (AdamW or
+//! LOMO) from the command line.
 
 use crate::perplexity::peak_rss_mib;
 use crate::ModelOpts;
@@ -17,10 +18,16 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// lora (beside a full-precision base: a GGUF base's matrices are widened to f32 at load),
-    /// or qlora (beside a quantized base: a GGUF base as stored; a Hugging Face base quantized
-    /// at load, to q4_k unless --quantize says otherwise).
+    /// qlora (beside a quantized base: a GGUF base as stored; a Hugging Face base quantized
+    /// at load, to q4_k unless --quantize says otherwise), prompt, ptuning, or full (every
+    /// weight, in f32; writes OUT/model.gguf).
     #[arg(long, default_value = "lora")]
     pub method: String,
+    /// Full fine-tuning's optimizer: adamw (the whole gradient and two moments held), or lomo
+    /// (SGD fused into the backward pass: each block updated as soon as its gradient is known;
+    /// one sequence per step).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
     #[arg(long, default_value_t = 16.0)]
@@ -39,11 +46,12 @@ pub struct FinetuneArgs {
     /// Optimizer steps (overrides --epochs).
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f32,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    /// Peak learning rate [default: 2e-4; full with adamw 2e-5; full with lomo 1e-2].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Sequences per micro-batch [default: 4; 1 with lomo].
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
@@ -98,7 +106,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
             }
         }
         "prompt" | "ptuning" => {}
-        "full" => bail!("--method full is not built yet; use lora, qlora, prompt or ptuning"),
+        "full" => {}
         other => bail!("--method '{other}': expected lora, qlora, prompt, ptuning or full"),
     }
     if !(0.0..1.0).contains(&a.dropout) {
@@ -107,7 +115,27 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.eval_split) {
         bail!("--eval-split must be in [0, 1)");
     }
+    let opt: ferrolm_train::full::Optimizer = a.optimizer.parse()?;
+    let full = a.method == "full";
+    let lomo = full && opt == ferrolm_train::full::Optimizer::Lomo;
+    let lr = a.lr.unwrap_or(match (full, lomo) {
+        (true, true) => 1e-2,
+        (true, false) => 2e-5,
+        _ => 2e-4,
+    });
+    let batch = a.batch.unwrap_or(if lomo { 1 } else { 4 });
+    if full && !m.lora.is_empty() {
+        bail!("--method full trains the base's own weights; fold adapters in first (ferrolm export --merge) instead of giving --lora");
+    }
     let mut lm = crate::commands::open(&m)?;
+    if full && lm.file.is_none() {
+        bail!("--method full writes the trained model as GGUF from a GGUF base; convert the Hugging Face model first (ferrolm convert DIR model.gguf --type f32)");
+    }
+    if full {
+        // Every weight trains in f32: the matrices and the embedding table widened.
+        lm.model.widen_to_f32()?;
+        lm.model.token_embedding_mut().dense_mut()?;
+    }
     if a.method == "lora" && lm.file.is_some() {
         // LoRA proper trains beside a full-precision base: a GGUF base's matrices are widened
         // to f32 from their stored values (qlora keeps them in their blocks).
@@ -126,14 +154,15 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         "ptuning" => {
             Adapter::new_prompt(&lm.model, a.virtual_tokens, Some(a.encoder_hidden), a.seed)?
         }
+        "full" => Adapter::none(&lm.model)?,
         _ => Adapter::new(&lm.model, lora.clone(), a.seed)?,
     };
     let cfg = TrainConfig {
         lora,
         epochs: a.epochs,
         steps: a.steps,
-        lr: a.lr,
-        batch: a.batch,
+        lr,
+        batch,
         grad_accum: a.grad_accum,
         eval_split: a.eval_split,
         seed: a.seed,
@@ -141,43 +170,59 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         clip: a.max_grad_norm,
         out: a.out.clone(),
-        save_every: Some(a.save_every),
+        save_every: (!full).then_some(a.save_every),
         resume: a.resume.clone(),
+    };
+    let label = if full {
+        format!("full ({})", a.optimizer)
+    } else {
+        a.method.clone()
     };
     if !m.json {
         eprintln!(
-            "finetune {}: {} ({} trainable parameters), {} training / {} held-out examples",
-            a.method,
+            "finetune {label}: {} ({} trainable parameters), {} training / {} held-out examples",
             lm.name,
-            ad.n_params(),
+            if full {
+                ferrolm_train::full::n_params(&lm.model)
+            } else {
+                ad.n_params()
+            },
             tr.len(),
             ev.len()
         );
     }
     let quiet = m.json;
-    let s = train(
-        &lm.model,
-        &mut ad,
-        &tr,
-        &ev,
-        &cfg,
-        |step, total, loss, lr, tps| {
-            if !quiet {
-                eprint!("\rstep {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tps:.0} tok/s   ");
-            }
-        },
-    )?;
+    let progress = |step: usize, total: usize, loss: f64, lr: f32, tps: f64| {
+        if !quiet {
+            eprint!("\rstep {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tps:.0} tok/s   ");
+        }
+    };
+    let s = if full {
+        ferrolm_train::full::train_full(&mut lm.model, &tr, &ev, &cfg, opt, progress)?
+    } else {
+        train(&lm.model, &mut ad, &tr, &ev, &cfg, progress)?
+    };
     if !quiet {
         eprintln!();
     }
     let peak = peak_rss_mib();
-    ferrolm_train::peft::save(&ad, &lm.model, lm.file.is_some(), &lm.name, &a.out)?;
+    if full {
+        let base = lm.file.clone().expect("checked above");
+        let w = ferrolm_train::full::to_gguf(&mut lm.model, &base)?;
+        std::fs::create_dir_all(&a.out)?;
+        let path = a.out.join("model.gguf");
+        let tmp = path.with_extension("gguf.partial");
+        w.write_file(&tmp)?;
+        std::fs::rename(&tmp, &path)?;
+    } else {
+        ferrolm_train::peft::save(&ad, &lm.model, lm.file.is_some(), &lm.name, &a.out)?;
+    }
     let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     if m.json {
         println!(
             "{}",
             serde_json::json!({
-                "method": a.method, "model": lm.name, "steps": s.steps, "params": s.params,
+                "method": a.method, "optimizer": full.then_some(&a.optimizer), "model": lm.name, "steps": s.steps, "params": s.params,
                 "train_examples": s.train_examples, "eval_examples": s.eval_examples,
                 "losses": s.losses, "eval_loss_before": s.eval_before, "eval_loss_after": s.eval_after,
                 "tokens": s.tokens, "seconds": s.seconds, "tokens_per_s": s.tokens as f64 / s.seconds,
@@ -186,7 +231,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} steps, {} tokens in {:.1} s ({:.0} tok/s), peak RSS {:.0} MiB; held-out loss {} -> {}; adapter in {}",
+            "{} steps, {} tokens in {:.1} s ({:.0} tok/s), peak RSS {:.0} MiB; held-out loss {} -> {}; {} in {}",
             s.steps,
             s.tokens,
             s.seconds,
@@ -194,6 +239,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
             peak,
             fmt(s.eval_before),
             fmt(s.eval_after),
+            if full { "model.gguf" } else { "adapter" },
             a.out.display()
         );
     }

@@ -418,3 +418,80 @@ pub fn train_full(
     s.eval_after = eval_loss(m, &none, eval)?;
     Ok(s)
 }
+
+/// The tensors full fine-tuning trains, as GGUF names them: `name -> (key, bias)`.
+fn gguf_names(n_layers: usize) -> HashMap<String, TensorId> {
+    use ferrolm_model::weights::gguf_key_name;
+    const LAYER: [Slot; 13] = [
+        Slot::AttnNorm,
+        Slot::AttnQ,
+        Slot::AttnK,
+        Slot::AttnV,
+        Slot::AttnOut,
+        Slot::AttnQNorm,
+        Slot::AttnKNorm,
+        Slot::PostAttnNorm,
+        Slot::FfnNorm,
+        Slot::FfnGate,
+        Slot::FfnUp,
+        Slot::FfnDown,
+        Slot::PostFfnNorm,
+    ];
+    let keys = (0..n_layers)
+        .flat_map(|l| LAYER.iter().map(move |&s| Key::layer(s, l)))
+        .chain([Slot::TokenEmbd, Slot::OutputNorm, Slot::Output].map(Key::global));
+    keys.flat_map(|k| {
+        [
+            (gguf_key_name(k, "weight"), (k, false)),
+            (gguf_key_name(k, "bias"), (k, true)),
+        ]
+    })
+    .collect()
+}
+
+/// The fine-tuned model as GGUF: `base`'s metadata and tensors, every trained tensor replaced
+/// by its f32 values (nothing lost to re-quantizing).
+pub fn to_gguf(
+    m: &mut Model,
+    base: &ferrolm_format::GgufFile,
+) -> Result<ferrolm_format::GgufWriter> {
+    use ferrolm_format::{GgmlType, GgufWriter};
+    let h = &base.header;
+    let names = gguf_names(m.blocks().len());
+    let mut w = GgufWriter::new();
+    w.set_version(h.version);
+    for (k, v) in &h.metadata {
+        w.add_meta(k.clone(), v.clone());
+    }
+    let mut written = 0;
+    for t in &h.tensors {
+        match names.get(&t.name) {
+            Some(&id) => {
+                let copies = tensor_mut(m, id)?;
+                let v: &[f32] = &copies[0];
+                if v.len() != t.dims.iter().product::<usize>() {
+                    bail!(
+                        "tensor '{}' has {} values in the model, {:?} in the file",
+                        t.name,
+                        v.len(),
+                        t.dims
+                    );
+                }
+                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                w.add_tensor(t.name.clone(), &t.dims, GgmlType::F32, bytes)?;
+                written += 1;
+            }
+            None if t.name.contains("attn_qkv") => bail!(
+                "'{}' is a fused q/k/v matrix; writing fine-tuned fused matrices is not built yet",
+                t.name
+            ),
+            None => {
+                w.add_tensor(t.name.clone(), &t.dims, t.ty, base.tensor_bytes(t).to_vec())?;
+            }
+        }
+    }
+    if written == 0 {
+        bail!("no tensor of the base file matched a trained tensor");
+    }
+    Ok(w)
+}

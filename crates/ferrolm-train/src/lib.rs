@@ -7,6 +7,7 @@
 // Index loops spell out the per-element formulas of each backward pass.
 #![allow(clippy::needless_range_loop)]
 
+pub mod adapter;
 pub mod data;
 pub mod full;
 pub mod net;
