@@ -394,6 +394,26 @@ impl FfnLayer {
     }
 }
 
+/// A token's routing from its router logits: the softmax over all experts (f32, like the
+/// references), then the top `k` (ties to the lower index) with their weights, renormalised
+/// to sum to 1 with `norm_topk`. Returns `(probabilities, [(expert, weight)])`.
+pub fn route(logits: &[f32], k: usize, norm_topk: bool) -> (Vec<f32>, Vec<(usize, f32)>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    let probs: Vec<f32> = exps.iter().map(|x| x / sum).collect();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let chosen = &order[..k.min(logits.len())];
+    let norm: f32 = if norm_topk {
+        chosen.iter().map(|&j| probs[j]).sum()
+    } else {
+        1.0
+    };
+    let w = chosen.iter().map(|&j| (j, probs[j] / norm)).collect();
+    (probs, w)
+}
+
 impl Moe {
     fn forward_rows(&self, t: usize, s: &mut Scratch) -> Result<()> {
         let c = self.router.in_dim();
@@ -405,20 +425,8 @@ impl Moe {
         // optionally renormalise. `routes[expert]` = (token, weight).
         let mut routes: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (ti, row) in logits.chunks_exact(e).enumerate() {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
-            let sum: f32 = exps.iter().sum();
-            let probs: Vec<f32> = exps.iter().map(|x| x / sum).collect();
-            let mut order: Vec<usize> = (0..e).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-            let chosen = &order[..self.spec.top_k];
-            let norm: f32 = if self.spec.norm_topk {
-                chosen.iter().map(|&j| probs[j]).sum()
-            } else {
-                1.0
-            };
-            for &j in chosen {
-                routes[j].push((ti, probs[j] / norm));
+            for (j, w) in route(row, self.spec.top_k, self.spec.norm_topk).1 {
+                routes[j].push((ti, w));
             }
         }
         let mut out = vec![0f32; t * c];

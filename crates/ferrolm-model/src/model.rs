@@ -192,7 +192,15 @@ impl Model {
                 }
                 let ffns: Vec<&mut crate::layers::FeedForward> = match &mut b.ffn {
                     FfnLayer::Dense(f) => vec![f],
-                    FfnLayer::Moe(m) => m.experts.iter_mut().collect(),
+                    FfnLayer::Moe(m) => {
+                        widen(&mut m.router)?;
+                        let mut v: Vec<_> = m.experts.iter_mut().collect();
+                        if let Some((f, gate)) = &mut m.shared {
+                            widen(gate)?;
+                            v.push(f);
+                        }
+                        v
+                    }
                 };
                 for f in ffns {
                     if let Some(g) = &mut f.gate {

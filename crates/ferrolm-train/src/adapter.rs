@@ -91,27 +91,28 @@ pub fn check_trainable(m: &Model) -> Result<()> {
         if !matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich)
             || b.residual != Residual::Sequential
             || b.cross.is_some()
-            || !matches!(b.ffn, FfnLayer::Dense(_))
             || !matches!(b.plan.position, Position::Rope(_) | Position::None)
         {
-            bail!("fine-tuning covers pre-norm (or sandwich-norm) RoPE blocks with a dense feed-forward; layer {} of this model is built otherwise", b.index);
+            bail!("fine-tuning covers pre-norm (or sandwich-norm) sequential RoPE blocks; layer {} of this model is built otherwise", b.index);
         }
     }
     Ok(())
 }
 
+/// The projection `s` of block `b` (a mixture's experts take no adapter yet).
 fn linear(b: &Block, s: Slot) -> Option<&dyn Linear> {
-    let FfnLayer::Dense(f) = &b.ffn else {
-        return None;
+    let dense = match &b.ffn {
+        FfnLayer::Dense(f) => Some(f),
+        FfnLayer::Moe(_) => None,
     };
     Some(match s {
         Slot::AttnQ => b.attn.q.as_ref(),
         Slot::AttnK => b.attn.k.as_ref(),
         Slot::AttnV => b.attn.v.as_ref(),
         Slot::AttnOut => b.attn.o.as_ref(),
-        Slot::FfnGate => f.gate.as_deref()?,
-        Slot::FfnUp => f.up.as_ref(),
-        Slot::FfnDown => f.down.as_ref(),
+        Slot::FfnGate => dense?.gate.as_deref()?,
+        Slot::FfnUp => dense?.up.as_ref(),
+        Slot::FfnDown => dense?.down.as_ref(),
         _ => return None,
     })
 }

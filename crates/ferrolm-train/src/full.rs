@@ -52,35 +52,62 @@ fn norm_part(n: &mut Norm, bias: bool) -> Option<&mut [f32]> {
 const WIDEN: &str =
     "is not dense f32; full fine-tuning widens the model first (Model::widen_to_f32)";
 
-/// The tensor `slot` (its bias with `bias`) of block `b`, mutable.
-pub fn block_tensor_mut(b: &mut Block, slot: Slot, bias: bool) -> Result<&mut [f32]> {
-    let missing = || anyhow!("layer {} has no {slot:?} tensor", b.index);
+/// The tensor `key` names (its bias with `bias`) in block `b`, mutable.
+pub fn block_tensor_mut(b: &mut Block, key: Key, bias: bool) -> Result<&mut [f32]> {
+    let slot = key.slot;
+    let missing = || anyhow!("layer {} has no {key:?} tensor", b.index);
     let index = b.index;
-    let lin = match slot {
-        Slot::AttnNorm => return norm_part(&mut b.attn_norm, bias).ok_or_else(missing),
+    let norm = match slot {
+        Slot::AttnNorm => Some(&mut b.attn_norm),
         Slot::AttnQNorm => b.attn.q_norm.as_mut(),
         Slot::AttnKNorm => b.attn.k_norm.as_mut(),
         Slot::PostAttnNorm => b.post_attn_norm.as_mut(),
         Slot::FfnNorm => b.ffn_norm.as_mut(),
         Slot::PostFfnNorm => b.post_ffn_norm.as_mut(),
-        _ => {
-            let l = match (slot, &mut b.ffn) {
-                (Slot::AttnQ, _) => &mut b.attn.q,
-                (Slot::AttnK, _) => &mut b.attn.k,
-                (Slot::AttnV, _) => &mut b.attn.v,
-                (Slot::AttnOut, _) => &mut b.attn.o,
-                (Slot::FfnGate, FfnLayer::Dense(f)) => f.gate.as_mut().ok_or_else(missing)?,
-                (Slot::FfnUp, FfnLayer::Dense(f)) => &mut f.up,
-                (Slot::FfnDown, FfnLayer::Dense(f)) => &mut f.down,
-                _ => return Err(missing()),
-            };
-            let (w, bb) = l
-                .params_mut()
-                .ok_or_else(|| anyhow!("layer {index} {slot:?} {WIDEN}"))?;
-            return if bias { bb.ok_or_else(missing) } else { Ok(w) };
-        }
+        _ => None,
     };
-    lin.and_then(|n| norm_part(n, bias)).ok_or_else(missing)
+    if let Some(n) = norm {
+        return norm_part(n, bias).ok_or_else(missing);
+    }
+    let l = match (slot, &mut b.ffn) {
+        (Slot::AttnQ, _) => &mut b.attn.q,
+        (Slot::AttnK, _) => &mut b.attn.k,
+        (Slot::AttnV, _) => &mut b.attn.v,
+        (Slot::AttnOut, _) => &mut b.attn.o,
+        (Slot::FfnGate, FfnLayer::Dense(f)) => f.gate.as_mut().ok_or_else(missing)?,
+        (Slot::FfnUp, FfnLayer::Dense(f)) => &mut f.up,
+        (Slot::FfnDown, FfnLayer::Dense(f)) => &mut f.down,
+        (Slot::FfnRouter, FfnLayer::Moe(m)) => &mut m.router,
+        (Slot::ExpGate | Slot::ExpUp | Slot::ExpDown, FfnLayer::Moe(m)) => {
+            let f = key
+                .expert
+                .and_then(|e| m.experts.get_mut(e))
+                .ok_or_else(missing)?;
+            match slot {
+                Slot::ExpGate => f.gate.as_mut().ok_or_else(missing)?,
+                Slot::ExpUp => &mut f.up,
+                _ => &mut f.down,
+            }
+        }
+        (Slot::ShGate | Slot::ShUp | Slot::ShDown | Slot::ShExpGate, FfnLayer::Moe(m)) => {
+            let (f, gate) = m.shared.as_mut().ok_or_else(missing)?;
+            match slot {
+                Slot::ShGate => f.gate.as_mut().ok_or_else(missing)?,
+                Slot::ShUp => &mut f.up,
+                Slot::ShDown => &mut f.down,
+                _ => gate,
+            }
+        }
+        _ => return Err(missing()),
+    };
+    let (w, bb) = l
+        .params_mut()
+        .ok_or_else(|| anyhow!("layer {index} {slot:?} {WIDEN}"))?;
+    if bias {
+        bb.ok_or_else(missing)
+    } else {
+        Ok(w)
+    }
 }
 
 /// The head's weight and, for a tied head, the embedding: the copies one tensor has.
@@ -123,7 +150,7 @@ pub fn tensor_mut(m: &mut Model, id: TensorId) -> Result<Vec<&mut [f32]>> {
                 .blocks_mut()
                 .get_mut(l)
                 .ok_or_else(|| anyhow!("no layer {l}"))?;
-            Ok(vec![block_tensor_mut(b, id.0.slot, id.1)?])
+            Ok(vec![block_tensor_mut(b, id.0, id.1)?])
         }
         None => global_copies(m, id, tied),
     }
@@ -152,7 +179,7 @@ impl WeightSink for Lomo {
     fn block(&mut self, b: &mut Block, g: TensorGrads) -> Result<()> {
         self.seen(&g);
         for ((k, bias), gv) in &g {
-            sgd(block_tensor_mut(b, k.slot, *bias)?, gv, self.lr);
+            sgd(block_tensor_mut(b, *k, *bias)?, gv, self.lr);
         }
         Ok(())
     }
@@ -225,7 +252,7 @@ impl FullAdam {
             1.0
         };
         let mut ids: Vec<TensorId> = self.grads.keys().copied().collect();
-        ids.sort_by_key(|(k, b)| (k.layer, k.slot as usize, *b));
+        ids.sort_by_key(|(k, b)| (k.layer, k.slot as usize, k.expert, *b));
         for id in ids {
             let g = self.grads.get_mut(&id).unwrap();
             if s != 1.0 {
@@ -308,9 +335,19 @@ pub fn n_params(m: &Model) -> usize {
             {
                 n += norm(x);
             }
-            if let FfnLayer::Dense(f) = &b.ffn {
-                n += f.gate.as_deref().map_or(0, lin) + lin(f.up.as_ref()) + lin(f.down.as_ref());
-            }
+            let dense = |f: &ferrolm_model::layers::FeedForward| {
+                f.gate.as_deref().map_or(0, lin) + lin(f.up.as_ref()) + lin(f.down.as_ref())
+            };
+            n += match &b.ffn {
+                FfnLayer::Dense(f) => dense(f),
+                FfnLayer::Moe(m) => {
+                    lin(m.router.as_ref())
+                        + m.experts.iter().map(dense).sum::<usize>()
+                        + m.shared
+                            .as_ref()
+                            .map_or(0, |(f, g)| dense(f) + lin(g.as_ref()))
+                }
+            };
             n
         })
         .sum();
@@ -456,6 +493,9 @@ pub fn to_gguf(
     base: &ferrolm_format::GgufFile,
 ) -> Result<ferrolm_format::GgufWriter> {
     use ferrolm_format::{GgmlType, GgufWriter};
+    if m.blocks().iter().any(|b| matches!(b.ffn, FfnLayer::Moe(_))) {
+        bail!("writing a fine-tuned mixture of experts as GGUF (its stacked expert tensors) is not built yet");
+    }
     let h = &base.header;
     let names = gguf_names(m.blocks().len());
     let mut w = GgufWriter::new();
@@ -468,7 +508,7 @@ pub fn to_gguf(
         match names.get(&t.name) {
             Some(&id) => {
                 let copies = tensor_mut(m, id)?;
-                let v: &[f32] = &copies[0];
+                let v: &[f32] = copies[0];
                 if v.len() != t.dims.iter().product::<usize>() {
                     bail!(
                         "tensor '{}' has {} values in the model, {:?} in the file",

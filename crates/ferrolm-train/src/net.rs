@@ -7,14 +7,17 @@
 pub use crate::adapter::{
     check_trainable, slot_name, Adapter, Grads, LoraConfig, Module, Prompt, SLOTS,
 };
+mod ffn;
+
 use crate::ops::{self, AttnSaved, AttnShape};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use ferrolm_model::block::Block;
-use ferrolm_model::layers::{FfnLayer, Norm};
+use ferrolm_model::layers::Norm;
 use ferrolm_model::linear::Linear;
-use ferrolm_model::spec::{Ffn, Position};
+use ferrolm_model::spec::Position;
 use ferrolm_model::weights::{Key, Slot};
 use ferrolm_model::Model;
+use ffn::FfnSaved;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -49,6 +52,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The adapter's LoRA module on the projection `key` names (none on experts).
+    fn module(&self, key: Key) -> Option<usize> {
+        match (key.layer, key.expert) {
+            (Some(l), None) => self.ad.module(l, key.slot),
+            _ => None,
+        }
+    }
+
     /// Adds `g` into the gradient of tensor `id` (full fine-tuning).
     fn add_grad(&mut self, id: TensorId, g: &[f32]) {
         let Some(wg) = &mut self.wg else { return };
@@ -107,8 +118,7 @@ impl Ctx<'_> {
     fn lin_fwd(
         &mut self,
         lin: &dyn Linear,
-        layer: usize,
-        s: Slot,
+        key: Key,
         x: &[f32],
     ) -> Result<(Vec<f32>, Option<LinSaved>)> {
         use ferrolm_model::dense::{mm, View};
@@ -116,7 +126,7 @@ impl Ctx<'_> {
         let rows = x.len() / i;
         let mut y = vec![0f32; rows * o];
         lin.forward_slice(x, &mut y)?;
-        let Some(mi) = self.ad.module(layer, s) else {
+        let Some(mi) = self.module(key) else {
             return Ok((y, None));
         };
         let m = &self.ad.mods[mi];
@@ -173,8 +183,7 @@ impl Ctx<'_> {
     fn lin_bwd(
         &mut self,
         lin: &dyn Linear,
-        layer: usize,
-        s: Slot,
+        key: Key,
         x: &[f32],
         saved: &Option<LinSaved>,
         dy: &[f32],
@@ -185,8 +194,8 @@ impl Ctx<'_> {
         let rows = x.len() / i;
         let mut dx = vec![0f32; rows * i];
         lin.backward_input(dy, &mut dx)?;
-        self.lin_param_grads(lin, Key::layer(s, layer), x, dy)?;
-        let (Some(mi), Some(sv), Some(g)) = (self.ad.module(layer, s), saved, g) else {
+        self.lin_param_grads(lin, key, x, dy)?;
+        let (Some(mi), Some(sv), Some(g)) = (self.module(key), saved, g) else {
             return Ok(dx);
         };
         let m = &self.ad.mods[mi];
@@ -255,15 +264,6 @@ impl Ctx<'_> {
     }
 }
 
-/// A dense feed-forward's activation, and whether it is gated.
-fn ffn_kind(spec: Ffn) -> Result<(ferrolm_model::spec::Activation, bool)> {
-    match spec {
-        Ffn::Gated { act } => Ok((act, true)),
-        Ffn::Plain { act } => Ok((act, false)),
-        _ => bail!("mixture-of-experts layers are not covered by fine-tuning yet"),
-    }
-}
-
 fn norm_f(n: &Norm, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     ops::norm_forward(n.spec, n.weight(), n.bias(), x, n.weight().len())
 }
@@ -295,14 +295,7 @@ struct BlockSaved {
     ro: Vec<f32>,
     x_mid: Vec<f32>,
     n2: (Vec<f32>, Vec<f32>),
-    g: Vec<f32>,
-    /// `act(g)` (gated feed-forwards).
-    ag: Vec<f32>,
-    lg: Option<LinSaved>,
-    u: Vec<f32>,
-    lu: Option<LinSaved>,
-    a: Vec<f32>,
-    ld: Option<LinSaved>,
+    ffn: FfnSaved,
     f: Vec<f32>,
     rf: Vec<f32>,
 }
@@ -422,12 +415,13 @@ fn pass(
     let mut saved: Vec<BlockSaved> = Vec::new();
     for b in m.blocks() {
         let l = b.index;
+        let key = |s: Slot| Key::layer(s, l);
         let a = &b.attn;
         let sh = shape(b, t);
         let n1 = norm_f(&b.attn_norm, &x);
-        let (q_pre, lq) = cx.lin_fwd(a.q.as_ref(), l, Slot::AttnQ, &n1.0)?;
-        let (k_pre, lk) = cx.lin_fwd(a.k.as_ref(), l, Slot::AttnK, &n1.0)?;
-        let (v, lv) = cx.lin_fwd(a.v.as_ref(), l, Slot::AttnV, &n1.0)?;
+        let (q_pre, lq) = cx.lin_fwd(a.q.as_ref(), key(Slot::AttnQ), &n1.0)?;
+        let (k_pre, lk) = cx.lin_fwd(a.k.as_ref(), key(Slot::AttnK), &n1.0)?;
+        let (v, lv) = cx.lin_fwd(a.v.as_ref(), key(Slot::AttnV), &n1.0)?;
         let (mut q, rq) = match &a.q_norm {
             Some(n) => norm_f(n, &q_pre),
             None => (q_pre.clone(), Vec::new()),
@@ -445,7 +439,7 @@ fn pass(
             ops::rope(spec, &tables, &mut k, sh.hkv, sh.d, false);
         }
         let (o_in, att) = ops::attn_forward(sh, &q, &k, &v);
-        let (o, lo) = cx.lin_fwd(a.o.as_ref(), l, Slot::AttnOut, &o_in)?;
+        let (o, lo) = cx.lin_fwd(a.o.as_ref(), key(Slot::AttnOut), &o_in)?;
         let (o2, ro) = match &b.post_attn_norm {
             Some(n) => norm_f(n, &o),
             None => (o.clone(), Vec::new()),
@@ -453,23 +447,7 @@ fn pass(
         let x_mid: Vec<f32> = x.iter().zip(&o2).map(|(a, b)| a + b).collect();
         let ffn_norm = b.ffn_norm.as_ref().unwrap_or(&b.attn_norm);
         let n2 = norm_f(ffn_norm, &x_mid);
-        let FfnLayer::Dense(ff) = &b.ffn else {
-            unreachable!("checked")
-        };
-        let (act, gated) = ffn_kind(ff.spec)?;
-        let (g, lg) = match (&ff.gate, gated) {
-            (Some(gl), true) => cx.lin_fwd(gl.as_ref(), l, Slot::FfnGate, &n2.0)?,
-            _ => (Vec::new(), None),
-        };
-        let (u, lu) = cx.lin_fwd(ff.up.as_ref(), l, Slot::FfnUp, &n2.0)?;
-        // Gated: act(gate) (kept for the backward) times up; plain: act(up).
-        let (av, ag): (Vec<f32>, Vec<f32>) = if gated {
-            let ag = ops::act_forward(act, &g);
-            (ag.iter().zip(&u).map(|(a, b)| a * b).collect(), ag)
-        } else {
-            (ops::act_forward(act, &u), Vec::new())
-        };
-        let (f, ld) = cx.lin_fwd(ff.down.as_ref(), l, Slot::FfnDown, &av)?;
+        let (f, ffn) = cx.ffn_fwd(&b.ffn, l, &n2.0)?;
         let (f2, rf) = match &b.post_ffn_norm {
             Some(n) => norm_f(n, &f),
             None => (f.clone(), Vec::new()),
@@ -497,13 +475,7 @@ fn pass(
                 ro,
                 x_mid,
                 n2,
-                g,
-                ag,
-                lg,
-                u,
-                lu,
-                a: av,
-                ld,
+                ffn,
                 f,
                 rf,
             });
@@ -577,10 +549,6 @@ fn pass(
         let b = &mr.get().blocks()[l];
         let a = &b.attn;
         let sh = shape(b, t);
-        let FfnLayer::Dense(ff) = &b.ffn else {
-            unreachable!()
-        };
-        let (act, gated) = ffn_kind(ff.spec)?;
         let key = |s: Slot| Key::layer(s, l);
         // Feed-forward branch.
         let df = match &b.post_ffn_norm {
@@ -588,49 +556,7 @@ fn pass(
             None => dx.clone(),
         };
         let mut gs = grads.as_deref_mut();
-        let da = cx.lin_bwd(
-            ff.down.as_ref(),
-            l,
-            Slot::FfnDown,
-            &s.a,
-            &s.ld,
-            &df,
-            gs.as_deref_mut(),
-        )?;
-        let mut dn2 = if gated {
-            let ag = &s.ag;
-            let dg: Vec<f32> = (0..da.len())
-                .map(|j| da[j] * s.u[j] * ops::act_grad(act, s.g[j]))
-                .collect();
-            let du: Vec<f32> = (0..da.len()).map(|j| da[j] * ag[j]).collect();
-            let gl = ff.gate.as_deref().unwrap();
-            let mut d1 =
-                cx.lin_bwd(gl, l, Slot::FfnGate, &s.n2.0, &s.lg, &dg, gs.as_deref_mut())?;
-            let d2 = cx.lin_bwd(
-                ff.up.as_ref(),
-                l,
-                Slot::FfnUp,
-                &s.n2.0,
-                &s.lu,
-                &du,
-                gs.as_deref_mut(),
-            )?;
-            d1.iter_mut().zip(&d2).for_each(|(a, b)| *a += b);
-            d1
-        } else {
-            let du: Vec<f32> = (0..da.len())
-                .map(|j| da[j] * ops::act_grad(act, s.u[j]))
-                .collect();
-            cx.lin_bwd(
-                ff.up.as_ref(),
-                l,
-                Slot::FfnUp,
-                &s.n2.0,
-                &s.lu,
-                &du,
-                gs.as_deref_mut(),
-            )?
-        };
+        let mut dn2 = cx.ffn_bwd(&b.ffn, l, &s.n2.0, &s.ffn, &df, gs.as_deref_mut())?;
         // A block without its own feed-forward norm shares the attention norm's.
         let (ffn_norm, fkey) = match &b.ffn_norm {
             Some(n) => (n, key(Slot::FfnNorm)),
@@ -646,8 +572,7 @@ fn pass(
         };
         let do_in = cx.lin_bwd(
             a.o.as_ref(),
-            l,
-            Slot::AttnOut,
+            key(Slot::AttnOut),
             &s.o_in,
             &s.lo,
             &do_,
@@ -666,8 +591,7 @@ fn pass(
         }
         let mut dn1 = cx.lin_bwd(
             a.q.as_ref(),
-            l,
-            Slot::AttnQ,
+            key(Slot::AttnQ),
             &s.n1.0,
             &s.lq,
             &dq,
@@ -675,14 +599,13 @@ fn pass(
         )?;
         let d2 = cx.lin_bwd(
             a.k.as_ref(),
-            l,
-            Slot::AttnK,
+            key(Slot::AttnK),
             &s.n1.0,
             &s.lk,
             &dk,
             gs.as_deref_mut(),
         )?;
-        let d3 = cx.lin_bwd(a.v.as_ref(), l, Slot::AttnV, &s.n1.0, &s.lv, &dv, gs)?;
+        let d3 = cx.lin_bwd(a.v.as_ref(), key(Slot::AttnV), &s.n1.0, &s.lv, &dv, gs)?;
         dn1.iter_mut()
             .zip(d2.iter().zip(&d3))
             .for_each(|(a, (b, c))| *a += b + c);

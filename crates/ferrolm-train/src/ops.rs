@@ -92,6 +92,32 @@ pub fn norm_param_grads(
     }
 }
 
+/// The router logits' gradient of one token's routing (`ferrolm_model::layers::route`):
+/// `dw[i]` is the loss's gradient wrt the weight of `chosen[i]`. The choice itself is
+/// piecewise constant, so only the weights carry a gradient: through the renormalisation
+/// (with `norm_topk`) and the softmax over all experts.
+pub fn route_backward(
+    probs: &[f32],
+    chosen: &[(usize, f32)],
+    norm_topk: bool,
+    dw: &[f32],
+) -> Vec<f32> {
+    let mut dp = vec![0f32; probs.len()];
+    if norm_topk {
+        let s: f32 = chosen.iter().map(|&(j, _)| probs[j]).sum();
+        let dot: f32 = chosen.iter().zip(dw).map(|(&(_, w), d)| w * d).sum();
+        for (&(j, _), d) in chosen.iter().zip(dw) {
+            dp[j] = (d - dot) / s;
+        }
+    } else {
+        for (&(j, _), d) in chosen.iter().zip(dw) {
+            dp[j] = *d;
+        }
+    }
+    let dot: f32 = dp.iter().zip(probs).map(|(a, b)| a * b).sum();
+    probs.iter().zip(&dp).map(|(p, d)| p * (d - dot)).collect()
+}
+
 /// RoPE in place on `x (T, heads, D)` with `tables (T, dims)` (cos, sin pairs); `inverse`
 /// applies the transpose (the backward: sines negated).
 pub fn rope(spec: &RopeSpec, tables: &[f32], x: &mut [f32], heads: usize, d: usize, inverse: bool) {
@@ -430,6 +456,37 @@ mod tests {
             );
             println!("{kind:?} norm scale / bias: {ew:.1e} / {eb:.1e}");
             assert!(ew < 2e-3 && eb < 2e-3, "{kind:?}: {ew} {eb}");
+        }
+    }
+
+    #[test]
+    fn moe_routing_backward_matches_finite_differences() {
+        use ferrolm_model::layers::route;
+        for (e, k, norm) in [(8, 2, true), (8, 2, false), (4, 1, false), (6, 3, true)] {
+            let (x, r) = (rand(e, 11 + e as u64), rand(k, 12));
+            let (probs, chosen) = route(&x, k, norm);
+            let dx = route_backward(&probs, &chosen, norm, &r);
+            // The loss Σ r_i w_i with the choice held at x's (small steps do not change it).
+            let f = |x: &[f32]| {
+                let (p, _) = route(x, e, false);
+                let s: f32 = if norm {
+                    chosen.iter().map(|&(j, _)| p[j]).sum()
+                } else {
+                    1.0
+                };
+                chosen
+                    .iter()
+                    .zip(&r)
+                    .map(|(&(j, _), &ri)| (ri * p[j] / s) as f64)
+                    .sum()
+            };
+            let err = check(&x, &dx, f, 1e-3);
+            println!("routing {e} experts top-{k} (renormalised: {norm}): {err:.1e}");
+            assert!(err < 2e-3, "{e} {k} {norm}: {err}");
+            // And the choice: the k largest probabilities.
+            let mut sorted = probs.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert!(chosen.iter().all(|&(j, _)| probs[j] >= sorted[k - 1]));
         }
     }
 
