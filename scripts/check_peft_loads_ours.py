@@ -6,6 +6,9 @@
    the fixture in transformers and its logits are compared with `ferrolm logits --lora`.
 2. The same from the fixture converted to GGUF (`ferrolm convert --type f32`), whose q/k rows
    llama.cpp's layout permutes: the adapter trained on the GGUF base must still load in PEFT.
+3. Prompt tuning and P-tuning adapters (`--method prompt|ptuning`): PEFT loads the virtual
+   tokens (`prompt_embeddings`) and its logits for the real tokens are compared with
+   `ferrolm logits --prompt-adapter`.
 
 Prints the max |logit difference| per case and exits non-zero above 2e-3.
 Needs: torch, transformers, peft; a built `target/release/ferrolm`.
@@ -61,6 +64,20 @@ def main():
         d = max(abs(a - b) for ra, rb in zip(ours, theirs) for a, b in zip(ra, rb))
         moved = max(abs(a - b) for ra, rb in zip(plain, theirs) for a, b in zip(ra, rb))
         print(f"adapter trained on the {name}: max |ferrolm - PEFT| = {d:.2e} (the adapter moves logits by up to {moved:.2f})")
+        worst = max(worst, d)
+    for method in ["prompt", "ptuning"]:
+        out = os.path.join(WORK, method)
+        ferrolm("finetune", "-m", BASE, "--data", data, "--method", method, "--virtual-tokens", "4",
+                "--encoder-hidden", "16", "--steps", "30", "--lr", "3e-2", "--out", out, "--json")
+        ours = json.loads(ferrolm("logits", "-m", BASE, "--prompt-adapter", out, "--ids", ",".join(map(str, IDS)),
+                                  "--all", "--json", "--cache-type", "f32"))["logits"]
+        base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+        peft_model = PeftModel.from_pretrained(base, out).eval()
+        with torch.no_grad():
+            # PEFT's logits include the virtual positions first.
+            theirs = peft_model(input_ids=torch.tensor([IDS])).logits[0].tolist()[-len(IDS):]
+        d = max(abs(a - b) for ra, rb in zip(ours, theirs) for a, b in zip(ra, rb))
+        print(f"{method} adapter: max |ferrolm - PEFT| = {d:.2e} over {len(ours)} positions")
         worst = max(worst, d)
     sys.exit(0 if worst <= 2e-3 else 1)
 
