@@ -18,6 +18,9 @@ use std::path::PathBuf;
 pub struct AdapterArg {
     pub dir: PathBuf,
     pub scale: f32,
+    /// `Some(k)`: the server's per-request adapter number `k` (applied only to the rows of
+    /// requests that name it); `None`: applied to everything.
+    pub route: Option<usize>,
 }
 
 impl std::str::FromStr for AdapterArg {
@@ -32,12 +35,14 @@ impl std::str::FromStr for AdapterArg {
                 return Ok(AdapterArg {
                     dir: dir.into(),
                     scale,
+                    route: None,
                 });
             }
         }
         Ok(AdapterArg {
             dir: s.into(),
             scale: 1.0,
+            route: None,
         })
     }
 }
@@ -145,6 +150,7 @@ pub fn apply(model: &mut Model, from_gguf: bool, arg: &AdapterArg) -> Result<App
                 b: bv,
                 r,
                 scale: scaling * arg.scale,
+                route: arg.route,
             },
         )
         .with_context(|| format!("adapter '{shown}', module '{path}'"))?;

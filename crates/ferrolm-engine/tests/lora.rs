@@ -81,6 +81,7 @@ fn arg(case: &str) -> AdapterArg {
     AdapterArg {
         dir: root().join("fixtures/lora").join(case),
         scale: 1.0,
+        route: None,
     }
 }
 
@@ -113,6 +114,7 @@ fn a_scale_of_zero_is_the_base_model() {
     let base = logits(&m, &ids);
     let a = AdapterArg {
         scale: 0.0,
+        route: None,
         ..arg("llama-all")
     };
     apply(&mut m, false, &a).unwrap();
@@ -131,6 +133,7 @@ fn bad_adapters_are_refused_by_name() {
         let a = AdapterArg {
             dir: dir.to_path_buf(),
             scale: 1.0,
+            route: None,
         };
         format!("{:#}", apply(&mut base_hf(), false, &a).unwrap_err())
     };
@@ -165,6 +168,7 @@ fn bad_adapters_are_refused_by_name() {
     let a = AdapterArg {
         dir: tmp.clone(),
         scale: 1.0,
+        route: None,
     };
     write_adapter(
         &tmp,

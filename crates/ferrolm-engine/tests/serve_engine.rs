@@ -45,6 +45,7 @@ fn job(prompt: Vec<u32>, n: usize) -> Job {
         constraint: None,
         decoding: Default::default(),
         speculative: None,
+        adapter: None,
     }
 }
 

@@ -2,11 +2,56 @@
 //! `y = x Wᵀ (+ b) + Σ scale · (x Aᵀ) Bᵀ`, through the `Linear` extension point (the base layer,
 //! quantized or not, is untouched and shared).
 //!
+//! A bypass may be routed (`LoraPart::route`): it then applies only to the rows a batched step
+//! assigns to its adapter ([`with_row_adapters`]), so requests with different adapters share
+//! one batch (the server's per-request adapters).
+//!
 //! Dimension legend: `rows` input rows, `in`/`out` the base layer's sizes, `r` the rank.
 
 use crate::linear::Linear;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
+use std::cell::RefCell;
+
+/// Which rows routed bypasses apply to, on this thread.
+#[derive(Clone)]
+enum Routing {
+    /// A batched step: `(rows, adapter)` runs in row order.
+    Runs(Vec<(usize, Option<usize>)>),
+    /// One sequence's work: every row, one adapter.
+    All(usize),
+}
+
+thread_local! {
+    static ROUTING: RefCell<Option<Routing>> = const { RefCell::new(None) };
+}
+
+fn with_routing<T>(r: Routing, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ROUTING.with(|r| *r.borrow_mut() = None);
+        }
+    }
+    ROUTING.with(|x| *x.borrow_mut() = Some(r));
+    let _reset = Reset;
+    f()
+}
+
+/// Runs `f` (a batched forward pass on this thread) with its rows assigned to routed
+/// adapters: `runs[i] = (rows, adapter)`, in row order (`None`: the base alone). Outside such
+/// a call a routed bypass applies to no row.
+pub fn with_row_adapters<T>(runs: Vec<(usize, Option<usize>)>, f: impl FnOnce() -> T) -> T {
+    with_routing(Routing::Runs(runs), f)
+}
+
+/// Runs `f` (one sequence's work on this thread) with routed adapter `adapter` on every row.
+pub fn with_adapter<T>(adapter: Option<usize>, f: impl FnOnce() -> T) -> T {
+    match adapter {
+        Some(k) => with_routing(Routing::All(k), f),
+        None => f(),
+    }
+}
 
 /// One adapter's bypass on one layer: `A (r, in)`, `B (out, r)`, both row-major f32.
 #[derive(Clone, Debug)]
@@ -15,6 +60,9 @@ pub struct LoraPart {
     pub b: Vec<f32>,
     pub r: usize,
     pub scale: f32,
+    /// `Some(k)`: applies only to rows routed to adapter `k` ([`with_row_adapters`]); `None`:
+    /// to every row.
+    pub route: Option<usize>,
 }
 
 /// A base layer plus the bypasses of every adapter applied to it.
@@ -41,28 +89,59 @@ impl LoraLinear {
     }
 
     /// `y += scale (x Aᵀ) Bᵀ` for each part: the slow, obvious product (rank is small).
-    fn add_bypass(&self, x: &[f32], y: &mut [f32]) {
+    /// `y += scale (x Aᵀ) Bᵀ` of part `p` on all of `x`'s rows.
+    fn bypass(&self, p: &LoraPart, x: &[f32], y: &mut [f32]) {
+        let (i, o) = (self.base.in_dim(), self.base.out_dim());
+        let rows = x.len() / i;
+        let mut t = vec![0f32; rows * p.r];
+        for (row, tr) in t.chunks_exact_mut(p.r).enumerate() {
+            let xr = &x[row * i..(row + 1) * i];
+            for (j, tj) in tr.iter_mut().enumerate() {
+                *tj =
+                    ferrolm_kernels::numerics::dot_batched(xr, &p.a[j * i..(j + 1) * i]) * p.scale;
+            }
+        }
+        ferrolm_kernels::pool::par_rows(y, o, |r0, run| {
+            for (k, yr) in run.chunks_exact_mut(o).enumerate() {
+                let tr = &t[(r0 + k) * p.r..(r0 + k + 1) * p.r];
+                for (out, yv) in yr.iter_mut().enumerate() {
+                    let br = &p.b[out * p.r..(out + 1) * p.r];
+                    *yv += br.iter().zip(tr).map(|(b, t)| b * t).sum::<f32>();
+                }
+            }
+        });
+    }
+
+    fn add_bypass(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         let (i, o) = (self.base.in_dim(), self.base.out_dim());
         let rows = x.len() / i;
         for p in &self.parts {
-            let mut t = vec![0f32; rows * p.r];
-            for (row, tr) in t.chunks_exact_mut(p.r).enumerate() {
-                let xr = &x[row * i..(row + 1) * i];
-                for (j, tj) in tr.iter_mut().enumerate() {
-                    *tj = ferrolm_kernels::numerics::dot_batched(xr, &p.a[j * i..(j + 1) * i])
-                        * p.scale;
-                }
-            }
-            ferrolm_kernels::pool::par_rows(y, o, |r0, run| {
-                for (k, yr) in run.chunks_exact_mut(o).enumerate() {
-                    let tr = &t[(r0 + k) * p.r..(r0 + k + 1) * p.r];
-                    for (out, yv) in yr.iter_mut().enumerate() {
-                        let br = &p.b[out * p.r..(out + 1) * p.r];
-                        *yv += br.iter().zip(tr).map(|(b, t)| b * t).sum::<f32>();
+            let Some(k) = p.route else {
+                self.bypass(p, x, y);
+                continue;
+            };
+            let runs = match ROUTING.with(|r| r.borrow().clone()) {
+                None => continue,
+                Some(Routing::All(a)) => {
+                    if a == k {
+                        self.bypass(p, x, y);
                     }
+                    continue;
                 }
-            });
+                Some(Routing::Runs(runs)) => runs,
+            };
+            if runs.iter().map(|r| r.0).sum::<usize>() != rows {
+                bail!("internal: a step's adapter rows do not cover the {rows} rows of a routed LoRA layer");
+            }
+            let mut r0 = 0;
+            for (n, a) in runs {
+                if a == Some(k) {
+                    self.bypass(p, &x[r0 * i..(r0 + n) * i], &mut y[r0 * o..(r0 + n) * o]);
+                }
+                r0 += n;
+            }
         }
+        Ok(())
     }
 }
 
@@ -81,8 +160,7 @@ impl Linear for LoraLinear {
     }
     fn forward_slice(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         self.base.forward_slice(x, y)?;
-        self.add_bypass(x, y);
-        Ok(())
+        self.add_bypass(x, y)
     }
     fn bias_values(&self) -> Result<Option<Vec<f32>>> {
         self.base.bias_values()
@@ -92,7 +170,7 @@ impl Linear for LoraLinear {
         use crate::dense::{mm, View};
         self.base.weight_rows(r0, r1, out)?;
         let i = self.in_dim();
-        for p in &self.parts {
+        for p in self.parts.iter().filter(|p| p.route.is_none()) {
             let b: Vec<f32> = p.b[r0 * p.r..r1 * p.r]
                 .iter()
                 .map(|x| x * p.scale)
@@ -115,7 +193,7 @@ impl Linear for LoraLinear {
         self.base.backward_input(dy, dx)?;
         let (i, o) = (self.in_dim(), self.out_dim());
         let rows = dy.len() / o;
-        for p in &self.parts {
+        for p in self.parts.iter().filter(|p| p.route.is_none()) {
             // dx += scale (dy B) A
             let mut t = vec![0f32; rows * p.r];
             mm(
@@ -204,6 +282,7 @@ mod tests {
                 a: vec![1., 2.],
                 b: vec![1., -1.],
                 r: 1,
+                route: None,
                 scale: 0.5,
             },
         )

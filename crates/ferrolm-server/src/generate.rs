@@ -41,8 +41,9 @@ pub async fn chat(
     let start = Instant::now();
     let run = async {
         let req: ChatRequest = parse(&body_bytes(body)?)?;
-        let model = state.model(&req.model)?;
-        let plan = chat_plan(&req, model.vocab_size())?;
+        let (model, adapter) = state.resolve(&req.model)?;
+        let mut plan = chat_plan(&req, model.vocab_size())?;
+        plan.adapter = adapter;
         let messages = chat_messages(&req.messages)?;
         let prompt = model
             .lm
@@ -70,8 +71,9 @@ pub async fn completions(
     let start = Instant::now();
     let run = async {
         let req: CompletionRequest = parse(&body_bytes(body)?)?;
-        let model = state.model(&req.model)?;
-        let plan = completion_plan(&req, model.vocab_size())?;
+        let (model, adapter) = state.resolve(&req.model)?;
+        let mut plan = completion_plan(&req, model.vocab_size())?;
+        plan.adapter = adapter;
         let prompts = completion_prompts(&model, &req.prompt)?;
         let echo = req.echo.unwrap_or(false).then(|| {
             let tok = model.lm.tokenizer.as_ref();
@@ -284,6 +286,7 @@ impl Run {
                     constraint: constraint.clone(),
                     decoding: run.plan.decoding.clone(),
                     speculative: run.plan.speculative.clone(),
+                    adapter: run.plan.adapter,
                 };
                 let tx = tx.clone();
                 let sink = Box::new(move |ev| tx.send((i, ev)).is_ok());

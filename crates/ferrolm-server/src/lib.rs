@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Hugging Face models: quantize the matrices at load (q8_0, q4_k, ...).
     #[arg(long)]
     pub quantize: Option<String>,
+    /// A PEFT LoRA adapter served per request (repeatable): requests whose `model` is NAME run
+    /// on the first model with the adapter; requests with different adapters (or none) share
+    /// the batch.
+    #[arg(long = "lora", value_name = "NAME=DIR[:SCALE]")]
+    pub lora: Vec<String>,
 }
 
 /// Counts every answer by route and status (`ferrolm_http_requests_total`).
@@ -206,12 +211,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // The address first: a taken port fails before minutes of loading.
     let listener = bind(&args.host, args.port)?;
     let mut models = Vec::new();
-    for name in &args.models {
-        let lm = Arc::new(ferrolm_engine::load_with(
-            name,
-            false,
-            args.quantize.as_deref(),
-        )?);
+    let mut adapters = Vec::new();
+    for (mi, name) in args.models.iter().enumerate() {
+        let mut lm = ferrolm_engine::load_with(name, false, args.quantize.as_deref())?;
+        if mi == 0 {
+            for (k, spec) in args.lora.iter().enumerate() {
+                let (id, dir) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--lora '{spec}': expected NAME=DIR[:SCALE]"))?;
+                let mut a: ferrolm_engine::lora::AdapterArg = dir.parse()?;
+                a.route = Some(k);
+                let from_gguf = lm.file.is_some();
+                let applied = ferrolm_engine::lora::apply(&mut lm.model, from_gguf, &a)
+                    .with_context(|| format!("--lora '{spec}'"))?;
+                eprintln!(
+                    "ferrolm: adapter '{id}' on '{}' ({} layers, rank {})",
+                    lm.name, applied.layers, applied.rank
+                );
+                adapters.push((id.to_string(), 0, k));
+            }
+        }
+        let lm = Arc::new(lm);
         let cfg = state::engine_config(&lm, args)?;
         eprintln!(
             "ferrolm: '{}' ({}), context {}, {} KV blocks of {} positions, up to {} running, overflow {:?}",
@@ -239,7 +259,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let limits = Limits {
         request_timeout: Duration::from_secs(args.timeout),
     };
-    let state = Arc::new(AppState::new(models, limits)?);
+    let mut state = AppState::new(models, limits)?;
+    for (id, _, _) in &adapters {
+        if state.models.iter().any(|m| &m.id == id)
+            || adapters.iter().filter(|a| &a.0 == id).count() > 1
+        {
+            bail!("--lora: the name '{id}' is taken; give each adapter a name of its own");
+        }
+    }
+    state.adapters = adapters;
+    let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

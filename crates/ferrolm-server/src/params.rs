@@ -37,6 +37,8 @@ pub struct GenPlan {
     /// Extensions: contrastive search / DoLa, speculative decoding.
     pub decoding: Decoding,
     pub speculative: Option<Speculative>,
+    /// The per-request LoRA adapter the request's `model` names (set once it is resolved).
+    pub adapter: Option<usize>,
 }
 
 /// The extension fields `decoding` (`sample`, `contrastive` with `penalty_alpha` and `top_k`,
@@ -263,6 +265,7 @@ pub fn plan(
         grammar: None,
         decoding,
         speculative,
+        adapter: None,
     })
 }
 

@@ -27,7 +27,15 @@ fn model_object(m: &crate::state::ModelEntry) -> ModelObject {
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
-        data: state.models.iter().map(|m| model_object(m)).collect(),
+        data: state
+            .models
+            .iter()
+            .map(|m| model_object(m))
+            .chain(state.adapters.iter().map(|(name, i, _)| ModelObject {
+                id: name.clone(),
+                ..model_object(&state.models[*i])
+            }))
+            .collect(),
     })
 }
 
@@ -35,8 +43,11 @@ pub async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelObject>> {
-    let m = state.model(&id)?;
-    Ok(Json(model_object(&m)))
+    let (m, _) = state.resolve(&id)?;
+    Ok(Json(ModelObject {
+        id,
+        ..model_object(&m)
+    }))
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {

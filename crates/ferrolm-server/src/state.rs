@@ -48,6 +48,9 @@ impl Default for Limits {
 
 pub struct AppState {
     pub models: Vec<Arc<ModelEntry>>,
+    /// Per-request LoRA adapters: `(name, index into models, route)`; a request naming one runs
+    /// on that model with the adapter (`AdapterArg::route`).
+    pub adapters: Vec<(String, usize, usize)>,
     pub limits: Limits,
     pub metrics: HttpMetrics,
     pub shutting_down: AtomicBool,
@@ -82,6 +85,7 @@ impl AppState {
         }
         Ok(AppState {
             models: entries,
+            adapters: Vec::new(),
             limits,
             metrics: HttpMetrics::default(),
             shutting_down: AtomicBool::new(false),
@@ -91,14 +95,24 @@ impl AppState {
 
     /// The model a request names (404 `model_not_found` otherwise).
     pub fn model(&self, id: &str) -> ApiResult<Arc<ModelEntry>> {
-        self.models
+        self.resolve(id).map(|(m, _)| m)
+    }
+
+    /// The model a request names, and the per-request adapter when the name is an adapter's.
+    pub fn resolve(&self, id: &str) -> ApiResult<(Arc<ModelEntry>, Option<usize>)> {
+        if let Some(m) = self.models.iter().find(|m| m.id == id) {
+            return Ok((m.clone(), None));
+        }
+        if let Some((_, i, k)) = self.adapters.iter().find(|a| a.0 == id) {
+            return Ok((self.models[*i].clone(), Some(*k)));
+        }
+        let ids: Vec<String> = self
+            .models
             .iter()
-            .find(|m| m.id == id)
-            .cloned()
-            .ok_or_else(|| {
-                let ids: Vec<String> = self.models.iter().map(|m| m.id.clone()).collect();
-                ApiError::model_not_found(id, &ids)
-            })
+            .map(|m| m.id.clone())
+            .chain(self.adapters.iter().map(|a| a.0.clone()))
+            .collect();
+        Err(ApiError::model_not_found(id, &ids))
     }
 
     /// A response id such as `chatcmpl-1f3a...`, unique within this process.

@@ -128,6 +128,7 @@ fn lora_learns_is_deterministic_and_round_trips_through_peft_format() {
             &AdapterArg {
                 dir: out.clone(),
                 scale: 1.0,
+                route: None,
             },
         )
         .unwrap();
@@ -149,6 +150,7 @@ fn lora_learns_is_deterministic_and_round_trips_through_peft_format() {
             &AdapterArg {
                 dir: out,
                 scale: 1.0,
+                route: None,
             },
         )
         .unwrap();

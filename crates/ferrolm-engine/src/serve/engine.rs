@@ -192,7 +192,8 @@ impl Engine {
                     if let Some(sinks) = stream {
                         kv.set_long(crate::longctx::streaming(sinks, n_ctx))?;
                     }
-                    crate::generate_tokens(&lm, &mut kv, &req, &cancel, &mut |tok, text| {
+                    let adapter = job.adapter;
+                    ferrolm_model::lora::with_adapter(adapter, || crate::generate_tokens(&lm, &mut kv, &req, &cancel, &mut |tok, text| {
                         if deadline.is_some_and(|d| Instant::now() > d) {
                             timed_out = true;
                             return false;
@@ -208,7 +209,7 @@ impl Engine {
                         });
                         gone |= !ok;
                         ok
-                    })
+                    }))
                 }));
                 let finish = match &res {
                     _ if timed_out => Some(Finish::Timeout),

@@ -120,6 +120,9 @@ pub struct Job {
     /// a thread of their own, through [`crate::generate_tokens`].
     pub decoding: crate::Decoding,
     pub speculative: Option<crate::Speculative>,
+    /// The per-request LoRA adapter (`AdapterArg::route`) this job runs with; jobs with
+    /// different adapters share a batch.
+    pub adapter: Option<usize>,
 }
 
 impl Job {

@@ -255,7 +255,13 @@ impl Worker {
             chain.accept(t);
         }
         let hashes = if self.prefix_cache {
+            // Blocks computed under an adapter hold its keys and values: another adapter's
+            // requests must not reuse them.
+            let salt = job.adapter.map_or(0, |k| k as u64 + 1);
             block_hashes(&job.prompt, self.cfg.block_size)
+                .into_iter()
+                .map(|h| h ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect()
         } else {
             Vec::new()
         };
@@ -357,12 +363,17 @@ impl Worker {
         let rows = {
             let mut want = plan.iter().peekable();
             let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(plan.len());
+            let mut runs = Vec::with_capacity(plan.len());
             for (i, s) in self.running.iter_mut().enumerate() {
                 if let Some(&(_, n)) = want.next_if(|p| p.0 == i) {
                     batch.push((&s.tokens[s.fed..s.fed + n], &mut s.kv));
+                    runs.push((n, s.job.adapter));
                 }
             }
-            self.lm.model.forward_batch(&mut batch, &mut self.scratch)?
+            let (model, scratch) = (&self.lm.model, &mut self.scratch);
+            ferrolm_model::lora::with_row_adapters(runs, || {
+                model.forward_batch(&mut batch, scratch)
+            })?
         };
         for (&(i, n), logits) in plan.iter().zip(rows) {
             self.running[i].fed += n;
