@@ -181,6 +181,8 @@ enum Step {
 struct Run {
     state: Arc<AppState>,
     model: Arc<ModelEntry>,
+    /// The name responses carry: the model's id, or the per-request adapter's name.
+    name: String,
     kind: Kind,
     plan: GenPlan,
     start: Instant,
@@ -252,9 +254,14 @@ impl Run {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let name = plan
+            .adapter
+            .and_then(|k| state.adapters.iter().find(|a| a.2 == k))
+            .map_or_else(|| model.id.clone(), |a| a.0.clone());
         let mut run = Run {
             state: state.clone(),
             model,
+            name,
             kind,
             start,
             id: state.response_id(prefix),
@@ -407,7 +414,7 @@ impl Run {
                 id: self.id.clone(),
                 object: "chat.completion",
                 created: self.created,
-                model: self.model.id.clone(),
+                model: self.name.clone(),
                 choices: self
                     .choices
                     .iter()
@@ -431,7 +438,7 @@ impl Run {
                 id: self.id.clone(),
                 object: "text_completion",
                 created: self.created,
-                model: self.model.id.clone(),
+                model: self.name.clone(),
                 choices: self
                     .choices
                     .iter()
@@ -473,7 +480,7 @@ impl Run {
                 id: self.id.clone(),
                 object: "chat.completion.chunk",
                 created: self.created,
-                model: self.model.id.clone(),
+                model: self.name.clone(),
                 choices: vec![ChunkChoice {
                     index: i,
                     delta: Delta {
@@ -495,7 +502,7 @@ impl Run {
                     id: self.id.clone(),
                     object: "text_completion",
                     created: self.created,
-                    model: self.model.id.clone(),
+                    model: self.name.clone(),
                     choices: vec![CompletionChoice {
                         index: i,
                         text,
@@ -518,7 +525,7 @@ impl Run {
                     id: self.id.clone(),
                     object: "chat.completion.chunk",
                     created: self.created,
-                    model: self.model.id.clone(),
+                    model: self.name.clone(),
                     choices: vec![ChunkChoice {
                         index: i,
                         delta: Delta {
@@ -572,7 +579,7 @@ impl Run {
                             id: self.id.clone(),
                             object: "chat.completion.chunk",
                             created: self.created,
-                            model: self.model.id.clone(),
+                            model: self.name.clone(),
                             choices: vec![],
                             usage,
                             system_fingerprint: None,
@@ -581,7 +588,7 @@ impl Run {
                             id: self.id.clone(),
                             object: "text_completion",
                             created: self.created,
-                            model: self.model.id.clone(),
+                            model: self.name.clone(),
                             choices: vec![],
                             usage,
                             system_fingerprint: None,
