@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Loss curves of `ferrolm finetune --json` summaries as one SVG (no plotting library needed).
 
-Usage: scripts/plot_finetune.py OUT.svg NAME=SUMMARY.json [NAME=SUMMARY.json ...]
-Each curve is the training loss per optimizer step (log scale), smoothed over 5 steps.
+Usage: scripts/plot_finetune.py OUT.svg NAME=SUMMARY.json[:SEQS_PER_STEP] [...]
+Each curve is the training loss against the training sequences seen (log scale), smoothed over
+40 sequences. Sequences per step come from the summary's `sequences_per_step`, or the `:N`
+suffix (default 8).
 """
 import json
 import math
 import sys
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 W, H, L, R, T, B = 720, 400, 70, 170, 30, 50
 
 
@@ -17,12 +19,17 @@ def main():
     curves = []
     for spec in specs:
         name, path = spec.split("=", 1)
+        per = None
+        if ":" in path:
+            path, per = path.rsplit(":", 1)
         d = json.load(open(path))
+        per = int(per or d.get("sequences_per_step", 8))
         pts = d["losses"]
+        k = max(1, round(40 / per))
         sm = []
         for i in range(len(pts)):
-            win = [p[1] for p in pts[max(0, i - 4):i + 1]]
-            sm.append((pts[i][0], sum(win) / len(win)))
+            win = [p[1] for p in pts[max(0, i - k + 1):i + 1]]
+            sm.append((pts[i][0] * per, sum(win) / len(win)))
         curves.append((name, sm))
     xmax = max(p[0] for _, c in curves for p in c)
     ys = [max(p[1], 1e-4) for _, c in curves for p in c]
@@ -40,8 +47,8 @@ def main():
         s.append(f'<text x="{px(x):.1f}" y="{H - B + 18}" text-anchor="middle">{x:.0f}</text>')
     s.append(f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>')
     s.append(f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>')
-    s.append(f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">optimizer step</text>')
-    s.append(f'<text x="16" y="{(T + H - B) / 2}" transform="rotate(-90 16 {(T + H - B) / 2})" text-anchor="middle">training loss (5-step mean)</text>')
+    s.append(f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">training sequences seen</text>')
+    s.append(f'<text x="16" y="{(T + H - B) / 2}" transform="rotate(-90 16 {(T + H - B) / 2})" text-anchor="middle">training loss (mean over 40 sequences)</text>')
     for i, (name, c) in enumerate(curves):
         col = COLORS[i % len(COLORS)]
         pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in c)

@@ -225,7 +225,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
                 "method": a.method, "optimizer": full.then_some(&a.optimizer), "model": lm.name, "steps": s.steps, "params": s.params,
                 "train_examples": s.train_examples, "eval_examples": s.eval_examples,
                 "losses": s.losses, "eval_loss_before": s.eval_before, "eval_loss_after": s.eval_after,
-                "tokens": s.tokens, "seconds": s.seconds, "tokens_per_s": s.tokens as f64 / s.seconds,
+                "sequences_per_step": batch * a.grad_accum, "tokens": s.tokens, "seconds": s.seconds, "tokens_per_s": s.tokens as f64 / s.seconds,
                 "peak_rss_mib": peak, "out": a.out,
             })
         );

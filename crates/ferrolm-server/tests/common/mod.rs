@@ -55,7 +55,18 @@ pub struct Server {
 
 impl Server {
     pub fn start(models: Vec<(Arc<LoadedModel>, ServeConfig)>, grace: Duration) -> Server {
-        let state = Arc::new(AppState::new(models, Limits::default()).unwrap());
+        Server::start_with(models, Vec::new(), grace)
+    }
+
+    /// With per-request adapters `(name, model index, route)` (`AppState::adapters`).
+    pub fn start_with(
+        models: Vec<(Arc<LoadedModel>, ServeConfig)>,
+        adapters: Vec<(String, usize, usize)>,
+        grace: Duration,
+    ) -> Server {
+        let mut state = AppState::new(models, Limits::default()).unwrap();
+        state.adapters = adapters;
+        let state = Arc::new(state);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
