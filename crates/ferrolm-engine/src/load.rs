@@ -68,10 +68,35 @@ impl LoadedModel {
     /// tokenized with special tokens parsed; BOS added unless the template wrote it.
     pub fn chat_prompt(&self, messages: &[ferrolm_tokenize::ChatMessage]) -> Result<Vec<u32>> {
         let text = self.template.render(messages, true)?;
+        self.encode_rendered(&text)
+    }
+
+    /// [`chat_prompt`](Self::chat_prompt) for messages in OpenAI's JSON shape (tool calls and
+    /// tool results) with the `tools` the template describes to the model.
+    pub fn chat_prompt_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        let text = self.template.render_json(messages, tools, true)?;
+        self.encode_rendered(&text)
+    }
+
+    /// Replaces the chat template (`--chat-template FILE`).
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        let (t, _) = template(Some(source.to_string()), self.tokenizer.as_ref())?;
+        self.template = t;
+        self.template_is_builtin = false;
+        Ok(())
+    }
+
+    /// Tokenizes a rendered conversation: special tokens parsed, BOS added unless the
+    /// template wrote it.
+    fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
         let tok = self.tok()?;
         let bos_text = tok.bos_id().and_then(|b| tok.id_to_token(b)).unwrap_or("");
         let add_bos = !(tok.add_bos() && !bos_text.is_empty() && text.starts_with(bos_text));
-        Ok(tok.encode(&text, add_bos, true)?)
+        Ok(tok.encode(text, add_bos, true)?)
     }
 
     /// How this model pools hidden states into one embedding, and whether it normalises:

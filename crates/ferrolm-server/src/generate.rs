@@ -45,10 +45,25 @@ pub async fn chat(
         let mut plan = chat_plan(&req, model.vocab_size())?;
         plan.adapter = adapter;
         let messages = chat_messages(&req.messages)?;
-        let prompt = model
-            .lm
-            .chat_prompt(&messages)
-            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let tool_turns = req
+            .messages
+            .iter()
+            .any(|m| m.tool_calls.is_some() || m.tool_call_id.is_some());
+        let prompt = if plan.tools.is_some() || tool_turns {
+            if plan.tools.is_some() && !model.lm.template.takes_tools() {
+                return Err(ApiError::unsupported(
+                    "tools",
+                    format!("the chat template of '{}' does not describe tools to the model; serve it with --chat-template FILE for a template that does (e.g. one in the Hermes format)", model.id),
+                ));
+            }
+            let json = crate::tools::template_messages(&messages, &req.messages);
+            model
+                .lm
+                .chat_prompt_json(&json, plan.tools.as_ref().map(|t| &t.tools))
+        } else {
+            model.lm.chat_prompt(&messages)
+        }
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
         let constraint = compile(&model, &plan).await?;
         let run = Run::submit(
             &state,
@@ -400,6 +415,21 @@ impl Run {
         }
     }
 
+    /// A chat answer's content and tool calls (`None` when it made none, or tools are off).
+    fn answer(&self, i: usize, text: String) -> (Option<String>, Option<Vec<ToolCall>>) {
+        if !self.plan.tools.as_ref().is_some_and(|t| t.parses()) {
+            return (Some(text), None);
+        }
+        let (content, calls) = crate::tools::parse_calls(
+            &text,
+            &format!("call_{}{i}", self.id.rsplit('-').next().unwrap_or("")),
+        );
+        if calls.is_empty() {
+            return (Some(text), None);
+        }
+        ((!content.is_empty()).then_some(content), Some(calls))
+    }
+
     /// Waits for every choice, then answers with one JSON body.
     async fn collect(mut self) -> Response {
         while let Some(step) = self.next().await {
@@ -419,15 +449,23 @@ impl Run {
                     .choices
                     .iter()
                     .enumerate()
-                    .map(|(index, c)| ChatChoice {
-                        index,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content: c.text.clone(),
-                            refusal: None,
-                        },
-                        logprobs: self.plan.logprobs.map(|_| chat_logprobs(&c.logprobs)),
-                        finish_reason: reason(c),
+                    .map(|(index, c)| {
+                        let (content, calls) = self.answer(index, c.text.clone());
+                        ChatChoice {
+                            index,
+                            finish_reason: if calls.is_some() {
+                                "tool_calls"
+                            } else {
+                                reason(c)
+                            },
+                            message: AssistantMessage {
+                                role: "assistant",
+                                content,
+                                refusal: None,
+                                tool_calls: calls,
+                            },
+                            logprobs: self.plan.logprobs.map(|_| chat_logprobs(&c.logprobs)),
+                        }
                     })
                     .collect(),
                 usage,
@@ -486,6 +524,7 @@ impl Run {
                     delta: Delta {
                         role: None,
                         content: text,
+                        tool_calls: None,
                     },
                     logprobs: (want_lp && !lps.is_empty()).then(|| chat_logprobs(&lps)),
                     finish_reason: finish,
@@ -516,6 +555,36 @@ impl Run {
         }
     }
 
+    /// A chat chunk carrying a choice's tool calls (each whole, with its index) and any text.
+    fn calls_chunk(&mut self, i: usize, content: Option<String>, calls: Vec<ToolCall>) -> Bytes {
+        let calls = calls
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| ToolCall {
+                index: Some(k),
+                ..c
+            })
+            .collect();
+        Self::frame(&ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.name.clone(),
+            choices: vec![ChunkChoice {
+                index: i,
+                delta: Delta {
+                    role: None,
+                    content,
+                    tool_calls: Some(calls),
+                },
+                logprobs: None,
+                finish_reason: None,
+            }],
+            usage: self.plan.include_usage.then_some(None),
+            system_fingerprint: None,
+        })
+    }
+
     /// The frames that open each choice: the assistant role (chat) or the echoed prompt.
     fn opening(&mut self) -> VecDeque<Bytes> {
         let mut out = VecDeque::new();
@@ -531,6 +600,7 @@ impl Run {
                         delta: Delta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            tool_calls: None,
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -553,8 +623,10 @@ impl Run {
     fn frames(&mut self, step: Step, out: &mut VecDeque<Bytes>) -> bool {
         match step {
             Step::Token(i) => {
+                // With tools, the answer is held until it ends (then split into text and calls).
+                let held = self.plan.tools.as_ref().is_some_and(|t| t.parses());
                 let c = &mut self.choices[i];
-                if c.text.is_empty() {
+                if c.text.is_empty() || held {
                     return false;
                 }
                 let text = std::mem::take(&mut c.text);
@@ -562,10 +634,20 @@ impl Run {
                 false
             }
             Step::Done(i) => {
-                let reason = finish_reason(self.choices[i].finish.unwrap_or(Finish::Stop));
+                let mut reason = finish_reason(self.choices[i].finish.unwrap_or(Finish::Stop));
                 let text = std::mem::take(&mut self.choices[i].text);
                 let text = match self.kind {
-                    Kind::Chat => (!text.is_empty()).then_some(text),
+                    Kind::Chat => {
+                        let (content, calls) = self.answer(i, text);
+                        match calls {
+                            Some(calls) => {
+                                reason = "tool_calls";
+                                out.push_back(self.calls_chunk(i, content, calls));
+                                None
+                            }
+                            None => content.filter(|t| !t.is_empty()),
+                        }
+                    }
                     Kind::Completion { .. } => Some(text),
                 };
                 out.push_back(self.chunk(i, text, Some(reason)));

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod params;
 mod routes;
 pub mod state;
+pub mod tools;
 pub mod wire;
 
 pub use state::{AppState, Limits};
@@ -81,6 +82,11 @@ pub struct ServeArgs {
     /// the batch.
     #[arg(long = "lora", value_name = "NAME=DIR[:SCALE]")]
     pub lora: Vec<String>,
+    /// A Jinja chat template file to use instead of the model's (e.g. one that describes
+    /// `tools`, which tool calling needs): `FILE` for every model, `MODEL=FILE` for one
+    /// (repeatable).
+    #[arg(long = "chat-template", value_name = "[MODEL=]FILE")]
+    pub chat_template: Vec<String>,
 }
 
 /// Counts every answer by route and status (`ferrolm_http_requests_total`).
@@ -230,6 +236,19 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 );
                 adapters.push((id.to_string(), 0, k));
             }
+        }
+        for spec in &args.chat_template {
+            let (target, file) = match spec.split_once('=') {
+                Some((m, f)) => (Some(m), f),
+                None => (None, spec.as_str()),
+            };
+            if target.is_some_and(|m| m != lm.name) {
+                continue;
+            }
+            let src = std::fs::read_to_string(file)
+                .with_context(|| format!("--chat-template '{spec}': cannot read '{file}'"))?;
+            lm.set_chat_template(&src)
+                .with_context(|| format!("--chat-template '{spec}'"))?;
         }
         let lm = Arc::new(lm);
         let cfg = state::engine_config(&lm, args)?;

@@ -37,6 +37,8 @@ pub struct GenPlan {
     /// Extensions: contrastive search / DoLa, speculative decoding.
     pub decoding: Decoding,
     pub speculative: Option<Speculative>,
+    /// Tool calling (chat requests with `tools`).
+    pub tools: Option<crate::tools::ToolPlan>,
     /// The per-request LoRA adapter the request's `model` names (set once it is resolved).
     pub adapter: Option<usize>,
 }
@@ -266,6 +268,7 @@ pub fn plan(
         decoding,
         speculative,
         adapter: None,
+        tools: None,
     })
 }
 
@@ -310,25 +313,28 @@ pub fn chat_plan(r: &ChatRequest, vocab_size: usize) -> ApiResult<GenPlan> {
         v.as_ref()
             .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
     };
-    for (name, v) in [("tools", &r.tools), ("functions", &r.functions)] {
-        if has(v) {
-            return Err(ApiError::unsupported(
-                name,
-                format!("'{name}' (tool calling) is not supported yet; leave it out"),
-            ));
-        }
+    // The legacy function-calling fields: refused with the way to the current ones.
+    if has(&r.functions) {
+        return Err(ApiError::unsupported(
+            "functions",
+            "'functions' (legacy function calling) is not supported; pass them as 'tools'",
+        ));
     }
-    for (name, v) in [
-        ("tool_choice", &r.tool_choice),
-        ("function_call", &r.function_call),
-    ] {
-        if has(v) && v.as_ref().and_then(|v| v.as_str()) != Some("none") {
-            return Err(ApiError::unsupported(
-                name,
-                format!("'{name}' (tool calling) is not supported yet; leave it out or set it to 'none'"),
-            ));
-        }
+    if has(&r.function_call) && r.function_call.as_ref().and_then(|v| v.as_str()) != Some("none") {
+        return Err(ApiError::unsupported(
+            "function_call",
+            "'function_call' (legacy function calling) is not supported; use 'tool_choice'",
+        ));
     }
+    let tools = crate::tools::tool_plan(r.tools.as_ref(), r.tool_choice.as_ref())?;
+    let forced = tools.as_ref().and_then(|t| t.grammar());
+    if forced.is_some() && grammar.is_some() {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "'tool_choice' required (or a named function) and 'response_format' both constrain the answer; give one",
+        ));
+    }
+    let grammar = grammar.or(forced);
     let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
         (false, Some(k)) if k > 0 => {
             return Err(ApiError::invalid(
@@ -354,6 +360,7 @@ pub fn chat_plan(r: &ChatRequest, vocab_size: usize) -> ApiResult<GenPlan> {
     };
     Ok(GenPlan {
         grammar,
+        tools,
         ..plan(&r.sampling(), max, logprobs, vocab_size)?
     })
 }
@@ -420,10 +427,13 @@ pub fn chat_messages(messages: &[Message]) -> ApiResult<Vec<ChatMessage>> {
                 ))
             }
         };
-        if m.tool_calls.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::unsupported(
+        if m.tool_calls
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && !v.is_array())
+        {
+            return Err(ApiError::invalid(
                 &format!("messages[{i}].tool_calls"),
-                "tool calls are not supported yet",
+                format!("'messages[{i}].tool_calls' must be an array"),
             ));
         }
         let content = match &m.content {
@@ -512,7 +522,12 @@ mod tests {
                 r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":[1]}}"#,
                 "response_format.json_schema.schema",
             ),
-            (r#""tools":[{"type":"function"}]"#, "tools"),
+            (r#""tools":[{"type":"function"}]"#, "tools[0].function.name"),
+            (
+                r#""tools":[{"type":"fn","function":{"name":"f"}}]"#,
+                "tools[0].type",
+            ),
+            (r#""tool_choice":"required""#, "tool_choice"),
             (r#""temperature":"hot""#, "temperature"),
             (r#""stop":5"#, "stop"),
         ] {

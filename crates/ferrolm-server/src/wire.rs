@@ -68,6 +68,11 @@ pub struct Message {
     pub content: Option<Content>,
     #[serde(default)]
     pub tool_calls: Option<Value>,
+    /// A tool result's call id (`role: tool`).
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The sampling fields chat and completion requests share.
@@ -281,8 +286,30 @@ pub struct ChatLogprobs {
 #[derive(Serialize, Debug, Clone)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
     pub refusal: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A call the model made (`tool_calls[i]`).
+#[derive(Serialize, Debug, Clone)]
+pub struct ToolCall {
+    /// Position in a streamed delta's list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON text (OpenAI's shape).
+    pub arguments: String,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -310,6 +337,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Serialize, Debug, Clone)]

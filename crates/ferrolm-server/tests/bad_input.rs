@@ -204,12 +204,18 @@ fn out_of_range_values() {
 fn not_implemented_yet_is_named() {
     let Some(s) = shared() else { return };
     let chat = "/v1/chat/completions";
-    for (extra, param) in [
+    // Tools on a model whose template cannot describe them; legacy function calling.
+    for (extra, param, says) in [
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
             "tools",
+            "--chat-template",
         ),
-        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"functions": [{"name": "f"}]}),
+            "functions",
+            "pass them as 'tools'",
+        ),
     ] {
         let m = expect(
             &s.post(chat, &chat_body("hi", extra)),
@@ -217,8 +223,15 @@ fn not_implemented_yet_is_named() {
             Some(param),
             Some("unsupported_parameter"),
         );
-        assert!(m.contains("not supported"), "{m}");
+        assert!(m.contains(says), "{m}");
     }
+    let m = expect(
+        &s.post(chat, &chat_body("hi", json!({"tool_choice": "required"}))),
+        400,
+        Some("tool_choice"),
+        None,
+    );
+    assert!(m.contains("needs 'tools'"), "{m}");
     // Neutral values of those fields are fine.
     let ok = chat_body(
         "hi",

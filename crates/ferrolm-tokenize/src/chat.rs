@@ -31,6 +31,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template reads a `tools` variable (it can describe tools to the model).
+    takes_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -65,7 +67,37 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            takes_tools: source.contains("tools"),
         })
+    }
+
+    /// Whether the template renders a `tools` list (tool calling needs it).
+    pub fn takes_tools(&self) -> bool {
+        self.takes_tools
+    }
+
+    /// Renders messages given as JSON (OpenAI's shape: assistant turns may carry `tool_calls`,
+    /// tool results are `{"role": "tool", "tool_call_id", "content"}`) with `tools` (a list of
+    /// function descriptions) when given.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizeError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TokenizeError::TemplateRender(describe(&e)))?;
+        template
+            .render(minijinja::context! {
+                messages => Value::from_serialize(messages),
+                tools => tools.map(Value::from_serialize),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| TokenizeError::TemplateRender(describe(&e)))
     }
 
     /// Render `messages`; `add_generation_prompt` appends the opening of the assistant's turn.
