@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The official `openai` Python client against a real `ferrolm serve`: installs `openai` into
 # target/openai-venv (once), starts the server on a free loopback port with SmolLM2 and
-# all-MiniLM-L6-v2, runs scripts/openai_client_test.py, then stops the server with SIGTERM and
+# all-MiniLM-L6-v2 (SmolLM2 with a chat template that takes tools), runs
+# scripts/openai_client_test.py, then stops the server with SIGTERM and
 # checks that it exits 0. Needs the release binary (cargo build --release) and the two catalog
 # models (ferrolm pull NAME). About 15 s, most of it the first pip install.
 #
@@ -17,7 +18,8 @@ venv=$target/openai-venv
 "$venv/bin/python" -c 'import openai' 2>/dev/null || "$venv/bin/pip" install -q openai
 
 log=$(mktemp)
-"$bin" serve -m smollm2-135m-instruct -m all-minilm-l6-v2 --port 0 2>"$log" &
+"$bin" serve -m smollm2-135m-instruct -m all-minilm-l6-v2 --port 0 \
+  --chat-template smollm2-135m-instruct=fixtures/templates/chatml-tools.jinja 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 url=""
@@ -30,7 +32,7 @@ done
 [ -n "$url" ] || { cat "$log"; echo "the server did not start in time"; exit 1; }
 
 status=0
-"$venv/bin/python" scripts/openai_client_test.py --base-url "$url" --embed-model all-minilm-l6-v2 || status=$?
+"$venv/bin/python" scripts/openai_client_test.py --base-url "$url" --embed-model all-minilm-l6-v2 --tools || status=$?
 kill -TERM "$pid"
 if wait "$pid"; then echo "SIGTERM: the server exited 0"; else
   echo "SIGTERM: the server exited $?"; status=1; fi

@@ -251,11 +251,56 @@ def errors(c, a):
         expect(e.code == "context_length_exceeded", repr(e.body))
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+@check
+def tool_calls(c, a):
+    if not a.tools:
+        return
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = c.chat.completions.create(model=a.model, messages=ask, tools=[WEATHER], tool_choice="required",
+                                  temperature=0, max_tokens=64)
+    ch = r.choices[0]
+    expect(ch.finish_reason == "tool_calls", ch.finish_reason)
+    call = ch.message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    expect(call.type == "function" and call.function.name == "get_weather", repr(call))
+    expect(isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit"), repr(args))
+    # Streamed: the call assembled from deltas equals the one above.
+    name, arguments, finish = "", "", None
+    for chunk in c.chat.completions.create(model=a.model, messages=ask, tools=[WEATHER], tool_choice="required",
+                                           temperature=0, max_tokens=64, stream=True):
+        d = chunk.choices[0].delta
+        for tc in d.tool_calls or []:
+            name += tc.function.name or ""
+            arguments += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    expect((name, json.loads(arguments), finish) == ("get_weather", args, "tool_calls"), (name, arguments, finish))
+    # The result goes back, and the model answers.
+    follow = ask + [ch.message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}]
+    r = c.chat.completions.create(model=a.model, messages=follow, tools=[WEATHER], temperature=0, max_tokens=16)
+    expect(r.choices[0].message.content is not None, repr(r.choices[0].message))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--embed-model", default=None)
+    p.add_argument("--tools", action="store_true", help="the model is served with a chat template that takes tools")
     a = p.parse_args()
     c = OpenAI(base_url=a.base_url, api_key="none", max_retries=0, timeout=120)
     passed = failed = 0
