@@ -414,11 +414,16 @@ fn decoding_rules_run_beside_the_batch_with_their_own_answers() {
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
+    // It counts as running (outside the batch) even while the batch's scheduler publishes.
+    let short = start(&e, job(p.clone(), 2)).recv().unwrap();
+    assert!(!short.0.is_empty());
+    let m = e.metrics();
+    assert_eq!((m.running, m.solo_running), (1, 1));
     e.cancel(id);
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(30)).unwrap(),
         Finish::Cancelled
     );
     let m = e.metrics();
-    assert_eq!(m.running, 0);
+    assert_eq!((m.running, m.solo_running), (0, 0));
 }

@@ -173,6 +173,7 @@ impl Engine {
             .name(format!("ferrolm-solo-{id}"))
             .spawn(move || {
                 if let Ok(mut m) = shared.metrics.lock() {
+                    m.solo_running += 1;
                     m.running += 1;
                 }
                 let deadline = job.timeout.map(|t| Instant::now() + t);
@@ -221,6 +222,7 @@ impl Engine {
                     _ => None,
                 };
                 if let Ok(mut m) = shared.metrics.lock() {
+                    m.solo_running = m.solo_running.saturating_sub(1);
                     m.running = m.running.saturating_sub(1);
                     m.prompt_tokens_total += job.prompt.len() as u64;
                     m.generated_tokens_total += n as u64;

@@ -213,7 +213,11 @@ pub struct Metrics {
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
     pub queue_depth: usize,
+    /// Generations running: in the batch plus outside it (`solo_running`).
     pub running: usize,
+    /// Of those, jobs running outside the batch on threads of their own ([`Job::is_solo`],
+    /// streamed long-context requests).
+    pub solo_running: usize,
     pub kv_blocks_total: usize,
     /// Blocks held by running sequences plus cached prefix blocks.
     pub kv_blocks_used: usize,

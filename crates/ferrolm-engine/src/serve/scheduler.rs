@@ -622,7 +622,7 @@ impl Worker {
 
     fn publish_metrics(&self) {
         if let Ok(mut m) = self.shared.metrics.lock() {
-            m.running = self.running.len();
+            m.running = self.running.len() + m.solo_running;
             m.kv_blocks_used = self.pool.used();
             m.kv_blocks_cached = self.pool.used() - self.pool.held();
             m.kv_blocks_total = self.pool.total();
