@@ -427,3 +427,28 @@ fn decoding_rules_run_beside_the_batch_with_their_own_answers() {
     let m = e.metrics();
     assert_eq!((m.running, m.solo_running), (0, 0));
 }
+
+/// Requests with one prompt arriving together (the choices of `n > 1`): the first prefills
+/// it, the others wait for its blocks and take them from the prefix cache, with the same
+/// answers.
+#[test]
+fn requests_sharing_a_prompt_prefill_it_once() {
+    let Some(lm) = model() else { return };
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 2048,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let system = "You answer in one short sentence, citing the encyclopedia. ".repeat(20);
+    let p = chat(&lm, Some(&system), "What is the capital of France?");
+    let rxs: Vec<_> = (0..4).map(|_| start(&e, job(p.clone(), 12))).collect();
+    let got: Vec<_> = rxs.iter().map(|r| r.recv().unwrap()).collect();
+    let cached: Vec<usize> = got.iter().map(|g| g.2).collect();
+    println!("prompt {} tokens; cached per request {cached:?}", p.len());
+    assert!(got.iter().all(|g| g.0 == got[0].0));
+    assert_eq!(cached[0], 0);
+    assert!(cached[1..].iter().all(|&c| c + 2 * 16 >= p.len()), "{cached:?}");
+}

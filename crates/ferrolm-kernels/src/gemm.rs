@@ -121,8 +121,80 @@ fn unpack(kind: QuantKind, blk: &[u8], codes: &mut [u8]) -> (f32, f32) {
 }
 
 impl TileBuf {
-    /// Unpacks rows `rows[0..8]` (each `nb` blocks of `kind`).
+    /// Unpacks rows `rows[0..8]` (each `nb` blocks of `kind`): with 512-bit vectors for
+    /// Q4_0, Q4_1 and Q8_0 where present, the same bytes as [`TileBuf::fill_portable`].
     pub fn fill(&mut self, kind: QuantKind, rows: [&[u8]; TILE_ROWS], nb: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::features().vnni
+            && matches!(kind, QuantKind::Q4_0 | QuantKind::Q4_1 | QuantKind::Q8_0)
+        {
+            let bb = kind.block_bytes();
+            for r in &rows {
+                assert!(r.len() >= nb * bb);
+            }
+            self.codes.resize(nb * 4 * 64, 0);
+            self.dexp.resize(nb * 4 * 16, 0.0);
+            self.mins.resize(nb * 8, 0.0);
+            // SAFETY: the features were detected at run time; the rows hold `nb` blocks.
+            unsafe { self.fill_avx512(kind, rows, nb) };
+            return;
+        }
+        self.fill_portable(kind, rows, nb)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+    unsafe fn fill_avx512(&mut self, kind: QuantKind, rows: [&[u8]; TILE_ROWS], nb: usize) {
+        use std::arch::x86_64::*;
+        let bb = kind.block_bytes();
+        let low = _mm512_set1_epi8(0x0F);
+        // Per 64-bit element: 128-bit lanes 1 and 3 take the high nibbles.
+        let shifts = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+        let flip = _mm512_set1_epi8(-128);
+        let f16 = |p: *const u8| {
+            let h = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+        };
+        let (codes, dexp, mins) = (
+            self.codes.as_mut_ptr(),
+            self.dexp.as_mut_ptr(),
+            self.mins.as_mut_ptr(),
+        );
+        for b in 0..nb {
+            for p in 0..4 {
+                let (b0, b1) = (
+                    rows[2 * p].as_ptr().add(b * bb),
+                    rows[2 * p + 1].as_ptr().add(b * bb),
+                );
+                let v = match kind {
+                    QuantKind::Q8_0 => {
+                        let lo = _mm256_loadu_si256(b0.add(2) as *const _);
+                        let hi = _mm256_loadu_si256(b1.add(2) as *const _);
+                        let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        _mm512_xor_si512(v, flip)
+                    }
+                    _ => {
+                        let off = if kind == QuantKind::Q4_1 { 4 } else { 2 };
+                        let q0 = _mm_loadu_si128(b0.add(off) as *const _);
+                        let q1 = _mm_loadu_si128(b1.add(off) as *const _);
+                        let v = _mm512_broadcast_i32x4(q0);
+                        let v = _mm512_inserti32x4(_mm512_inserti32x4(v, q1, 2), q1, 3);
+                        _mm512_and_si512(_mm512_srlv_epi64(v, shifts), low)
+                    }
+                };
+                _mm512_storeu_si512(codes.add((b * 4 + p) * 64) as *mut _, v);
+                let d = _mm512_insertf32x8(_mm512_set1_ps(f16(b0)), _mm256_set1_ps(f16(b1)), 1);
+                _mm512_storeu_ps(dexp.add((b * 4 + p) * 16), d);
+                if kind == QuantKind::Q4_1 {
+                    *mins.add(b * 8 + 2 * p) = f16(b0.add(2));
+                    *mins.add(b * 8 + 2 * p + 1) = f16(b1.add(2));
+                }
+            }
+        }
+    }
+
+    /// [`TileBuf::fill`] in portable code (every format).
+    pub fn fill_portable(&mut self, kind: QuantKind, rows: [&[u8]; TILE_ROWS], nb: usize) {
         let bb = kind.block_bytes();
         self.codes.resize(nb * 4 * 64, 0);
         self.dexp.resize(nb * 4 * 16, 0.0);
@@ -337,6 +409,29 @@ mod tests {
         QuantKind::Q5_1,
         QuantKind::Q8_0,
     ];
+
+    #[test]
+    fn vector_fill_equals_the_portable_fill() {
+        let mut seed = 11u64;
+        for kind in [
+            QuantKind::Q4_0,
+            QuantKind::Q4_1,
+            QuantKind::Q5_0,
+            QuantKind::Q5_1,
+            QuantKind::Q8_0,
+        ] {
+            let nb = 5;
+            let w = weights(kind, TILE_ROWS, nb, &mut seed);
+            let rb = nb * kind.block_bytes();
+            let rows: [&[u8]; TILE_ROWS] = std::array::from_fn(|r| &w[r * rb..(r + 1) * rb]);
+            let (mut a, mut b) = (TileBuf::default(), TileBuf::default());
+            a.fill(kind, rows, nb);
+            b.fill_portable(kind, rows, nb);
+            assert_eq!(a.codes, b.codes, "{kind:?}");
+            assert_eq!(a.dexp, b.dexp, "{kind:?}");
+            assert_eq!(a.mins, b.mins, "{kind:?}");
+        }
+    }
 
     #[test]
     fn tiled_product_equals_the_single_row_kernel_bit_for_bit() {

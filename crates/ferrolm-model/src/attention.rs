@@ -304,58 +304,66 @@ fn attend_many_with(
                 f.finish_row(i, unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) });
             }
         }
-        let mut row = vec![0f32; s];
-        let mut acc = vec![0f32; lanes * d];
-        for ti in q0..q1 {
-            if long.contains(&ti) {
-                continue;
-            }
-            let qp = q_pos[ti];
-            let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
-            // Whole 16-wide chunks outside lo..hi are masked, and their softmax terms are
-            // exact zeros, so only c0..c1 is computed.
-            let (lo, hi) = ranges[ti - q0];
-            let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
-            row.iter_mut().for_each(|x| *x = 0.0);
-            for j in c0..c1 {
-                let kp = k_pos[j];
-                row[j] = if visible(qp, kp) {
-                    let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
-                    let mut sc = if batched {
-                        dot_batched(kr, qv)
-                    } else {
-                        dot_single(kr, qv)
-                    };
-                    if pre_scaled {
-                        sc *= scale;
-                        if let Some(cap) = a.softcap {
-                            sc = (sc * (1.0 / cap)).tanh() * cap;
-                        }
-                        sc += bias(hh, qp, kp);
-                    }
-                    sc
-                } else {
-                    f32::NEG_INFINITY
-                };
-            }
-            if c1 > c0 {
-                softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
-            }
-            if tracing {
-                // SAFETY: (head, query) rows of `probs` belong to one task each.
-                unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
-            }
-            kv.precision.round_slice(&mut row[c0..c1]);
-            acc.iter_mut().for_each(|x| *x = 0.0);
-            pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, &mut acc);
-            // SAFETY: (row, head) output slices belong to one task each.
-            let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
-            if batched {
-                pv_finish_batched(&acc, d, o);
-            } else {
-                pv_finish_single(&acc, d, o);
-            }
+        // Per-thread buffers, reused across tasks (a decode step runs thousands of tasks).
+        thread_local! {
+            static BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
         }
+        BUFS.with(|bufs| {
+            let (row, acc) = &mut *bufs.borrow_mut();
+            row.resize(s, 0.0);
+            acc.resize(lanes * d, 0.0);
+            for ti in q0..q1 {
+                if long.contains(&ti) {
+                    continue;
+                }
+                let qp = q_pos[ti];
+                let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
+                // Whole 16-wide chunks outside lo..hi are masked, and their softmax terms are
+                // exact zeros, so only c0..c1 is computed.
+                let (lo, hi) = ranges[ti - q0];
+                let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
+                row.iter_mut().for_each(|x| *x = 0.0);
+                for j in c0..c1 {
+                    let kp = k_pos[j];
+                    row[j] = if visible(qp, kp) {
+                        let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
+                        let mut sc = if batched {
+                            dot_batched(kr, qv)
+                        } else {
+                            dot_single(kr, qv)
+                        };
+                        if pre_scaled {
+                            sc *= scale;
+                            if let Some(cap) = a.softcap {
+                                sc = (sc * (1.0 / cap)).tanh() * cap;
+                            }
+                            sc += bias(hh, qp, kp);
+                        }
+                        sc
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+                if c1 > c0 {
+                    softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
+                }
+                if tracing {
+                    // SAFETY: (head, query) rows of `probs` belong to one task each.
+                    unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
+                }
+                kv.precision.round_slice(&mut row[c0..c1]);
+                acc.iter_mut().for_each(|x| *x = 0.0);
+                pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, acc);
+                // SAFETY: (row, head) output slices belong to one task each.
+                let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
+                if batched {
+                    pv_finish_batched(acc, d, o);
+                } else {
+                    pv_finish_single(acc, d, o);
+                }
+            }
+        });
     });
     if tracing {
         if let Ok(p) = Tensor::from_vec(probs, (h, t0, s0), &Device::Cpu) {

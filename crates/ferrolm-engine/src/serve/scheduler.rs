@@ -236,6 +236,20 @@ impl Worker {
             let Some((_, job, _, _)) = self.waiting.front() else {
                 break;
             };
+            // A running sequence still prefilling the same first block: wait for it to
+            // publish its prompt, then take those blocks from the prefix cache (requests with
+            // one prompt, as the choices of `n > 1`, or a shared system prompt arriving
+            // together, prefill it once).
+            if let Some(&first) = self.prompt_hashes(job).first() {
+                let leader = self.running.iter().any(|r| {
+                    r.done.is_none()
+                        && r.hashes.first() == Some(&first)
+                        && r.published < r.hashes.len()
+                });
+                if leader {
+                    break;
+                }
+            }
             let need = self.blocks_for(job.prompt.len() + 1);
             if !self.pool.take(need) {
                 break;
@@ -249,22 +263,26 @@ impl Worker {
         }
     }
 
+    /// The prefix-cache keys of a job's full prompt blocks (none with the cache off).
+    fn prompt_hashes(&self, job: &Job) -> Vec<BlockHash> {
+        if !self.prefix_cache {
+            return Vec::new();
+        }
+        // Blocks computed under an adapter hold its keys and values: another adapter's
+        // requests must not reuse them.
+        let salt = job.adapter.map_or(0, |k| k as u64 + 1);
+        block_hashes(&job.prompt, self.cfg.block_size)
+            .into_iter()
+            .map(|h| h ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect()
+    }
+
     fn new_seq(&self, id: u64, job: Job, sink: Sink, blocks: usize) -> Seq {
         let mut chain = job.sampling.build_chain();
         for &t in &job.prompt {
             chain.accept(t);
         }
-        let hashes = if self.prefix_cache {
-            // Blocks computed under an adapter hold its keys and values: another adapter's
-            // requests must not reuse them.
-            let salt = job.adapter.map_or(0, |k| k as u64 + 1);
-            block_hashes(&job.prompt, self.cfg.block_size)
-                .into_iter()
-                .map(|h| h ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let hashes = self.prompt_hashes(&job);
         Seq {
             id,
             deadline: job.timeout.map(|t| Instant::now() + t),
