@@ -450,5 +450,8 @@ fn requests_sharing_a_prompt_prefill_it_once() {
     println!("prompt {} tokens; cached per request {cached:?}", p.len());
     assert!(got.iter().all(|g| g.0 == got[0].0));
     assert_eq!(cached[0], 0);
-    assert!(cached[1..].iter().all(|&c| c + 2 * 16 >= p.len()), "{cached:?}");
+    assert!(
+        cached[1..].iter().all(|&c| c + 2 * 16 >= p.len()),
+        "{cached:?}"
+    );
 }

@@ -350,7 +350,7 @@ fn attend_many_with(
                 }
                 if tracing {
                     // SAFETY: (head, query) rows of `probs` belong to one task each.
-                    unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(&row);
+                    unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(row);
                 }
                 kv.precision.round_slice(&mut row[c0..c1]);
                 acc.iter_mut().for_each(|x| *x = 0.0);
