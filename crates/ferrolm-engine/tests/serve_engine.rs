@@ -455,3 +455,41 @@ fn requests_sharing_a_prompt_prefill_it_once() {
         "{cached:?}"
     );
 }
+
+/// Gemma 3 (Q4_K_M: Q4_K and Q6_K matrices, whose llama.cpp orders depend on a call's row
+/// count): concurrent requests, decoding beside each other and beside prompt pieces, each get
+/// the answer they get alone.
+#[test]
+fn k_quant_requests_in_a_batch_equal_alone() {
+    let Some(p) = ferrolm_format::test_models::file("gemma-3-270m-q4_k_m.gguf") else {
+        return;
+    };
+    let lm = Arc::new(load(p.to_str().unwrap(), true).unwrap());
+    let e = Engine::start(
+        lm.clone(),
+        ServeConfig {
+            n_ctx: 1024,
+            // Small steps, so prompts are cut into pieces beside decoding sequences.
+            max_step_tokens: 40,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompts: Vec<Vec<u32>> = QUESTIONS.iter().map(|q| chat(&lm, None, q)).collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| start(&e, job(p.clone(), 24)).recv().unwrap().0)
+        .collect();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| start(&e, job(p.clone(), 24)))
+        .collect();
+    for (i, (a, r)) in alone.iter().zip(rxs).enumerate() {
+        assert_eq!(a, &r.recv().unwrap().0, "request {i}");
+    }
+    let m = e.metrics();
+    println!(
+        "gemma3: {} requests, {} steps",
+        m.requests_finished, m.steps
+    );
+}

@@ -286,7 +286,12 @@ pub unsafe fn rows_times_acts(
         let mut i = 0;
         while i < xs.len() {
             let order = order_of(i);
-            if i + COLS <= xs.len() && order_of(i + COLS - 1) == order {
+            if order == Order::Single {
+                // Left to the caller's single-row kernel.
+                i += 1;
+                continue;
+            }
+            if i + COLS <= xs.len() && (1..COLS).all(|c| order_of(i + c) == order) {
                 let mut o = [[0f32; ROWS]; COLS];
                 tile::<COLS>(
                     kind,

@@ -542,6 +542,22 @@ pub fn dot_row_scalar(kind: KQuantKind, row: &[u8], x: &[BlockQ8K], order: Order
 
 /// `y (M, N) = x (M, K) . W^T` for `w` holding N rows of K values in `kind` super-blocks.
 pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+    let m = x.len() / k.max(1);
+    matmul_ordered(kind, w, n, k, x, y, |i| order_for(kind, n, m, i))
+}
+
+/// [`matmul`] with each activation row's summation order given: a server's batched step
+/// passes every sequence's rows the orders they get in a call of their own (`order_for` with
+/// the sequence's row count), so each row gets the bits it gets alone.
+pub fn matmul_ordered(
+    kind: KQuantKind,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+    order_of: impl Fn(usize) -> Order + Sync,
+) {
     assert_eq!(k % QK_K, 0, "row length {k} is not a multiple of {QK_K}");
     let m = x.len() / k;
     assert_eq!(x.len(), m * k);
@@ -554,13 +570,13 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
         q
     });
     let simd = crate::cpu::features().vnni;
-    // Many rows: whole 16-row tiles through the K-quant GEMM (same bits); the ragged rest, and
-    // everything when there is no GEMM for this case, row by row.
-    let tiled = simd && m >= 2 && order_for(kind, n, m, 0) != Order::Single;
+    // Many rows: whole 16-row tiles through the K-quant GEMM (same bits) for the rows with a
+    // tiled order; the ragged rest of the columns, and rows in the single-row order, row by row.
+    let tiled = simd && m >= 2 && (0..m).any(|i| order_of(i) != Order::Single);
     let pool = crate::pool::global();
     let chunk = pool.column_chunk(n).next_multiple_of(crate::kgemm::ROWS);
     let out = crate::pool::SharedOut::new(y);
-    let order_of = |i: usize| order_for(kind, n, m, i);
+    let order_of = &order_of;
     pool.run(n.div_ceil(chunk), |c| {
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
         let jt = if tiled {
@@ -568,11 +584,23 @@ pub fn matmul(kind: KQuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut
         } else {
             j0
         };
+        let mut dec = new_decoded();
         if jt > j0 {
             // SAFETY: columns j0..j1 belong to this task only.
             unsafe { crate::kgemm::rows_times_acts(kind, w, &xq, n, (j0, jt), order_of, out) };
+            // Rows in the single-row order (the kernel skips them).
+            for (i, x) in xq.iter().enumerate() {
+                if order_of(i) != Order::Single {
+                    continue;
+                }
+                for j in j0..jt {
+                    let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    let v = dot_row_in(kind, row, x, Order::Single, &mut dec, simd);
+                    // SAFETY: as above.
+                    unsafe { out.slice(i * n + j, 1)[0] = v };
+                }
+            }
         }
-        let mut dec = new_decoded();
         for j in jt..j1 {
             let row = &w[j * row_bytes..(j + 1) * row_bytes];
             for (i, x) in xq.iter().enumerate() {

@@ -67,6 +67,32 @@ pub trait Linear: Send + Sync {
     }
 }
 
+thread_local! {
+    /// The row counts of the sequences in the current batched call on this thread.
+    static SEQUENCE_ROWS: std::cell::RefCell<Option<Vec<usize>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a batched forward pass on this thread, rows of several sequences one after
+/// another) telling the products each sequence's row count. The K-quant kernels' summation
+/// order depends on a call's row count (llama.cpp's); with this, a sequence's rows get the
+/// orders, and so the bits, they get in a call of their own.
+pub fn with_sequence_rows<T>(lens: Vec<usize>, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<Vec<usize>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SEQUENCE_ROWS.with(|r| *r.borrow_mut() = self.0.take());
+        }
+    }
+    let prev = SEQUENCE_ROWS.with(|r| r.borrow_mut().replace(lens));
+    let _reset = Reset(prev);
+    f()
+}
+
+fn sequence_rows() -> Option<Vec<usize>> {
+    SEQUENCE_ROWS.with(|r| r.borrow().clone())
+}
+
 /// A weight matrix kept in a GGUF block format; products quantize the activations to the
 /// matching dot-product type, as llama.cpp does.
 pub struct QuantLinear {
@@ -228,7 +254,23 @@ impl Linear for KernelLinear {
         let w = self.file.tensor_bytes(&self.info);
         match self.kind {
             KernelKind::Block(kind) => ferrolm_kernels::matmul(kind, w, n, k, xs, y),
-            KernelKind::K(kind) => ferrolm_kernels::kquant::matmul(kind, w, n, k, xs, y),
+            KernelKind::K(kind) => {
+                use ferrolm_kernels::kquant::{matmul, matmul_ordered, order_for};
+                let m = xs.len() / k;
+                match sequence_rows().filter(|l| l.iter().sum::<usize>() == m) {
+                    // A batched step: each sequence's rows in the orders they get alone.
+                    Some(lens) => {
+                        let mut seg = Vec::with_capacity(m);
+                        for &l in &lens {
+                            seg.extend((0..l).map(|i| (l, i)));
+                        }
+                        matmul_ordered(kind, w, n, k, xs, y, |i| {
+                            order_for(kind, n, seg[i].0, seg[i].1)
+                        })
+                    }
+                    None => matmul(kind, w, n, k, xs, y),
+                }
+            }
         }
         if let Some(b) = &self.bias_rows {
             for row in y.chunks_exact_mut(n) {

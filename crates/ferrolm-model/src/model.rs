@@ -433,8 +433,11 @@ impl Model {
         seqs: &mut [(&[u32], &mut KvCache)],
         scratch: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>> {
-        let last = self.forward_batch_hidden(seqs, scratch)?;
-        let y = self.logits_rows(&last)?;
+        use crate::linear::with_sequence_rows;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.0.len()).collect();
+        let last = with_sequence_rows(lens, || self.forward_batch_hidden(seqs, scratch))?;
+        // One row per sequence (its last).
+        let y = with_sequence_rows(vec![1; seqs.len()], || self.logits_rows(&last))?;
         let v = y.len() / seqs.len();
         Ok(y.chunks(v).map(|r| r.to_vec()).collect())
     }

@@ -9,6 +9,14 @@ use ferrolm_model::layers::Scratch;
 use ferrolm_model::KvCache;
 use ferrolm_sample::{SamplerChain, StopMatcher, StopState};
 use std::collections::VecDeque;
+
+/// How prompts are cut: into pieces of whole multiples of this many rows, never leaving (nor
+/// starting after a cached prefix with) fewer. Every prompt row then sits in a piece of at
+/// least 8 rows, at a position that is the same modulo 8 however the prompt is cut, and that
+/// is what the products' orders depend on: the 32-block kernels give every row the same bits
+/// regardless, and the K-quant kernels (llama.cpp's orders) pick theirs by a piece's row count
+/// below 8 and by its rows modulo 4. So a request's answer does not depend on the batch.
+const MIN_PIECE: usize = 8;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -305,9 +313,9 @@ impl Worker {
         }
     }
 
-    /// Copies the longest cached prefix of the prompt into the sequence's cache. At least two
-    /// prompt tokens are left to compute, so every prompt row still runs in a chunk of two or
-    /// more rows (the arithmetic of a prompt does not depend on what was cached).
+    /// Copies the longest cached prefix of the prompt into the sequence's cache. At least
+    /// `MIN_PIECE` prompt tokens are left to compute (see `MIN_PIECE`), so the arithmetic of a
+    /// prompt does not depend on what was cached.
     fn reuse_prefix(&mut self, s: &mut Seq) {
         if !self.prefix_cache || s.hashes.is_empty() {
             return;
@@ -318,7 +326,7 @@ impl Worker {
             .iter()
             .take_while(|h| self.pool.contains(**h))
             .count();
-        while hit > 0 && s.prompt_len - hit * bs < 2 {
+        while hit > 0 && s.prompt_len - hit * bs < MIN_PIECE {
             hit -= 1;
         }
         if let Ok(mut m) = self.shared.metrics.lock() {
@@ -361,11 +369,13 @@ impl Worker {
                     continue;
                 }
                 let mut n = pending.min(self.cfg.prefill_chunk).min(budget);
-                // Never leave or take a one-row piece of a longer prompt (see reuse_prefix).
-                if n < pending && pending - n == 1 {
-                    n -= 1;
+                if n < pending {
+                    // A prompt cut into pieces: whole multiples of MIN_PIECE rows, leaving
+                    // at least MIN_PIECE (see MIN_PIECE).
+                    n = (n / MIN_PIECE * MIN_PIECE)
+                        .min(pending.saturating_sub(MIN_PIECE) / MIN_PIECE * MIN_PIECE);
                 }
-                if n == 1 && pending > 1 || n == 0 {
+                if n == 0 {
                     continue;
                 }
                 plan.push((i, n));
