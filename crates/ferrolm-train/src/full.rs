@@ -17,9 +17,6 @@ use ferrolm_model::block::Block;
 use ferrolm_model::layers::{FfnLayer, Norm};
 use ferrolm_model::weights::{Key, Slot};
 use ferrolm_model::Model;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -370,15 +367,7 @@ pub fn train_full(
     opt: Optimizer,
     mut on_step: impl FnMut(usize, usize, f64, f32, f64),
 ) -> Result<Summary> {
-    if train.is_empty() {
-        bail!("no training examples left after the held-out split");
-    }
-    if cfg.batch == 0 || cfg.grad_accum == 0 {
-        bail!("--batch and --grad-accum must be at least 1");
-    }
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        bail!("--lr must be a positive number");
-    }
+    let (per_step, total, warmup) = crate::train::plan(cfg, train.len())?;
     if opt == Optimizer::Lomo && cfg.batch * cfg.grad_accum != 1 {
         bail!("LOMO updates each weight inside the backward pass of one sequence, so it takes --batch 1 --grad-accum 1 (a step is one sequence)");
     }
@@ -390,14 +379,6 @@ pub fn train_full(
     }
     let none = Adapter::none(m)?;
     let tied = m.config.tied_embeddings;
-    let per_step = cfg.batch * cfg.grad_accum;
-    let steps_per_epoch = train.len().div_ceil(per_step);
-    let total = match (cfg.steps, cfg.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => e * steps_per_epoch,
-        (None, None) => steps_per_epoch,
-    };
-    let warmup = ((total as f32) * cfg.warmup_ratio).round() as usize;
     let mut s = Summary {
         train_examples: train.len(),
         eval_examples: eval.len(),
@@ -411,18 +392,10 @@ pub fn train_full(
         tied,
         peak_grad: 0,
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches = crate::train::Batches::new(cfg.seed, train.len());
     let start = Instant::now();
     for step in 0..total {
-        let mut batch = Vec::with_capacity(per_step);
-        while batch.len() < per_step {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().unwrap());
-        }
+        let batch = batches.next(per_step);
         let denom: usize = batch.iter().map(|&i| train[i].n_targets()).sum();
         let lr = schedule(cfg.lr, step, total, warmup);
         lomo.lr = lr;

@@ -175,16 +175,9 @@ pub fn split(mut all: Vec<Example>, frac: f32, seed: u64) -> (Vec<Example>, Vec<
     (all, eval)
 }
 
-/// Trains `ad` on `train`; `on_step` sees each step's (step, total, loss, lr, tokens/s).
-pub fn train(
-    m: &Model,
-    ad: &mut Adapter,
-    train: &[Example],
-    eval: &[Example],
-    cfg: &TrainConfig,
-    mut on_step: impl FnMut(usize, usize, f64, f32, f64),
-) -> Result<Summary> {
-    if train.is_empty() {
+/// The loop's shape: sequences per step, total steps, warmup steps; the settings checked.
+pub(crate) fn plan(cfg: &TrainConfig, n_train: usize) -> Result<(usize, usize, usize)> {
+    if n_train == 0 {
         bail!("no training examples left after the held-out split");
     }
     if cfg.batch == 0 || cfg.grad_accum == 0 {
@@ -194,13 +187,56 @@ pub fn train(
         bail!("--lr must be a positive number");
     }
     let per_step = cfg.batch * cfg.grad_accum;
-    let steps_per_epoch = train.len().div_ceil(per_step);
+    let steps_per_epoch = n_train.div_ceil(per_step);
     let total = match (cfg.steps, cfg.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => e * steps_per_epoch,
         (None, None) => steps_per_epoch,
     };
     let warmup = ((total as f32) * cfg.warmup_ratio).round() as usize;
+    Ok((per_step, total, warmup))
+}
+
+/// The examples of each step: shuffled epochs from a seeded generator (the same seed gives
+/// the same order, so a resumed run replays it).
+pub(crate) struct Batches {
+    rng: ChaCha8Rng,
+    order: Vec<usize>,
+    n: usize,
+}
+
+impl Batches {
+    pub(crate) fn new(seed: u64, n: usize) -> Batches {
+        Batches {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            order: Vec::new(),
+            n,
+        }
+    }
+
+    pub(crate) fn next(&mut self, per_step: usize) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(per_step);
+        while batch.len() < per_step {
+            if self.order.is_empty() {
+                self.order = (0..self.n).collect();
+                self.order.shuffle(&mut self.rng);
+            }
+            batch.push(self.order.pop().unwrap());
+        }
+        batch
+    }
+}
+
+/// Trains `ad` on `train`; `on_step` sees each step's (step, total, loss, lr, tokens/s).
+pub fn train(
+    m: &Model,
+    ad: &mut Adapter,
+    train: &[Example],
+    eval: &[Example],
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(usize, usize, f64, f32, f64),
+) -> Result<Summary> {
+    let (per_step, total, warmup) = plan(cfg, train.len())?;
     let mut s = Summary {
         train_examples: train.len(),
         eval_examples: eval.len(),
@@ -218,18 +254,10 @@ pub fn train(
         first = step;
         s.losses = losses;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches = Batches::new(cfg.seed, train.len());
     let start = Instant::now();
     for step in 0..total {
-        let mut batch = Vec::with_capacity(per_step);
-        while batch.len() < per_step {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().unwrap());
-        }
+        let batch = batches.next(per_step);
         if step < first {
             // Done before the checkpoint: only the data order is replayed.
             continue;
