@@ -507,6 +507,19 @@ impl Run {
         Bytes::from(format!("data: {json}\n\n"))
     }
 
+    /// One `chat.completion.chunk` frame with one choice.
+    fn chat_frame(&self, choice: ChunkChoice) -> Bytes {
+        Self::frame(&ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.name.clone(),
+            choices: vec![choice],
+            usage: self.plan.include_usage.then_some(None),
+            system_fingerprint: None,
+        })
+    }
+
     /// A chunk for choice `i`: new text (`text`), or its end (`finish`); with the
     /// log-probabilities not sent yet.
     fn chunk(&mut self, i: usize, text: Option<String>, finish: Option<&'static str>) -> Bytes {
@@ -514,23 +527,15 @@ impl Run {
         let usage = self.plan.include_usage.then_some(None);
         let lps = std::mem::take(&mut self.choices[i].logprobs);
         match self.kind {
-            Kind::Chat => Self::frame(&ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.name.clone(),
-                choices: vec![ChunkChoice {
-                    index: i,
-                    delta: Delta {
-                        role: None,
-                        content: text,
-                        tool_calls: None,
-                    },
-                    logprobs: (want_lp && !lps.is_empty()).then(|| chat_logprobs(&lps)),
-                    finish_reason: finish,
-                }],
-                usage,
-                system_fingerprint: None,
+            Kind::Chat => self.chat_frame(ChunkChoice {
+                index: i,
+                delta: Delta {
+                    role: None,
+                    content: text,
+                    tool_calls: None,
+                },
+                logprobs: (want_lp && !lps.is_empty()).then(|| chat_logprobs(&lps)),
+                finish_reason: finish,
             }),
             Kind::Completion { .. } => {
                 let c = &mut self.choices[i];
@@ -565,23 +570,15 @@ impl Run {
                 ..c
             })
             .collect();
-        Self::frame(&ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.name.clone(),
-            choices: vec![ChunkChoice {
-                index: i,
-                delta: Delta {
-                    role: None,
-                    content,
-                    tool_calls: Some(calls),
-                },
-                logprobs: None,
-                finish_reason: None,
-            }],
-            usage: self.plan.include_usage.then_some(None),
-            system_fingerprint: None,
+        self.chat_frame(ChunkChoice {
+            index: i,
+            delta: Delta {
+                role: None,
+                content,
+                tool_calls: Some(calls),
+            },
+            logprobs: None,
+            finish_reason: None,
         })
     }
 
@@ -590,23 +587,15 @@ impl Run {
         let mut out = VecDeque::new();
         for i in 0..self.choices.len() {
             match &self.kind {
-                Kind::Chat => out.push_back(Self::frame(&ChatChunk {
-                    id: self.id.clone(),
-                    object: "chat.completion.chunk",
-                    created: self.created,
-                    model: self.name.clone(),
-                    choices: vec![ChunkChoice {
-                        index: i,
-                        delta: Delta {
-                            role: Some("assistant"),
-                            content: Some(String::new()),
-                            tool_calls: None,
-                        },
-                        logprobs: None,
-                        finish_reason: None,
-                    }],
-                    usage: self.plan.include_usage.then_some(None),
-                    system_fingerprint: None,
+                Kind::Chat => out.push_back(self.chat_frame(ChunkChoice {
+                    index: i,
+                    delta: Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                        tool_calls: None,
+                    },
+                    logprobs: None,
+                    finish_reason: None,
                 })),
                 Kind::Completion { echo: Some(_) } => {
                     let echo = self.echo(i).unwrap_or("").to_string();
