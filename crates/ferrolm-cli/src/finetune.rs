@@ -129,7 +129,16 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     }
     let mut lm = crate::commands::open(&m)?;
     if full && lm.file.is_none() {
-        bail!("--method full writes the trained model as GGUF from a GGUF base; convert the Hugging Face model first (ferrolm convert DIR model.gguf --type f32)");
+        // A Hugging Face base: converted to an f32 GGUF in memory, since the trained model is
+        // written as the base's GGUF with the trained tensors.
+        if m.quantize.is_some() {
+            bail!("--method full trains f32 weights; leave out --quantize");
+        }
+        let bytes = ferrolm_engine::convert::convert(&lm.path, ferrolm_format::GgmlType::F32)?
+            .to_bytes()?;
+        let file = std::sync::Arc::new(ferrolm_format::GgufFile::from_bytes(&bytes)?);
+        lm.model = ferrolm_model::Model::from_gguf(file.clone())?;
+        lm.file = Some(file);
     }
     if full {
         // Every weight trains in f32: the matrices and the embedding table widened.
