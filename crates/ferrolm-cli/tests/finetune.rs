@@ -43,7 +43,15 @@ fn data(dir: &Path) -> PathBuf {
 }
 
 fn logits(model: &str, extra: &[&str]) -> Vec<f64> {
-    let mut args = vec!["logits", "-m", model, "--ids", "7,10,13,16,19", "--all", "--json"];
+    let mut args = vec![
+        "logits",
+        "-m",
+        model,
+        "--ids",
+        "7,10,13,16,19",
+        "--all",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let (ok, out, err) = ferrolm(&args);
     assert!(ok, "{err}");

@@ -127,7 +127,15 @@ async fn compile(model: &Arc<ModelEntry>, plan: &GenPlan) -> ApiResult<Option<Co
         .await
         .map_err(|e| ApiError::internal(format!("compiling response_format failed: {e}")))?
         .map(Some)
-        .map_err(|e| ApiError::invalid("response_format", format!("'response_format': {e:#}")))
+        .map_err(|e| {
+            // The grammar is the forced tool call's when the request has no response_format.
+            let field = if plan.tools.as_ref().is_some_and(|t| t.grammar().is_some()) {
+                "tools"
+            } else {
+                "response_format"
+            };
+            ApiError::invalid(field, format!("'{field}': {e:#}"))
+        })
 }
 
 /// A completion request's prompts as token ids (text with the model's special tokens).

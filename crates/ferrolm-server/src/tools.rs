@@ -261,6 +261,81 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any answer, with call markers and JSON scattered in it, splits without a panic,
+        /// every call parsed is a named function with JSON arguments, and text with no
+        /// complete call comes back whole.
+        #[test]
+        fn any_answer_splits(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                "[^<]{0,12}",
+                proptest::strategy::Just("<tool_call>".to_string()),
+                proptest::strategy::Just("</tool_call>".to_string()),
+                proptest::strategy::Just(r#"{"name": "f", "arguments": {"x": 1}}"#.to_string()),
+                proptest::strategy::Just(r#"{"name": 3}"#.to_string()),
+                proptest::strategy::Just("é✓\n".to_string()),
+            ],
+            0..12,
+        )) {
+            let text: String = parts.concat();
+            let (content, calls) = parse_calls(&text, "c");
+            for c in &calls {
+                proptest::prop_assert!(!c.function.name.is_empty());
+                proptest::prop_assert!(serde_json::from_str::<Value>(&c.function.arguments).is_ok());
+            }
+            if !text.contains("<tool_call>") {
+                proptest::prop_assert_eq!(content, text.trim());
+                proptest::prop_assert!(calls.is_empty());
+            }
+        }
+
+        /// Any JSON as `tools` / `tool_choice` is accepted or refused with a 400, never a
+        /// panic; an accepted forced choice always yields a grammar.
+        #[test]
+        fn any_tools_value_is_checked(tools in arb_json(3), choice in arb_json(2)) {
+            if let Ok(Some(p)) = tool_plan(Some(&tools), Some(&choice)) {
+                if matches!(p.choice, ToolChoice::Required | ToolChoice::Named(_)) {
+                    proptest::prop_assert!(p.grammar().is_some());
+                }
+            }
+        }
+    }
+
+    fn arb_json(depth: u32) -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            prop_oneof![
+                Just("function".to_string()),
+                Just("required".to_string()),
+                Just("auto".to_string()),
+                Just("none".to_string()),
+                Just("name".to_string()),
+                "[a-z]{0,6}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(depth, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("function".to_string()),
+                        Just("name".to_string()),
+                        Just("parameters".to_string()),
+                        "[a-z]{1,4}",
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     #[test]
     fn tool_choice_is_checked() {
         let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
