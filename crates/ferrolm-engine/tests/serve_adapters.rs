@@ -45,6 +45,7 @@ fn job(prompt: &[u32], adapter: Option<usize>) -> Job {
         decoding: Default::default(),
         speculative: None,
         adapter,
+        soft_prompt: None,
     }
 }
 
@@ -126,4 +127,58 @@ fn requests_with_and_without_an_adapter_share_a_batch_and_equal_alone() {
     );
     // Fewer steps than the requests one after another would take: they shared the batch.
     assert!(m.steps < 8 * 12, "{} steps", m.steps);
+}
+
+/// A job with a prompt adapter's virtual tokens (run outside the batch, beside batched jobs)
+/// gives the tokens of a cache prefilled with them and then the prompt.
+#[test]
+fn a_prompt_adapter_job_equals_its_prefilled_generation() {
+    let lm = model(None);
+    let c = lm.model.config.hidden;
+    let virt: Vec<f32> = (0..3 * c)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.2)
+        .collect();
+    let prompt: Vec<u32> = (0..20).map(|k| (5 + 7 * k) % 128).collect();
+    let mut kv = lm.model.new_cache(64);
+    lm.model.prefill_soft(&virt, &mut kv).unwrap();
+    let req = ferrolm_engine::GenerateRequest {
+        prompt: prompt.clone(),
+        max_tokens: 12,
+        sampling: job(&prompt, None).sampling,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let want = ferrolm_engine::generate(
+        &lm,
+        &mut kv,
+        &req,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap()
+    .ids;
+    let want = want[want.len() - 12..].to_vec();
+    let e = Engine::start(lm.clone(), config()).unwrap();
+    let plain = start(&e, job(&prompt, None));
+    let soft = start(
+        &e,
+        Job {
+            soft_prompt: Some(Arc::new(virt)),
+            ..job(&prompt, None)
+        },
+    );
+    let (plain, soft) = (plain.recv().unwrap(), soft.recv().unwrap());
+    assert_eq!(soft, want);
+    assert_ne!(soft, plain, "the virtual tokens change the answer");
+    // They take positions: a prompt that fits alone but not after them is refused.
+    let long: Vec<u32> = (0..50).map(|k| k % 128).collect();
+    assert!(e.submit(job(&long, None), Box::new(|_| true)).is_ok());
+    let r = e.submit(
+        Job {
+            soft_prompt: Some(Arc::new(vec![0.0; 3 * c])),
+            ..job(&long, None)
+        },
+        Box::new(|_| true),
+    );
+    assert!(r.is_err());
 }

@@ -46,6 +46,7 @@ fn job(prompt: Vec<u32>, n: usize) -> Job {
         decoding: Default::default(),
         speculative: None,
         adapter: None,
+        soft_prompt: None,
     }
 }
 

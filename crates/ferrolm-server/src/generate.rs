@@ -41,9 +41,10 @@ pub async fn chat(
     let start = Instant::now();
     let run = async {
         let req: ChatRequest = parse(&body_bytes(body)?)?;
-        let (model, adapter) = state.resolve(&req.model)?;
+        let target = state.resolve(&req.model)?;
+        let model = target.model.clone();
         let mut plan = chat_plan(&req, model.vocab_size())?;
-        plan.adapter = adapter;
+        plan.resolved(target);
         let messages = chat_messages(&req.messages)?;
         let tool_turns = req
             .messages
@@ -86,9 +87,10 @@ pub async fn completions(
     let start = Instant::now();
     let run = async {
         let req: CompletionRequest = parse(&body_bytes(body)?)?;
-        let (model, adapter) = state.resolve(&req.model)?;
+        let target = state.resolve(&req.model)?;
+        let model = target.model.clone();
         let mut plan = completion_plan(&req, model.vocab_size())?;
-        plan.adapter = adapter;
+        plan.resolved(target);
         let prompts = completion_prompts(&model, &req.prompt)?;
         let echo = req.echo.unwrap_or(false).then(|| {
             let tok = model.lm.tokenizer.as_ref();
@@ -277,10 +279,7 @@ impl Run {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let name = plan
-            .adapter
-            .and_then(|k| state.adapters.iter().find(|a| a.2 == k))
-            .map_or_else(|| model.id.clone(), |a| a.0.clone());
+        let name = plan.name.clone().unwrap_or_else(|| model.id.clone());
         let mut run = Run {
             state: state.clone(),
             model,
@@ -317,6 +316,7 @@ impl Run {
                     decoding: run.plan.decoding.clone(),
                     speculative: run.plan.speculative.clone(),
                     adapter: run.plan.adapter,
+                    soft_prompt: run.plan.soft_prompt.clone(),
                 };
                 let tx = tx.clone();
                 let sink = Box::new(move |ev| tx.send((i, ev)).is_ok());

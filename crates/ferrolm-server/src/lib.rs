@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// the batch.
     #[arg(long = "lora", value_name = "NAME=DIR[:SCALE]")]
     pub lora: Vec<String>,
+    /// A PEFT prompt-tuning or P-tuning adapter served per request (repeatable): requests
+    /// whose `model` is NAME run on the first model with its virtual tokens before the
+    /// prompt (outside the batch).
+    #[arg(long = "prompt-adapter", value_name = "NAME=DIR")]
+    pub prompt_adapter: Vec<String>,
     /// A Jinja chat template file to use instead of the model's (e.g. one that describes
     /// `tools`, which tool calling needs): `FILE` for every model, `MODEL=FILE` for one
     /// (repeatable).
@@ -217,7 +222,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // The address first: a taken port fails before minutes of loading.
     let listener = bind(&args.host, args.port)?;
     let mut models = Vec::new();
-    let mut adapters = Vec::new();
+    let (mut adapters, mut prompt_adapters) = (Vec::new(), Vec::new());
     for (mi, name) in args.models.iter().enumerate() {
         let mut lm = ferrolm_engine::load_with(name, false, args.quantize.as_deref())?;
         if mi == 0 {
@@ -235,6 +240,19 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                     lm.name, applied.layers, applied.rank
                 );
                 adapters.push((id.to_string(), 0, k));
+            }
+            for spec in &args.prompt_adapter {
+                let (id, dir) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--prompt-adapter '{spec}': expected NAME=DIR"))?;
+                let v = ferrolm_engine::lora::load_prompt(&lm.model, std::path::Path::new(dir))
+                    .with_context(|| format!("--prompt-adapter '{spec}'"))?;
+                eprintln!(
+                    "ferrolm: prompt adapter '{id}' on '{}' ({} virtual tokens)",
+                    lm.name,
+                    v.len() / lm.model.config.hidden
+                );
+                prompt_adapters.push((id.to_string(), 0, Arc::new(v)));
             }
         }
         for spec in &args.chat_template {
@@ -279,14 +297,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.timeout),
     };
     let mut state = AppState::new(models, limits)?;
-    for (id, _, _) in &adapters {
-        if state.models.iter().any(|m| &m.id == id)
-            || adapters.iter().filter(|a| &a.0 == id).count() > 1
-        {
-            bail!("--lora: the name '{id}' is taken; give each adapter a name of its own");
+    state.adapters = adapters;
+    state.prompt_adapters = prompt_adapters;
+    let names = state.names();
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            bail!("the name '{n}' is given twice (models and --lora / --prompt-adapter names must differ)");
         }
     }
-    state.adapters = adapters;
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

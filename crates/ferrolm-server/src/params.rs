@@ -41,6 +41,20 @@ pub struct GenPlan {
     pub tools: Option<crate::tools::ToolPlan>,
     /// The per-request LoRA adapter the request's `model` names (set once it is resolved).
     pub adapter: Option<usize>,
+    /// The prompt adapter's virtual tokens the request's `model` names (set once resolved).
+    pub soft_prompt: Option<std::sync::Arc<Vec<f32>>>,
+    /// The name responses carry (the model's, or the adapter's the request named).
+    pub name: Option<String>,
+}
+
+impl GenPlan {
+    /// Takes what the request's `model` field resolved to: adapters and the name to answer
+    /// with.
+    pub fn resolved(&mut self, t: crate::state::Target) {
+        self.adapter = t.adapter;
+        self.soft_prompt = t.soft;
+        self.name = Some(t.name);
+    }
 }
 
 /// The extension fields `decoding` (`sample`, `contrastive` with `penalty_alpha` and `top_k`,
@@ -268,6 +282,8 @@ pub fn plan(
         decoding,
         speculative,
         adapter: None,
+        soft_prompt: None,
+        name: None,
         tools: None,
     })
 }

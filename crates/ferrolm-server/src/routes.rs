@@ -35,6 +35,15 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> 
                 id: name.clone(),
                 ..model_object(&state.models[*i])
             }))
+            .chain(
+                state
+                    .prompt_adapters
+                    .iter()
+                    .map(|(name, i, _)| ModelObject {
+                        id: name.clone(),
+                        ..model_object(&state.models[*i])
+                    }),
+            )
             .collect(),
     })
 }
@@ -43,10 +52,10 @@ pub async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelObject>> {
-    let (m, _) = state.resolve(&id)?;
+    let t = state.resolve(&id)?;
     Ok(Json(ModelObject {
         id,
-        ..model_object(&m)
+        ..model_object(&t.model)
     }))
 }
 
@@ -99,7 +108,17 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<EmbeddingResponse>> {
     let req: EmbeddingRequest = parse(&body_bytes(body)?)?;
-    let model = state.model(&req.model)?;
+    let target = state.resolve(&req.model)?;
+    if target.adapter.is_some() || target.soft.is_some() {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "'{}' is an adapter, which applies to generation; ask embeddings of '{}'",
+                req.model, target.model.id
+            ),
+        ));
+    }
+    let model = target.model;
     let base64_out = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

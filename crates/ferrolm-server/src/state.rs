@@ -46,11 +46,25 @@ impl Default for Limits {
     }
 }
 
+/// A resolved `model` field.
+pub struct Target {
+    pub model: Arc<ModelEntry>,
+    /// The name as requested (responses carry it).
+    pub name: String,
+    /// A per-request LoRA adapter (`AdapterArg::route`).
+    pub adapter: Option<usize>,
+    /// A prompt adapter's virtual tokens.
+    pub soft: Option<Arc<Vec<f32>>>,
+}
+
 pub struct AppState {
     pub models: Vec<Arc<ModelEntry>>,
     /// Per-request LoRA adapters: `(name, index into models, route)`; a request naming one runs
     /// on that model with the adapter (`AdapterArg::route`).
     pub adapters: Vec<(String, usize, usize)>,
+    /// Per-request prompt adapters: `(name, index into models, virtual tokens (N, C))`; a
+    /// request naming one runs with the tokens before its prompt (outside the batch).
+    pub prompt_adapters: Vec<(String, usize, Arc<Vec<f32>>)>,
     pub limits: Limits,
     pub metrics: HttpMetrics,
     pub shutting_down: AtomicBool,
@@ -86,6 +100,7 @@ impl AppState {
         Ok(AppState {
             models: entries,
             adapters: Vec::new(),
+            prompt_adapters: Vec::new(),
             limits,
             metrics: HttpMetrics::default(),
             shutting_down: AtomicBool::new(false),
@@ -95,24 +110,37 @@ impl AppState {
 
     /// The model a request names (404 `model_not_found` otherwise).
     pub fn model(&self, id: &str) -> ApiResult<Arc<ModelEntry>> {
-        self.resolve(id).map(|(m, _)| m)
+        self.resolve(id).map(|t| t.model)
     }
 
-    /// The model a request names, and the per-request adapter when the name is an adapter's.
-    pub fn resolve(&self, id: &str) -> ApiResult<(Arc<ModelEntry>, Option<usize>)> {
-        if let Some(m) = self.models.iter().find(|m| m.id == id) {
-            return Ok((m.clone(), None));
+    /// What a request's `model` names: a model, or an adapter served on one.
+    pub fn resolve(&self, id: &str) -> ApiResult<Target> {
+        let target = |i: usize, adapter, soft| Target {
+            model: self.models[i].clone(),
+            name: id.to_string(),
+            adapter,
+            soft,
+        };
+        if let Some(i) = self.models.iter().position(|m| m.id == id) {
+            return Ok(target(i, None, None));
         }
         if let Some((_, i, k)) = self.adapters.iter().find(|a| a.0 == id) {
-            return Ok((self.models[*i].clone(), Some(*k)));
+            return Ok(target(*i, Some(*k), None));
         }
-        let ids: Vec<String> = self
-            .models
+        if let Some((_, i, v)) = self.prompt_adapters.iter().find(|a| a.0 == id) {
+            return Ok(target(*i, None, Some(v.clone())));
+        }
+        Err(ApiError::model_not_found(id, &self.names()))
+    }
+
+    /// Every name a request may give: models, then adapters.
+    pub fn names(&self) -> Vec<String> {
+        self.models
             .iter()
             .map(|m| m.id.clone())
             .chain(self.adapters.iter().map(|a| a.0.clone()))
-            .collect();
-        Err(ApiError::model_not_found(id, &ids))
+            .chain(self.prompt_adapters.iter().map(|a| a.0.clone()))
+            .collect()
     }
 
     /// A response id such as `chatcmpl-1f3a...`, unique within this process.

@@ -1,6 +1,7 @@
 //! `ferrolm serve --lora NAME=DIR`: a request naming the adapter runs with it, one naming the
 //! model runs without; the adapter's answers equal a model with the adapter applied to
-//! everything; `/v1/models` lists it; responses carry the requested name.
+//! everything; a prompt adapter's name runs its virtual tokens first; `/v1/models` lists
+//! them; responses carry the requested name.
 
 mod common;
 
@@ -59,9 +60,13 @@ fn logprobs(s: &Server, model: &str) -> Vec<f64> {
 #[test]
 fn a_request_naming_an_adapter_gets_it() {
     let grace = Duration::from_secs(1);
+    let lm = tiny(Some(Some(0)));
+    let c = lm.model.config.hidden;
+    let virt: Vec<f32> = (0..3 * c).map(|i| ((i % 17) as f32 - 8.0) * 0.02).collect();
     let s = Server::start_with(
-        vec![(tiny(Some(Some(0))), cfg())],
+        vec![(lm, cfg())],
         vec![("ad".into(), 0, 0)],
+        vec![("soft".into(), 0, Arc::new(virt))],
         grace,
     );
     let ids: Vec<String> = s.get("/v1/models").json()["data"]
@@ -70,7 +75,7 @@ fn a_request_naming_an_adapter_gets_it() {
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, ["llama", "ad"]);
+    assert_eq!(ids, ["llama", "ad", "soft"]);
     assert_eq!(s.get("/v1/models/ad").json()["id"], "ad");
     let (base, ad) = (logprobs(&s, "llama"), logprobs(&s, "ad"));
     let plain = Server::start(vec![(tiny(None), cfg())], grace);
@@ -79,6 +84,9 @@ fn a_request_naming_an_adapter_gets_it() {
     assert!(close(&base, &logprobs(&plain, "llama")), "{base:?}");
     assert!(close(&ad, &logprobs(&merged, "llama")), "{ad:?}");
     assert!(!close(&base, &ad));
+    // The prompt adapter: its own answer, under its name.
+    let soft = logprobs(&s, "soft");
+    assert!(!close(&base, &soft));
     let r = s.post("/v1/completions", &json!({"model": "nope", "prompt": [1]}));
     assert_eq!(r.status, 404);
     assert!(r.json()["error"]["message"]

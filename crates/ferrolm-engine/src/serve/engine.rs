@@ -96,18 +96,23 @@ impl Engine {
         }
         let n_ctx = self.cfg.n_ctx;
         let mut stream = None;
-        if job.prompt.len() + job.max_tokens > n_ctx {
+        // Virtual tokens take positions too.
+        let soft = job
+            .soft_prompt
+            .as_ref()
+            .map_or(0, |v| v.len() / self.lm.model.config.hidden);
+        if soft + job.prompt.len() + job.max_tokens > n_ctx {
             let too_long = SubmitError::TooLong {
-                prompt: job.prompt.len(),
+                prompt: soft + job.prompt.len(),
                 max_tokens: job.max_tokens,
                 n_ctx,
             };
             match self.cfg.overflow {
                 Overflow::Error => return refuse(too_long),
-                Overflow::Truncate if job.max_tokens >= n_ctx => return refuse(too_long),
+                Overflow::Truncate if soft + job.max_tokens >= n_ctx => return refuse(too_long),
                 Overflow::Truncate => {
                     let bos = self.lm.tokenizer.as_ref().and_then(|t| t.bos_id());
-                    job.prompt = truncate_prompt(&job.prompt, n_ctx - job.max_tokens, bos);
+                    job.prompt = truncate_prompt(&job.prompt, n_ctx - soft - job.max_tokens, bos);
                 }
                 Overflow::Stream { sinks } => stream = Some(sinks),
             }
@@ -192,6 +197,9 @@ impl Engine {
                     let mut kv = lm.model.new_cache(n_ctx);
                     if let Some(sinks) = stream {
                         kv.set_long(crate::longctx::streaming(sinks, n_ctx))?;
+                    }
+                    if let Some(v) = &job.soft_prompt {
+                        lm.model.prefill_soft(v, &mut kv)?;
                     }
                     let adapter = job.adapter;
                     ferrolm_model::lora::with_adapter(adapter, || crate::generate_tokens(&lm, &mut kv, &req, &cancel, &mut |tok, text| {

@@ -123,6 +123,10 @@ pub struct Job {
     /// The per-request LoRA adapter (`AdapterArg::route`) this job runs with; jobs with
     /// different adapters share a batch.
     pub adapter: Option<usize>,
+    /// A prompt-tuning / P-tuning adapter's virtual tokens `(N, C)`, run into the sequence's
+    /// cache before its prompt (`Model::prefill_soft`); the prompt and answer then run in the
+    /// batch.
+    pub soft_prompt: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl Job {

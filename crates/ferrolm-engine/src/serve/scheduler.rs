@@ -33,6 +33,8 @@ struct Seq {
     tokens: Vec<u32>,
     fed: usize,
     prompt_len: usize,
+    /// Positions before the prompt taken by a prompt adapter's virtual tokens.
+    soft: usize,
     cached_tokens: usize,
     generated: usize,
     chain: SamplerChain,
@@ -258,7 +260,11 @@ impl Worker {
                     break;
                 }
             }
-            let need = self.blocks_for(job.prompt.len() + 1);
+            let soft = job
+                .soft_prompt
+                .as_ref()
+                .map_or(0, |v| v.len() / self.lm.model.config.hidden);
+            let need = self.blocks_for(soft + job.prompt.len() + 1);
             if !self.pool.take(need) {
                 break;
             }
@@ -267,13 +273,30 @@ impl Worker {
             let mut seq = self.new_seq(id, job, sink, need);
             seq.deadline = deadline;
             self.reuse_prefix(&mut seq);
+            self.prefill_soft(&mut seq);
             self.running.push(seq);
+        }
+    }
+
+    /// Runs a prompt adapter's virtual tokens into a sequence's empty cache (the batch feeds
+    /// the prompt after them). A failure ends the job with the error.
+    fn prefill_soft(&self, s: &mut Seq) {
+        let Some(v) = s.job.soft_prompt.clone() else {
+            return;
+        };
+        if let Err(e) = self.lm.model.prefill_soft(&v, &mut s.kv) {
+            let _ = (s.sink)(Event::Error {
+                message: format!("{e:#}"),
+            });
+            s.done = Some(Finish::Cancelled);
+            s.errored = true;
         }
     }
 
     /// The prefix-cache keys of a job's full prompt blocks (none with the cache off).
     fn prompt_hashes(&self, job: &Job) -> Vec<BlockHash> {
-        if !self.prefix_cache {
+        // Behind virtual tokens the prompt's keys and values are its own.
+        if !self.prefix_cache || job.soft_prompt.is_some() {
             return Vec::new();
         }
         // Blocks computed under an adapter hold its keys and values: another adapter's
@@ -298,6 +321,10 @@ impl Worker {
             tokens: job.prompt.clone(),
             fed: 0,
             prompt_len: job.prompt.len(),
+            soft: job
+                .soft_prompt
+                .as_ref()
+                .map_or(0, |v| v.len() / self.lm.model.config.hidden),
             cached_tokens: 0,
             generated: 0,
             chain,
@@ -527,7 +554,8 @@ impl Worker {
             if s.done.is_none() && s.job.constraint.as_ref().is_some_and(|c| c.is_finished()) {
                 s.done = Some(Finish::Stop);
             }
-            if s.done.is_none() && (s.generated >= s.job.max_tokens || s.tokens.len() >= s.kv.n_ctx)
+            if s.done.is_none()
+                && (s.generated >= s.job.max_tokens || s.soft + s.tokens.len() >= s.kv.n_ctx)
             {
                 s.done = Some(Finish::Length);
             }
@@ -539,7 +567,7 @@ impl Worker {
         if s.done.is_none() {
             // Room for the next position; when the pool is out, the newest other sequence is
             // preempted (its work recomputed later), and failing that this one waits.
-            let need = s.tokens.len().div_ceil(self.cfg.block_size);
+            let need = (s.soft + s.tokens.len()).div_ceil(self.cfg.block_size);
             if need > s.blocks {
                 if self.pool.take(need - s.blocks) {
                     self.running[i].blocks = need;
@@ -623,9 +651,12 @@ impl Worker {
                 }
                 None => {
                     // Preempted: recompute later from everything it has so far.
-                    let need = self.blocks_for(s.tokens.len() + 1);
+                    let need = self.blocks_for(s.soft + s.tokens.len() + 1);
                     if self.pool.take(need) {
                         s.blocks = need;
+                        if s.kv.next_pos == 0 {
+                            self.prefill_soft(&mut s);
+                        }
                         self.running.push(s);
                     } else {
                         let id = s.id;
@@ -637,13 +668,14 @@ impl Worker {
         }
         // Preempted sequences come back first.
         while let Some((_, mut s)) = self.preempted.pop_front() {
-            let need = self.blocks_for(s.tokens.len() + 1);
+            let need = self.blocks_for(s.soft + s.tokens.len() + 1);
             if self.running.len() >= self.cfg.max_running || !self.pool.take(need) {
                 self.preempted.push_front((s.id, s));
                 break;
             }
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             s.blocks = need;
+            self.prefill_soft(&mut s);
             self.running.push(s);
         }
     }

@@ -55,17 +55,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(models: Vec<(Arc<LoadedModel>, ServeConfig)>, grace: Duration) -> Server {
-        Server::start_with(models, Vec::new(), grace)
+        Server::start_with(models, Vec::new(), Vec::new(), grace)
     }
 
-    /// With per-request adapters `(name, model index, route)` (`AppState::adapters`).
+    /// With per-request LoRA adapters `(name, model index, route)` (`AppState::adapters`)
+    /// and prompt adapters `(name, model index, virtual tokens)`.
     pub fn start_with(
         models: Vec<(Arc<LoadedModel>, ServeConfig)>,
         adapters: Vec<(String, usize, usize)>,
+        prompt_adapters: Vec<(String, usize, Arc<Vec<f32>>)>,
         grace: Duration,
     ) -> Server {
         let mut state = AppState::new(models, Limits::default()).unwrap();
         state.adapters = adapters;
+        state.prompt_adapters = prompt_adapters;
         let state = Arc::new(state);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
