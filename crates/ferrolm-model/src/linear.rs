@@ -89,7 +89,8 @@ pub fn with_sequence_rows<T>(lens: Vec<usize>, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn sequence_rows() -> Option<Vec<usize>> {
+/// The row counts [`with_sequence_rows`] set for the current call on this thread.
+pub(crate) fn sequence_rows() -> Option<Vec<usize>> {
     SEQUENCE_ROWS.with(|r| r.borrow().clone())
 }
 

@@ -2,9 +2,10 @@
 //! `y = x Wᵀ (+ b) + Σ scale · (x Aᵀ) Bᵀ`, through the `Linear` extension point (the base layer,
 //! quantized or not, is untouched and shared).
 //!
-//! A bypass may be routed (`LoraPart::route`): it then applies only to the rows a batched step
-//! assigns to its adapter ([`with_row_adapters`]), so requests with different adapters share
-//! one batch (the server's per-request adapters).
+//! A bypass may be routed (`LoraPart::route`): it then applies only to the rows of the
+//! sequences a batched step assigns to its adapter ([`with_sequence_adapters`]; the rows of
+//! each sequence come from `Model::forward_batch`, `linear::with_sequence_rows`), so requests
+//! with different adapters share one batch (the server's per-request adapters).
 //!
 //! Dimension legend: `rows` input rows, `in`/`out` the base layer's sizes, `r` the rank.
 
@@ -16,8 +17,8 @@ use std::cell::RefCell;
 /// Which rows routed bypasses apply to, on this thread.
 #[derive(Clone)]
 enum Routing {
-    /// A batched step: `(rows, adapter)` runs in row order.
-    Runs(Vec<(usize, Option<usize>)>),
+    /// A batched step: each sequence's adapter, in the batch's order.
+    PerSequence(Vec<Option<usize>>),
     /// One sequence's work: every row, one adapter.
     All(usize),
 }
@@ -38,11 +39,11 @@ fn with_routing<T>(r: Routing, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` (a batched forward pass on this thread) with its rows assigned to routed
-/// adapters: `runs[i] = (rows, adapter)`, in row order (`None`: the base alone). Outside such
-/// a call a routed bypass applies to no row.
-pub fn with_row_adapters<T>(runs: Vec<(usize, Option<usize>)>, f: impl FnOnce() -> T) -> T {
-    with_routing(Routing::Runs(runs), f)
+/// Runs `f` (a `Model::forward_batch` on this thread) with sequence `i` of the batch on routed
+/// adapter `adapters[i]` (`None`: the base alone). Outside such a call a routed bypass applies
+/// to no row.
+pub fn with_sequence_adapters<T>(adapters: Vec<Option<usize>>, f: impl FnOnce() -> T) -> T {
+    with_routing(Routing::PerSequence(adapters), f)
 }
 
 /// Runs `f` (one sequence's work on this thread) with routed adapter `adapter` on every row.
@@ -60,7 +61,7 @@ pub struct LoraPart {
     pub b: Vec<f32>,
     pub r: usize,
     pub scale: f32,
-    /// `Some(k)`: applies only to rows routed to adapter `k` ([`with_row_adapters`]); `None`:
+    /// `Some(k)`: applies only to the rows of sequences on adapter `k` ([`with_sequence_adapters`]); `None`:
     /// to every row.
     pub route: Option<usize>,
 }
@@ -120,7 +121,7 @@ impl LoraLinear {
                 self.bypass(p, x, y);
                 continue;
             };
-            let runs = match ROUTING.with(|r| r.borrow().clone()) {
+            let adapters = match ROUTING.with(|r| r.borrow().clone()) {
                 None => continue,
                 Some(Routing::All(a)) => {
                     if a == k {
@@ -128,13 +129,14 @@ impl LoraLinear {
                     }
                     continue;
                 }
-                Some(Routing::Runs(runs)) => runs,
+                Some(Routing::PerSequence(a)) => a,
             };
-            if runs.iter().map(|r| r.0).sum::<usize>() != rows {
-                bail!("internal: a step's adapter rows do not cover the {rows} rows of a routed LoRA layer");
+            let lens = crate::linear::sequence_rows().unwrap_or_default();
+            if lens.len() != adapters.len() || lens.iter().sum::<usize>() != rows {
+                bail!("internal: a step's sequences do not cover the {rows} rows of a routed LoRA layer");
             }
             let mut r0 = 0;
-            for (n, a) in runs {
+            for (n, a) in lens.into_iter().zip(adapters) {
                 if a == Some(k) {
                     self.bypass(p, &x[r0 * i..(r0 + n) * i], &mut y[r0 * o..(r0 + n) * o]);
                 }

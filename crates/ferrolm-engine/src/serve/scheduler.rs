@@ -418,15 +418,15 @@ impl Worker {
         let rows = {
             let mut want = plan.iter().peekable();
             let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(plan.len());
-            let mut runs = Vec::with_capacity(plan.len());
+            let mut adapters = Vec::with_capacity(plan.len());
             for (i, s) in self.running.iter_mut().enumerate() {
                 if let Some(&(_, n)) = want.next_if(|p| p.0 == i) {
                     batch.push((&s.tokens[s.fed..s.fed + n], &mut s.kv));
-                    runs.push((n, s.job.adapter));
+                    adapters.push(s.job.adapter);
                 }
             }
             let (model, scratch) = (&self.lm.model, &mut self.scratch);
-            ferrolm_model::lora::with_row_adapters(runs, || {
+            ferrolm_model::lora::with_sequence_adapters(adapters, || {
                 model.forward_batch(&mut batch, scratch)
             })?
         };
