@@ -413,16 +413,7 @@ pub fn train_full(
         if opt == Optimizer::AdamW {
             adam.step(m, lr, cfg.clip)?;
         }
-        let mean = loss / denom.max(1) as f64;
-        s.losses.push((step + 1, mean));
-        s.steps = step + 1;
-        on_step(
-            step + 1,
-            total,
-            mean,
-            lr,
-            s.tokens as f64 / start.elapsed().as_secs_f64(),
-        );
+        s.record((step, total), (loss, denom), lr, start, &mut on_step);
     }
     s.seconds = start.elapsed().as_secs_f64();
     s.eval_after = eval_loss(m, &none, eval)?;

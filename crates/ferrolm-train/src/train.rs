@@ -154,6 +154,25 @@ pub struct Summary {
     pub params: usize,
 }
 
+impl Summary {
+    /// Records step `step` (from 0) of `total`, whose token losses sum to `loss` over `denom`
+    /// targets, and reports it: (step, total, mean loss, lr, tokens/s so far).
+    pub(crate) fn record(
+        &mut self,
+        (step, total): (usize, usize),
+        (loss, denom): (f64, usize),
+        lr: f32,
+        start: Instant,
+        on_step: &mut impl FnMut(usize, usize, f64, f32, f64),
+    ) {
+        let mean = loss / denom.max(1) as f64;
+        self.losses.push((step + 1, mean));
+        self.steps = step + 1;
+        let tps = self.tokens as f64 / start.elapsed().as_secs_f64();
+        on_step(step + 1, total, mean, lr, tps);
+    }
+}
+
 /// Mean loss per target token over `examples` (no dropout).
 pub fn eval_loss(m: &Model, ad: &Adapter, examples: &[Example]) -> Result<Option<f64>> {
     let (mut sum, mut n) = (0f64, 0usize);
@@ -284,16 +303,7 @@ pub fn train(
         let lr = schedule(cfg.lr, step, total, warmup);
         let mut params = ad.params_mut();
         opt.step(&mut params, &g, lr);
-        let mean = loss / denom.max(1) as f64;
-        s.losses.push((step + 1, mean));
-        s.steps = step + 1;
-        on_step(
-            step + 1,
-            total,
-            mean,
-            lr,
-            s.tokens as f64 / start.elapsed().as_secs_f64(),
-        );
+        s.record((step, total), (loss, denom), lr, start, &mut on_step);
         if cfg
             .save_every
             .is_some_and(|k| (step + 1) % k == 0 || step + 1 == total)
