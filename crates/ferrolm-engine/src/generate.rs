@@ -324,7 +324,10 @@ impl<'a> Source<'a> {
                 let ids: Vec<u32> = order.iter().map(|&i| cands.ids[i]).collect();
                 let probs: Vec<f32> = order.iter().map(|&i| cands.probs[i]).collect();
                 // Each candidate one step ahead, batched, on its own copy of the cache.
-                let mut forks: Vec<KvCache> = ids.iter().map(|_| kv.clone()).collect();
+                let mut forks: Vec<KvCache> = ids
+                    .iter()
+                    .map(|_| kv.fork(ferrolm_model::kv::PAGE_ROWS))
+                    .collect();
                 let toks: Vec<[u32; 1]> = ids.iter().map(|&t| [t]).collect();
                 let mut seqs: Vec<(&[u32], &mut KvCache)> = toks
                     .iter()

@@ -113,7 +113,12 @@ impl BeamModel for Beams<'_> {
         if let Some(p) = self.primed.take() {
             self.caches = vec![p.kv];
         }
-        let mut next: Vec<KvCache> = parents.iter().map(|&i| self.caches[i].clone()).collect();
+        // Beams share their history's full blocks (copy on write): only the last, partial
+        // block of each is copied.
+        let mut next: Vec<KvCache> = parents
+            .iter()
+            .map(|&i| self.caches[i].fork(ferrolm_model::kv::PAGE_ROWS))
+            .collect();
         let mut rows = Vec::with_capacity(tokens.len());
         for (kv, &t) in next.iter_mut().zip(tokens) {
             rows.push(

@@ -431,7 +431,7 @@ fn decoding_rules_run_beside_the_batch_with_their_own_answers() {
 
 /// Requests with one prompt arriving together (the choices of `n > 1`): the first prefills
 /// it, the others wait for its blocks and take them from the prefix cache, with the same
-/// answers.
+/// answers; the blocks are shared, not copied (the pool never holds the prompt four times).
 #[test]
 fn requests_sharing_a_prompt_prefill_it_once() {
     let Some(lm) = model() else { return };
@@ -446,9 +446,27 @@ fn requests_sharing_a_prompt_prefill_it_once() {
     let system = "You answer in one short sentence, citing the encyclopedia. ".repeat(20);
     let p = chat(&lm, Some(&system), "What is the capital of France?");
     let rxs: Vec<_> = (0..4).map(|_| start(&e, job(p.clone(), 12))).collect();
-    let got: Vec<_> = rxs.iter().map(|r| r.recv().unwrap()).collect();
+    // The pool's blocks in use, sampled while the four run.
+    let mut peak = 0;
+    let mut got = Vec::new();
+    for r in &rxs {
+        loop {
+            peak = peak.max(e.metrics().kv_blocks_used);
+            match r.recv_timeout(Duration::from_millis(1)) {
+                Ok(g) => break got.push(g),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
     let cached: Vec<usize> = got.iter().map(|g| g.2).collect();
-    println!("prompt {} tokens; cached per request {cached:?}", p.len());
+    let blocks = (p.len() + 12).div_ceil(16);
+    println!(
+        "prompt {} tokens; cached per request {cached:?}; peak KV blocks {peak} (copies would need {})",
+        p.len(),
+        4 * blocks + p.len() / 16
+    );
+    assert!(peak > 0 && peak <= blocks + 4 * 3, "{peak}");
     assert!(got.iter().all(|g| g.0 == got[0].0));
     assert_eq!(cached[0], 0);
     assert!(

@@ -170,6 +170,28 @@ impl Flash {
         qk_tile(q, ldq, nq, d, &self.kt, KEY_BLOCK, &mut self.s, KEY_BLOCK);
     }
 
+    /// [`Flash::dots`] for a block whose keys lie in several runs (a paged cache):
+    /// `runs[r] = (keys of the run, rows)`, one after another. The tile, and so every bit, is
+    /// that of the same keys in one piece.
+    pub fn dots_runs(&mut self, q: &[f32], ldq: usize, runs: &[(&[f32], usize)], stride: usize) {
+        let (nq, d) = (self.nq, self.d);
+        let mut c = 0;
+        for &(k, n) in runs {
+            assert!(c + n <= KEY_BLOCK && (n == 0 || k.len() >= (n - 1) * stride + d));
+            for e in 0..d {
+                let row = &mut self.kt[e * KEY_BLOCK + c..e * KEY_BLOCK + c + n];
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = k[j * stride + e];
+                }
+            }
+            c += n;
+        }
+        for e in 0..d {
+            self.kt[e * KEY_BLOCK + c..(e + 1) * KEY_BLOCK].fill(0.0);
+        }
+        qk_tile(q, ldq, nq, d, &self.kt, KEY_BLOCK, &mut self.s, KEY_BLOCK);
+    }
+
     /// The score tile of the current block: row `i` at `i * KEY_BLOCK`. After [`Flash::dots`]
     /// the caller turns raw dots into final logits here (scale, softcap, bias, `-inf` for
     /// masked keys) before [`Flash::absorb`].
@@ -180,6 +202,13 @@ impl Flash {
     /// Folds the current block's logits (`n` keys) and their values `v[j * ldv..][..d]` into
     /// the running state. A row whose logits are all `-inf` is unchanged.
     pub fn absorb(&mut self, n: usize, v: &[f32], ldv: usize) {
+        self.absorb_runs(&[(v, n)], ldv)
+    }
+
+    /// [`Flash::absorb`] with the block's values in runs `(values, rows)`, as
+    /// [`Flash::dots_runs`]; the same bits as one piece.
+    pub fn absorb_runs(&mut self, runs: &[(&[f32], usize)], ldv: usize) {
+        let n: usize = runs.iter().map(|r| r.1).sum();
         let (nq, d) = (self.nq, self.d);
         for i in 0..nq {
             let row = &mut self.s[i * KEY_BLOCK..i * KEY_BLOCK + n];
@@ -202,7 +231,22 @@ impl Flash {
                 crate::numerics::round_f16_slice(row);
             }
         }
-        pv_tile(&self.s, KEY_BLOCK, nq, n, v, ldv, d, &mut self.acc, d);
+        // Each output element's sum runs over the keys in order, run after run.
+        let mut c = 0;
+        for &(v, rows) in runs {
+            pv_tile(
+                &self.s[c..],
+                KEY_BLOCK,
+                nq,
+                rows,
+                v,
+                ldv,
+                d,
+                &mut self.acc,
+                d,
+            );
+            c += rows;
+        }
     }
 
     /// Row `i`'s output: the normalised accumulation (zeros for a row that saw no key).

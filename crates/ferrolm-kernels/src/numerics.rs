@@ -286,6 +286,7 @@ mod avx512 {
         stride: usize,
         d: usize,
         lanes: usize,
+        lane0: usize,
         acc: &mut [f32],
     ) {
         assert!(d.is_multiple_of(16) && acc.len() >= lanes * d);
@@ -294,7 +295,7 @@ mod avx512 {
                 continue;
             }
             let vr = &v[j * stride..j * stride + d];
-            let a = acc.as_mut_ptr().add((j % lanes) * d);
+            let a = acc.as_mut_ptr().add(((lane0 + j) % lanes) * d);
             let pv = _mm512_set1_ps(p);
             for e in (0..d).step_by(16) {
                 let s = _mm512_fmadd_ps(
@@ -450,17 +451,19 @@ pub fn dot_single_impl(a: &[f32], b: &[f32], padded: bool) -> f32 {
 fma_dispatch! {
 /// The accumulation half of `p . v` for one query row and many output elements at once:
 /// `acc` holds `lanes` rows of `d` (zeroed by the caller); cached position `j` (value row
-/// `v[j * stride..][..d]`) goes to lane `j % lanes`, in increasing `j`. With `lanes = 16` and
+/// `v[j * stride..][..d]`) goes to lane `(lane0 + j) % lanes`, in increasing `j` (`lane0`: the
+/// slot of `probs[0]` when a row is accumulated run by run, as over a paged cache). With `lanes = 16` and
 /// `finish_batched`, each output equals `dot_batched` over the value column; with `lanes = 64`
 /// and `finish_single`, `dot_single_padded`. Zero probabilities (masked) are skipped: adding
 /// `0 * v` leaves a lane unchanged.
-pub fn pv_accumulate_portable(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: usize, acc: &mut [f32]) -> () {
+#[allow(clippy::too_many_arguments)]
+pub fn pv_accumulate_portable(probs: &[f32], v: &[f32], stride: usize, d: usize, lanes: usize, lane0: usize, acc: &mut [f32]) -> () {
     for (j, &p) in probs.iter().enumerate() {
         if p == 0.0 {
             continue;
         }
         let vr = &v[j * stride..j * stride + d];
-        let l = j % lanes;
+        let l = (lane0 + j) % lanes;
         let a = &mut acc[l * d..(l + 1) * d];
         for (ae, &ve) in a.iter_mut().zip(vr) {
             *ae = p.mul_add(ve, *ae);
@@ -476,15 +479,16 @@ pub fn pv_accumulate(
     stride: usize,
     d: usize,
     lanes: usize,
+    lane0: usize,
     acc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx512 && d.is_multiple_of(16) {
         // SAFETY: detected at run time.
-        unsafe { avx512::pv_accumulate(probs, v, stride, d, lanes, acc) };
+        unsafe { avx512::pv_accumulate(probs, v, stride, d, lanes, lane0, acc) };
         return;
     }
-    pv_accumulate_portable(probs, v, stride, d, lanes, acc)
+    pv_accumulate_portable(probs, v, stride, d, lanes, lane0, acc)
 }
 
 /// `reduce_add16` of lanes `lane(0..16)` for 16 consecutive elements at once: the same
@@ -608,8 +612,9 @@ mod tests {
                 let stride = d + 16;
                 let v: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
                 let (mut a1, mut a2) = (vec![0f32; lanes * d], vec![0f32; lanes * d]);
-                pv_accumulate(&a, &v, stride, d, lanes, &mut a1);
-                pv_accumulate_portable(&a, &v, stride, d, lanes, &mut a2);
+                let lane0 = n % 7;
+                pv_accumulate(&a, &v, stride, d, lanes, lane0, &mut a1);
+                pv_accumulate_portable(&a, &v, stride, d, lanes, lane0, &mut a2);
                 assert_eq!(
                     a1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     a2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -737,7 +742,7 @@ mod tests {
         p[3] = 0.0;
         for (lanes, batched) in [(16usize, true), (64, false)] {
             let mut acc = vec![0f32; lanes * d];
-            pv_accumulate(&p, &v, d, d, lanes, &mut acc);
+            pv_accumulate(&p, &v, d, d, lanes, 0, &mut acc);
             let mut out = vec![0f32; d];
             if batched {
                 pv_finish_batched(&acc, d, &mut out);

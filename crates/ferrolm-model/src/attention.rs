@@ -227,7 +227,7 @@ fn attend_many_with(
         let (pi, hh, q0, q1, row0) = tasks[task];
         let (q, kv, q_pos) = parts[pi];
         let (t, s) = (q_pos.len(), kv.len());
-        let (k, v, k_pos) = (&kv.k, &kv.v, &kv.pos);
+        let k_pos = &kv.pos;
         let batched = t >= 2 && !mask.as_decode;
         let lanes = if batched { 16 } else { 64 };
         let g = hh / n_rep;
@@ -270,7 +270,12 @@ fn attend_many_with(
             }
             for j0 in (lo / KEY_BLOCK * KEY_BLOCK..hi).step_by(KEY_BLOCK) {
                 let n = (hi - j0).min(KEY_BLOCK);
-                f.dots(&qs, d, &k[j0 * stride + g * d..], stride, n);
+                // The block's keys and values, one run per cache page it touches.
+                let (ks, vs): (Vec<_>, Vec<_>) = kv
+                    .runs(j0, j0 + n)
+                    .map(|(_, rows, k, v)| ((&k[g * d..], rows), (&v[g * d..], rows)))
+                    .unzip();
+                f.dots_runs(&qs, d, &ks, stride);
                 let sc = f.scores();
                 for (i, &ti) in long.iter().enumerate() {
                     let qp = q_pos[ti];
@@ -297,7 +302,7 @@ fn attend_many_with(
                         };
                     }
                 }
-                f.absorb(n, &v[j0 * stride + g * d..], stride);
+                f.absorb_runs(&vs, stride);
             }
             for (i, &ti) in long.iter().enumerate() {
                 // SAFETY: (row, head) output slices belong to one task each.
@@ -324,10 +329,11 @@ fn attend_many_with(
                 let (lo, hi) = ranges[ti - q0];
                 let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
                 row.iter_mut().for_each(|x| *x = 0.0);
-                for j in c0..c1 {
+                for (j, kr) in kv.runs(c0, c1).flat_map(|(j0, rows, k, _)| {
+                    (0..rows).map(move |r| (j0 + r, &k[r * stride + g * d..][..d]))
+                }) {
                     let kp = k_pos[j];
                     row[j] = if visible(qp, kp) {
-                        let kr = &k[j * stride + g * d..j * stride + (g + 1) * d];
                         let mut sc = if batched {
                             dot_batched(kr, qv)
                         } else {
@@ -354,7 +360,10 @@ fn attend_many_with(
                 }
                 kv.precision.round_slice(&mut row[c0..c1]);
                 acc.iter_mut().for_each(|x| *x = 0.0);
-                pv_accumulate(&row[..c1], &v[g * d..], stride, d, lanes, acc);
+                for (j0, rows, _, v) in kv.runs(c0, c1) {
+                    let p = &row[j0..j0 + rows];
+                    pv_accumulate(p, &v[g * d..], stride, d, lanes, j0 % lanes, acc);
+                }
                 // SAFETY: (row, head) output slices belong to one task each.
                 let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
                 if batched {
@@ -527,10 +536,8 @@ impl Attention {
             k,
             v,
             pos: (0..rows).collect(),
-            window: None,
             precision,
-            slack: 0,
-            long: None,
+            ..Default::default()
         })
     }
 }
@@ -606,6 +613,63 @@ mod tests {
                     .map(|(x, y)| (x - y).abs())
                     .fold(0f32, f32::max);
                 assert!(diff < tol, "case {case} {precision:?}: max |diff| {diff}");
+            }
+        }
+    }
+
+    /// A paged cache (shared pages, then own rows) attends to the bit as the same rows in one
+    /// piece: per-key and blocked paths, decode and batched calls, GQA, windows and softcap,
+    /// pages of a size that does not divide the blocked path's key blocks.
+    #[test]
+    fn paged_cache_attends_as_contiguous() {
+        use crate::kv::KvPrecision;
+        let (h, hkv, d) = (6, 2, 64);
+        for (case, (window, softcap, s, t, page)) in [
+            (None, None, 300, 1, 16),
+            (None, None, 300, 5, 16),
+            (Some(100), None, 280, 1, 48),
+            (None, Some(30.0), 410, 7, 7),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let a = AttentionSpec {
+                n_heads: h,
+                n_kv_heads: hkv,
+                head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                scale_at: ScaleAt::Scores,
+                softcap,
+                qk_norm: false,
+            };
+            let whole = LayerKv {
+                k: rand(s * hkv * d, 10 + case as u64),
+                v: rand(s * hkv * d, 20 + case as u64),
+                pos: (0..s).collect(),
+                precision: KvPrecision::F16,
+                ..Default::default()
+            };
+            let mut paged = whole.clone();
+            paged.seal(page, s * 2 / 3);
+            assert!(paged.pages.len() >= 2 && paged.paged < s && paged.paged.is_multiple_of(page));
+            assert_eq!(paged.runs(0, s).count(), paged.pages.len() + 1);
+            let q: Vec<f32> = rand(t * h * d, 3).iter().map(|x| x * 4.0).collect();
+            let pos: Vec<usize> = (s - t..s).collect();
+            let mask = Mask {
+                causal: true,
+                window,
+                bias: ScoreBias::None,
+                as_decode: false,
+            };
+            for flash_min in [usize::MAX, 1] {
+                let run = |kv: &LayerKv| {
+                    attend_many_with(&a, &[(&q[..], kv, &pos[..])], &mask, None, flash_min)
+                };
+                let (x, y) = (run(&whole), run(&paged));
+                assert!(
+                    x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "case {case}, flash_min {flash_min}"
+                );
             }
         }
     }

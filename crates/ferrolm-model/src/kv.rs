@@ -1,8 +1,17 @@
 //! KV memory, owned by the caller and passed into `forward`: weights stay immutable, so two
 //! sequences can share one model. Each layer keeps its keys and values with their positions;
-//! global layers grow contiguously, sliding-window layers drop keys no future query can see.
+//! global layers grow, sliding-window layers drop keys no future query can see.
+//!
+//! A layer's slots are paged: first a run of shared, immutable [`KvPage`]s (reference counted;
+//! the server's prefix cache and a beam's forks hold the same pages), then the sequence's own
+//! rows, where new positions are appended. Sharing is copy on write: a fork
+//! ([`KvCache::fork`]) seals its full blocks of own rows into pages and copies only the last,
+//! partial block; a change to shared rows (taking positions back into a page, a window sliding
+//! past one, a long-context policy) first copies the pages into the sequence's own rows
+//! ([`LayerKv::own_pages`]). Attention reads slots run by run ([`LayerKv::runs`]).
 
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// Precision of cached keys and values. `F16` is llama.cpp's default: keys, values, and the
 /// operands of the two attention products (queries, probabilities) are rounded to f16, so
@@ -23,10 +32,28 @@ impl KvPrecision {
     }
 }
 
-/// One layer's cache: rows of `Hkv * D` values per cached position, in slot order
-/// (`k[s * Hkv * D + g * D + e]`); `pos[s]` is the position of slot `s`.
+/// Slots per page when a cache is forked (beams, contrastive search's candidates); the
+/// server's pages are its `block_size`.
+pub const PAGE_ROWS: usize = 16;
+
+/// A block of cached rows shared by reference: `rows` rows of `Hkv * D` keys and values. Never
+/// changed once shared; see the module's notes on copy on write.
+#[derive(Debug, Default)]
+pub struct KvPage {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub rows: usize,
+}
+
+/// One layer's cache: rows of `Hkv * D` values per cached position, in slot order. Slots
+/// `0..paged` lie in `pages`, slots `paged..` in the own rows `k`, `v`
+/// (`k[(s - paged) * Hkv * D + g * D + e]`); `pos[s]` is the position of slot `s`.
 #[derive(Clone, Default)]
 pub struct LayerKv {
+    /// Shared pages, in slot order, before the own rows.
+    pub pages: Vec<Arc<KvPage>>,
+    /// Slots held in `pages`.
+    pub paged: usize,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     pub pos: Vec<usize>,
@@ -56,6 +83,121 @@ impl LayerKv {
         self.pos.extend_from_slice(pos);
     }
 
+    /// Values per slot (`Hkv * D`), 0 while empty.
+    pub fn row_width(&self) -> usize {
+        match self.pages.first() {
+            Some(p) => p.k.len() / p.rows.max(1),
+            None => self.k.len() / (self.pos.len() - self.paged).max(1),
+        }
+    }
+
+    /// The slots `lo..hi` as contiguous runs `(first slot, rows, keys, values)`, each slice
+    /// starting at its first slot's row (`rows * Hkv * D` values): one per page touched, then
+    /// the own rows.
+    pub fn runs(
+        &self,
+        lo: usize,
+        hi: usize,
+    ) -> impl Iterator<Item = (usize, usize, &[f32], &[f32])> {
+        let w = self.row_width();
+        let mut start = 0;
+        let pages = self.pages.iter().map(move |p| {
+            let s = start;
+            start += p.rows;
+            (s, p.rows, &p.k[..], &p.v[..])
+        });
+        let own = (
+            self.paged,
+            self.pos.len() - self.paged,
+            &self.k[..],
+            &self.v[..],
+        );
+        pages
+            .chain(std::iter::once(own))
+            .filter_map(move |(s, n, k, v)| {
+                let (a, b) = (lo.max(s), hi.min(s + n));
+                (a < b).then(|| {
+                    (
+                        a,
+                        b - a,
+                        &k[(a - s) * w..(b - s) * w],
+                        &v[(a - s) * w..(b - s) * w],
+                    )
+                })
+            })
+    }
+
+    /// The keys and values of slots `lo..lo + n` in one piece: borrowed when they lie in one
+    /// run, otherwise gathered into `buf`.
+    pub fn span<'a>(
+        &'a self,
+        lo: usize,
+        n: usize,
+        buf: &'a mut (Vec<f32>, Vec<f32>),
+    ) -> (&'a [f32], &'a [f32]) {
+        let mut runs = self.runs(lo, lo + n);
+        let first = runs.next();
+        if let Some((_, rows, k, v)) = first {
+            if rows == n {
+                return (k, v);
+            }
+        }
+        buf.0.clear();
+        buf.1.clear();
+        for (_, _, k, v) in first.into_iter().chain(runs) {
+            buf.0.extend_from_slice(k);
+            buf.1.extend_from_slice(v);
+        }
+        (&buf.0, &buf.1)
+    }
+
+    /// Copy on write: the shared pages' rows become this sequence's own (before the own rows),
+    /// so they can be changed. Nothing to do without pages.
+    pub fn own_pages(&mut self) {
+        if self.pages.is_empty() {
+            return;
+        }
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for p in self.pages.drain(..) {
+            k.extend_from_slice(&p.k);
+            v.extend_from_slice(&p.v);
+        }
+        k.append(&mut self.k);
+        v.append(&mut self.v);
+        (self.k, self.v, self.paged) = (k, v, 0);
+    }
+
+    /// Moves own rows into shared pages of `rows` slots each, while whole pages fit below slot
+    /// `upto` (call it with the length of the pages the sequence already holds a multiple of
+    /// `rows`, as the server and beam forks do).
+    pub fn seal(&mut self, rows: usize, upto: usize) {
+        let w = self.row_width();
+        let mut n = 0;
+        while rows > 0 && self.paged + (n + 1) * rows <= upto.min(self.pos.len()) {
+            n += 1;
+        }
+        for i in 0..n {
+            let r = i * rows * w..(i + 1) * rows * w;
+            self.pages.push(Arc::new(KvPage {
+                k: self.k[r.clone()].to_vec(),
+                v: self.v[r].to_vec(),
+                rows,
+            }));
+        }
+        self.k.drain(..n * rows * w);
+        self.v.drain(..n * rows * w);
+        self.paged += n * rows;
+    }
+
+    /// Takes a shared page as the next slots (only before any own rows).
+    pub fn push_page(&mut self, page: Arc<KvPage>, pos: impl IntoIterator<Item = usize>) {
+        assert!(self.paged == self.pos.len(), "a page after own rows");
+        self.pos.extend(pos);
+        self.paged += page.rows;
+        self.pages.push(page);
+        debug_assert_eq!(self.paged, self.pos.len());
+    }
+
     /// Drops what a rotating layer will never attend to again (call after attending).
     pub fn trim(&mut self) {
         let (Some(w), Some(&max)) = (self.window, self.pos.iter().max()) else {
@@ -67,7 +209,8 @@ impl LayerKv {
             .position(|&p| p + w + self.slack > max + 1)
             .unwrap_or(self.pos.len());
         if keep_from > 0 {
-            let row = self.k.len() / self.pos.len().max(1);
+            self.own_pages();
+            let row = self.row_width();
             self.k.drain(..keep_from * row);
             self.v.drain(..keep_from * row);
             self.pos.drain(..keep_from);
@@ -128,6 +271,20 @@ impl KvCache {
         }
     }
 
+    /// A copy of this cache that shares its history (a beam fork, a second choice): the full
+    /// blocks of `page_rows` slots of own rows are sealed into shared pages first, so both
+    /// caches hold the same pages and only the last, partial block is copied. Rotating and
+    /// long-context layers, whose rows change as they go, are copied whole.
+    pub fn fork(&mut self, page_rows: usize) -> KvCache {
+        for l in &mut self.layers {
+            if l.window.is_none() && l.long.is_none() {
+                let n = l.len();
+                l.seal(page_rows, n);
+            }
+        }
+        self.clone()
+    }
+
     pub fn clear(&mut self) {
         for (i, l) in self.layers.iter_mut().enumerate() {
             *l = LayerKv {
@@ -161,13 +318,15 @@ impl KvCache {
         Ok(())
     }
 
-    /// Bytes of keys and values held (with a long-context policy's far keys and memory).
+    /// Bytes of keys and values this sequence reads (with a long-context policy's far keys and
+    /// memory), shared pages counted in full.
     pub fn bytes(&self) -> usize {
         let f = std::mem::size_of::<f32>();
         self.layers
             .iter()
             .map(|l| {
                 let mut n = l.k.len() + l.v.len();
+                n += l.pages.iter().map(|p| p.k.len() + p.v.len()).sum::<usize>();
                 if let Some(s) = &l.long {
                     n += s.k_far.len();
                     if let Some(m) = &s.memory {
@@ -207,6 +366,9 @@ impl KvCache {
         }
         for l in &mut self.layers {
             let keep = l.pos.iter().take_while(|&&p| p < len).count();
+            if keep < l.paged {
+                l.own_pages();
+            }
             if l.pos[keep..].iter().any(|&p| p < len) {
                 bail!("KV cache slots out of position order");
             }
@@ -220,9 +382,9 @@ impl KvCache {
                     );
                 }
             }
-            let row = l.k.len() / l.pos.len().max(1);
-            l.k.truncate(keep * row);
-            l.v.truncate(keep * row);
+            let row = l.row_width();
+            l.k.truncate((keep - l.paged) * row);
+            l.v.truncate((keep - l.paged) * row);
             l.pos.truncate(keep);
         }
         self.next_pos = len;
@@ -241,5 +403,71 @@ impl KvCache {
         let pos = (self.next_pos..self.next_pos + n).collect();
         self.next_pos += n;
         Ok(pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(n: usize, w: usize) -> KvCache {
+        let mut c = KvCache::new([None, Some(4)], 1024, KvPrecision::F32);
+        let k: Vec<f32> = (0..n * w).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        let pos: Vec<usize> = c.reserve(n).unwrap();
+        for l in &mut c.layers {
+            l.append(&k, &v, &pos);
+        }
+        c
+    }
+
+    fn rows(l: &LayerKv) -> (Vec<f32>, Vec<f32>) {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for (_, _, a, b) in l.runs(0, l.len()) {
+            k.extend_from_slice(a);
+            v.extend_from_slice(b);
+        }
+        (k, v)
+    }
+
+    /// Forks share their full blocks by reference and copy only the partial one; changing
+    /// shared rows in one fork (taking positions back) copies them first and leaves the
+    /// other fork as it was.
+    #[test]
+    fn forks_share_full_pages_and_copy_on_write() {
+        let w = 6;
+        let mut a = cache(37, w);
+        let before = rows(&a.layers[0]);
+        let mut b = a.fork(16);
+        let (la, lb) = (&a.layers[0], &b.layers[0]);
+        assert_eq!((la.pages.len(), la.paged, la.k.len()), (2, 32, 5 * w));
+        assert!(la
+            .pages
+            .iter()
+            .zip(&lb.pages)
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
+        assert_eq!(rows(la), before);
+        assert_eq!(rows(lb), before);
+        // The rotating layer is copied whole, never paged.
+        assert!(a.layers[1].pages.is_empty() && b.layers[1].pages.is_empty());
+        assert_eq!(Arc::strong_count(&la.pages[0]), 2);
+        // Appending goes to own rows; taking back into a page copies the pages (b only).
+        let pos = b.reserve(1).unwrap();
+        b.layers[0].append(&[7.0; 6], &[8.0; 6], &pos);
+        b.truncate(20).unwrap();
+        let lb = &b.layers[0];
+        assert!(lb.pages.is_empty());
+        assert_eq!(rows(lb).0, before.0[..20 * w].to_vec());
+        assert_eq!(Arc::strong_count(&a.layers[0].pages[0]), 1);
+        assert_eq!(rows(&a.layers[0]), before, "the other fork is unchanged");
+        // A gathered span across a page boundary equals the rows.
+        let mut buf = Default::default();
+        let (k, _) = a.layers[0].span(10, 20, &mut buf);
+        assert_eq!(k, &before.0[10 * w..30 * w]);
+        // Bytes count what each fork reads, shared pages in full: 37 and 20 slots, 2 layers.
+        assert_eq!(
+            (a.bytes(), b.bytes()),
+            (37 * 2 * w * 2 * 4, 20 * 2 * w * 2 * 4)
+        );
     }
 }

@@ -255,6 +255,8 @@ pub fn attend_long(
     let Some(mut state) = kv.long.take() else {
         bail!("long-context attention on a layer without long-context state");
     };
+    // The policies move and re-rotate rows: shared pages become the sequence's own first.
+    kv.own_pages();
     let res = if let Some(far) = state.policy.far {
         attend_far(a, rope, far, q, k, v, pos, kv, &mut state)
     } else if let Some(stream) = state.policy.stream {
@@ -495,7 +497,7 @@ fn attend_stream(
             }
             softmax_row(&mut row, 1.0);
             let mut acc = vec![0f32; d];
-            pv_accumulate(&row[..hi], &values[g * d..], kw, d, 1, &mut acc);
+            pv_accumulate(&row[..hi], &values[g * d..], kw, d, 1, 0, &mut acc);
             if let Some(m) = memory {
                 let mut x = hi;
                 for &c in &picked {
@@ -505,6 +507,7 @@ fn attend_stream(
                         kw,
                         d,
                         1,
+                        0,
                         &mut acc,
                     );
                     x += chunk;

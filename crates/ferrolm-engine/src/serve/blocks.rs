@@ -1,15 +1,19 @@
 //! KV memory counted in blocks of `block_size` positions, and the prefix cache.
 //!
-//! The pool has a fixed number of blocks (the memory budget). A sequence holds
-//! `ceil(positions / block_size)` of them while it runs; its keys and values live in its own
-//! `KvCache`. Full prompt blocks are also kept in the prefix cache, keyed by a chain hash of
-//! every token up to the block's end, so a later prompt with the same prefix (a shared system
-//! prompt) copies them instead of recomputing them. Cached blocks count against the budget and
-//! are evicted least recently used when running sequences need room; they never force a
-//! running sequence out.
+//! The pool has a fixed number of blocks (the memory budget). A running sequence's cache is
+//! paged ([`ferrolm_model::kv`]): full prompt blocks become shared pages, published here keyed
+//! by a chain hash of every token up to the block's end, and a later prompt with the same
+//! prefix (a shared system prompt, the other choices of `n > 1`) takes the same pages by
+//! reference (copy on write: nobody writes into a full block). Every block is counted once:
+//! a sequence is charged for the blocks it owns (its partial block and anything not
+//! published), the cache for its entries, whether or not sequences also read them. Entries no
+//! running sequence reads are evicted least recently used when sequences need room; entries
+//! in use are not, so they never force a running sequence out.
 
+use ferrolm_model::kv::KvPage;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 pub type BlockHash = u64;
 
@@ -33,10 +37,19 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
         .collect()
 }
 
-/// One full block's keys and values, per layer (`block_size` rows of `Hkv * D` each).
-pub struct CachedBlock {
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+/// One full block's pages, one per layer.
+pub type Pages = Vec<Arc<KvPage>>;
+
+struct CachedBlock {
+    pages: Pages,
     last_used: u64,
+}
+
+impl CachedBlock {
+    /// Read by a running sequence (which holds clones of the pages).
+    fn in_use(&self) -> bool {
+        self.pages.first().is_some_and(|p| Arc::strong_count(p) > 1)
+    }
 }
 
 pub struct BlockPool {
@@ -60,20 +73,25 @@ impl BlockPool {
         self.total
     }
 
-    /// Blocks held by sequences plus blocks in the prefix cache.
+    /// Blocks owned by sequences plus blocks in the prefix cache.
     pub fn used(&self) -> usize {
         self.held + self.cache.len()
     }
 
-    /// Blocks held by running sequences.
+    /// Blocks owned by running sequences.
     pub fn held(&self) -> usize {
         self.held
     }
 
-    /// Takes `n` blocks for a sequence, evicting cached blocks (least recently used first)
-    /// when needed; `false` (and nothing taken) when even that is not enough.
+    /// Cached blocks no running sequence reads (free to evict).
+    pub fn idle(&self) -> usize {
+        self.cache.values().filter(|b| !b.in_use()).count()
+    }
+
+    /// Takes `n` blocks for a sequence, evicting idle cached blocks (least recently used
+    /// first) when needed; `false` (and nothing taken or evicted) when even that is not enough.
     pub fn take(&mut self, n: usize) -> bool {
-        if self.held + n > self.total {
+        if self.held + self.cache.len() - self.idle() + n > self.total {
             return false;
         }
         while self.held + self.cache.len() + n > self.total {
@@ -88,18 +106,23 @@ impl BlockPool {
     }
 
     fn evict_one(&mut self) {
-        if let Some((&h, _)) = self.cache.iter().min_by_key(|(_, b)| b.last_used) {
+        if let Some((&h, _)) = self
+            .cache
+            .iter()
+            .filter(|(_, b)| !b.in_use())
+            .min_by_key(|(_, b)| b.last_used)
+        {
             self.cache.remove(&h);
         }
     }
 
-    /// A cached block, marked as just used.
-    pub fn lookup(&mut self, h: BlockHash) -> Option<&CachedBlock> {
+    /// A cached block's pages (shared, not copied), marked as just used.
+    pub fn lookup(&mut self, h: BlockHash) -> Option<Pages> {
         self.clock += 1;
         let clock = self.clock;
         self.cache.get_mut(&h).map(|b| {
             b.last_used = clock;
-            &*b
+            b.pages.clone()
         })
     }
 
@@ -107,25 +130,23 @@ impl BlockPool {
         self.cache.contains_key(&h)
     }
 
-    /// Caches a block when there is room (evicting older cached blocks if the pool is full).
-    pub fn insert(&mut self, h: BlockHash, layers: Vec<(Vec<f32>, Vec<f32>)>) {
+    /// Publishes a block a sequence owns: the cache takes it over (the sequence is charged
+    /// one block less and keeps reading the same pages). `false` when the hash is cached
+    /// already; the block then stays the sequence's.
+    pub fn adopt(&mut self, h: BlockHash, pages: Pages) -> bool {
         if self.cache.contains_key(&h) {
-            return;
-        }
-        if self.held + self.cache.len() >= self.total {
-            if self.cache.is_empty() {
-                return;
-            }
-            self.evict_one();
+            return false;
         }
         self.clock += 1;
         self.cache.insert(
             h,
             CachedBlock {
-                layers,
+                pages,
                 last_used: self.clock,
             },
         );
+        self.held = self.held.saturating_sub(1);
+        true
     }
 }
 
@@ -145,18 +166,27 @@ mod tests {
     }
 
     #[test]
-    fn cached_blocks_give_way_to_sequences() {
+    fn cached_blocks_give_way_to_sequences_unless_read() {
+        let page = || vec![Arc::new(KvPage::default())];
         let mut p = BlockPool::new(4);
-        assert!(p.take(2));
-        p.insert(1, vec![]);
-        p.insert(2, vec![]);
-        assert_eq!(p.used(), 4);
-        assert!(p.lookup(1).is_some()); // 1 is now the most recently used
-        assert!(p.take(1), "evicts a cached block");
+        assert!(p.take(4));
+        assert!(
+            p.adopt(1, page()),
+            "published: the sequence's block moves to the cache"
+        );
+        assert!(p.adopt(2, page()));
+        assert!(!p.adopt(2, page()), "cached already");
+        assert_eq!((p.used(), p.held(), p.idle()), (4, 2, 2));
+        p.release(2);
+        let read = p.lookup(1).unwrap(); // a sequence reads block 1 (and it is the newest)
+        assert_eq!(p.idle(), 1);
+        assert!(p.take(3), "evicts the idle block 2");
         assert!(p.contains(1) && !p.contains(2));
-        assert!(!p.take(2), "never more than the pool");
-        p.release(3);
-        assert_eq!(p.held(), 0);
-        assert_eq!(p.used(), 1);
+        assert!(!p.take(1), "block 1 is read: it is not evicted");
+        assert!(p.contains(1));
+        drop(read);
+        assert!(p.take(1), "now idle, evicted");
+        assert!(!p.contains(1));
+        assert_eq!((p.used(), p.held()), (4, 4));
     }
 }

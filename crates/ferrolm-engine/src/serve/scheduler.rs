@@ -1,6 +1,6 @@
 //! The scheduler thread: the continuous-batching loop over the paged KV cache, sampling and events.
 
-use super::blocks::{block_hashes, BlockHash, BlockPool};
+use super::blocks::{block_hashes, BlockHash, BlockPool, Pages};
 use super::{Event, Finish, Job, ServeConfig, Sink, TokenLogprob};
 use crate::generate::Utf8Stream;
 use crate::load::LoadedModel;
@@ -40,8 +40,10 @@ struct Seq {
     chain: SamplerChain,
     stops: StopMatcher,
     utf8: Utf8Stream,
-    /// Blocks held in the pool.
+    /// Blocks the sequence owns in the pool (its prompt's published blocks are the cache's).
     blocks: usize,
+    /// Pages of the prefix cache the sequence reads (reused or published by it).
+    cached_pages: usize,
     /// Hashes of the prompt's full blocks, and how many are in the prefix cache already.
     hashes: Vec<BlockHash>,
     published: usize,
@@ -250,7 +252,9 @@ impl Worker {
             // publish its prompt, then take those blocks from the prefix cache (requests with
             // one prompt, as the choices of `n > 1`, or a shared system prompt arriving
             // together, prefill it once).
-            if let Some(&first) = self.prompt_hashes(job).first() {
+            let hashes = self.prompt_hashes(job);
+            let prompt_len = job.prompt.len();
+            if let Some(&first) = hashes.first() {
                 let leader = self.running.iter().any(|r| {
                     r.done.is_none()
                         && r.hashes.first() == Some(&first)
@@ -264,7 +268,9 @@ impl Worker {
                 .soft_prompt
                 .as_ref()
                 .map_or(0, |v| v.len() / self.lm.model.config.hidden);
-            let need = self.blocks_for(soft + job.prompt.len() + 1);
+            // The cached prefix's pages are held (so not evicted) before blocks are taken.
+            let hits = self.cached_prefix(&hashes, prompt_len);
+            let need = self.blocks_for(soft + prompt_len + 1) - hits.len();
             if !self.pool.take(need) {
                 break;
             }
@@ -272,7 +278,7 @@ impl Worker {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             let mut seq = self.new_seq(id, job, sink, need);
             seq.deadline = deadline;
-            self.reuse_prefix(&mut seq);
+            self.reuse_prefix(&mut seq, hits);
             self.prefill_soft(&mut seq);
             self.running.push(seq);
         }
@@ -331,6 +337,7 @@ impl Worker {
             stops: StopMatcher::new(job.stop.clone()),
             utf8: Utf8Stream::default(),
             blocks,
+            cached_pages: 0,
             hashes,
             published: 0,
             done: None,
@@ -340,22 +347,31 @@ impl Worker {
         }
     }
 
-    /// Copies the longest cached prefix of the prompt into the sequence's cache. At least
-    /// `MIN_PIECE` prompt tokens are left to compute (see `MIN_PIECE`), so the arithmetic of a
-    /// prompt does not depend on what was cached.
-    fn reuse_prefix(&mut self, s: &mut Seq) {
+    /// The pages of the longest cached prefix of a job's prompt. At least `MIN_PIECE` prompt
+    /// tokens are left to compute (see `MIN_PIECE`), so the arithmetic of a prompt does not
+    /// depend on what was cached.
+    fn cached_prefix(&mut self, hashes: &[BlockHash], prompt_len: usize) -> Vec<Pages> {
+        let bs = self.cfg.block_size;
+        let mut hit = hashes
+            .iter()
+            .take_while(|h| self.pool.contains(**h))
+            .count();
+        while hit > 0 && prompt_len - hit * bs < MIN_PIECE {
+            hit -= 1;
+        }
+        hashes[..hit]
+            .iter()
+            .map_while(|h| self.pool.lookup(*h))
+            .collect()
+    }
+
+    /// Gives a new sequence the cached prefix's pages: shared, not copied.
+    fn reuse_prefix(&mut self, s: &mut Seq, hits: Vec<Pages>) {
         if !self.prefix_cache || s.hashes.is_empty() {
             return;
         }
         let bs = self.cfg.block_size;
-        let mut hit = s
-            .hashes
-            .iter()
-            .take_while(|h| self.pool.contains(**h))
-            .count();
-        while hit > 0 && s.prompt_len - hit * bs < MIN_PIECE {
-            hit -= 1;
-        }
+        let hit = hits.len();
         if let Ok(mut m) = self.shared.metrics.lock() {
             m.prefix_cache_queries += 1;
             if hit > 0 {
@@ -363,20 +379,16 @@ impl Worker {
                 m.prefix_cache_tokens += (hit * bs) as u64;
             }
         }
-        for (b, h) in s.hashes[..hit].iter().enumerate() {
-            let Some(block) = self.pool.lookup(*h) else {
-                return;
-            };
-            for (layer, (k, v)) in s.kv.layers.iter_mut().zip(&block.layers) {
-                layer.k.extend_from_slice(k);
-                layer.v.extend_from_slice(v);
-                layer.pos.extend(b * bs..(b + 1) * bs);
+        for (b, pages) in hits.into_iter().enumerate() {
+            for (layer, page) in s.kv.layers.iter_mut().zip(pages) {
+                layer.push_page(page, b * bs..(b + 1) * bs);
             }
-            s.kv.next_pos = (b + 1) * bs;
-            s.fed = (b + 1) * bs;
         }
+        s.kv.next_pos = hit * bs;
+        s.fed = hit * bs;
         s.cached_tokens = s.fed;
         s.published = hit;
+        s.cached_pages = hit;
     }
 
     /// One batched forward over every running sequence's next tokens.
@@ -443,29 +455,28 @@ impl Worker {
         Ok(())
     }
 
-    /// Puts the sequence's newly completed prompt blocks into the prefix cache.
+    /// Publishes the sequence's newly completed prompt blocks: its rows are sealed into shared
+    /// pages and the prefix cache takes them over (no copy; the sequence keeps reading them).
     fn publish_prefix(&mut self, i: usize) {
         if !self.prefix_cache {
             return;
         }
         let bs = self.cfg.block_size;
         let s = &mut self.running[i];
-        let full = s.fed.min(s.prompt_len) / bs;
-        while s.published < full.min(s.hashes.len()) {
+        let full = (s.fed.min(s.prompt_len) / bs).min(s.hashes.len());
+        if s.published >= full {
+            return;
+        }
+        for l in &mut s.kv.layers {
+            l.seal(bs, full * bs);
+        }
+        while s.published < full {
             let b = s.published;
-            let rows = b * bs..(b + 1) * bs;
-            let layers =
-                s.kv.layers
-                    .iter()
-                    .map(|l| {
-                        let w = l.k.len() / l.pos.len().max(1);
-                        (
-                            l.k[rows.start * w..rows.end * w].to_vec(),
-                            l.v[rows.start * w..rows.end * w].to_vec(),
-                        )
-                    })
-                    .collect();
-            self.pool.insert(s.hashes[b], layers);
+            let pages: Pages = s.kv.layers.iter().map(|l| l.pages[b].clone()).collect();
+            if self.pool.adopt(s.hashes[b], pages) {
+                s.blocks -= 1;
+                s.cached_pages += 1;
+            }
             s.published += 1;
         }
     }
@@ -567,7 +578,7 @@ impl Worker {
         if s.done.is_none() {
             // Room for the next position; when the pool is out, the newest other sequence is
             // preempted (its work recomputed later), and failing that this one waits.
-            let need = (s.soft + s.tokens.len()).div_ceil(self.cfg.block_size);
+            let need = (s.soft + s.tokens.len()).div_ceil(self.cfg.block_size) - s.cached_pages;
             if need > s.blocks {
                 if self.pool.take(need - s.blocks) {
                     self.running[i].blocks = need;
@@ -601,6 +612,7 @@ impl Worker {
             let v = &mut self.running[j];
             self.pool.release(v.blocks);
             v.blocks = 0;
+            v.cached_pages = 0;
             v.kv.clear();
             v.fed = 0;
             v.published = v.hashes.len();
