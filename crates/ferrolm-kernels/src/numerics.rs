@@ -332,6 +332,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    #[inline]
     pub unsafe fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         unsafe {
@@ -347,6 +348,7 @@ mod avx512 {
 
     /// `dot_single_impl` for `padded == false`, or for `padded` when `n` is a multiple of 64.
     #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    #[inline]
     pub unsafe fn dot_single(a: &[f32], b: &[f32], padded: bool) -> f32 {
         let n = a.len().min(b.len());
         let np = if padded { n.div_ceil(64) * 64 } else { n & !63 };
@@ -369,6 +371,137 @@ mod avx512 {
             }
             sum as f32
         }
+    }
+
+    /// `pv_runs` with every lane's sum in a register: per 16 output elements, each lane's
+    /// chain of fused multiply-adds over its keys (in increasing order, zeros skipped), then
+    /// the finish's additions in its order.
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn pv_runs(
+        probs: &[f32],
+        runs: &[(usize, &[f32])],
+        stride: usize,
+        d: usize,
+        lanes: usize,
+        lane0: usize,
+        out: &mut [f32],
+    ) {
+        let n = probs.len();
+        for (r, &(start, v)) in runs.iter().enumerate() {
+            let end = runs.get(r + 1).map_or(n, |x| x.0).min(n);
+            assert!(end <= start || v.len() >= (end - start - 1) * stride + d);
+        }
+        unsafe {
+            match d / 16 {
+                4 => pv_runs_w::<4>(probs, runs, stride, lanes, lane0, out),
+                8 => pv_runs_w::<8>(probs, runs, stride, lanes, lane0, out),
+                16 => pv_runs_w::<16>(probs, runs, stride, lanes, lane0, out),
+                w => {
+                    for e0 in (0..w).map(|i| i * 16) {
+                        let o = &mut out[e0..e0 + 16];
+                        let rs: Vec<(usize, &[f32])> =
+                            runs.iter().map(|&(s, v)| (s, &v[e0..])).collect();
+                        pv_runs_w::<1>(probs, &rs, stride, lanes, lane0, o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `pv_runs` for `d = 16 * W`: each lane's chain over its keys with the whole row in `W`
+    /// registers; the finish's first additions per lane group, then its tree per 16 elements.
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    unsafe fn pv_runs_w<const W: usize>(
+        probs: &[f32],
+        runs: &[(usize, &[f32])],
+        stride: usize,
+        lanes: usize,
+        lane0: usize,
+        out: &mut [f32],
+    ) {
+        let n = probs.len();
+        unsafe {
+            // Lane `x`'s sum: its keys j = first, first + lanes, ... in order.
+            let chain = |x: usize| -> [__m512; W] {
+                let mut acc = [_mm512_setzero_ps(); W];
+                let mut j = (x + lanes - lane0 % lanes) % lanes;
+                let mut r = 0;
+                while j < n {
+                    let p = *probs.get_unchecked(j);
+                    if p != 0.0 {
+                        while r + 1 < runs.len() && runs[r + 1].0 <= j {
+                            r += 1;
+                        }
+                        let (s0, v) = runs[r];
+                        let row = v.as_ptr().add((j - s0) * stride);
+                        let pb = _mm512_set1_ps(p);
+                        for (w, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(pb, _mm512_loadu_ps(row.add(16 * w)), *a);
+                        }
+                    }
+                    j += lanes;
+                }
+                acc
+            };
+            let add = |a: [__m512; W], b: [__m512; W]| -> [__m512; W] {
+                std::array::from_fn(|w| _mm512_add_ps(a[w], b[w]))
+            };
+            // t[l]: lane l, or (l + 32, l) + (l + 16, l + 48) with 64 lanes.
+            let mut t = [[_mm512_setzero_ps(); W]; 16];
+            for (l, tl) in t.iter_mut().enumerate() {
+                *tl = if lanes == 64 {
+                    add(
+                        add(chain(l), chain(32 + l)),
+                        add(chain(16 + l), chain(48 + l)),
+                    )
+                } else {
+                    chain(l)
+                };
+            }
+            for w in 0..W {
+                let a: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(t[i + 8][w], t[i][w]));
+                let b: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(a[i + 4], a[i]));
+                let o = _mm512_add_ps(_mm512_add_ps(b[0], b[2]), _mm512_add_ps(b[1], b[3]));
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * w), o);
+            }
+        }
+    }
+
+    /// `dot_rows` in one function, so the per-row dots inline.
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, single: bool, out: &mut [f32]) {
+        let d = q.len();
+        for (j, o) in out.iter_mut().enumerate() {
+            let kr = &k[j * stride..j * stride + d];
+            *o = unsafe {
+                if single {
+                    dot_single(kr, q, false)
+                } else {
+                    dot_batched(kr, q)
+                }
+            };
+        }
+    }
+}
+
+/// `out[j] = dot_single(k_j, q)` (`single`) or `dot_batched(k_j, q)` for the rows
+/// `k_j = k[j * stride..][..q.len()]`, `j < out.len()`: one query against a run of cached keys,
+/// each with the bits of its own call.
+pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, single: bool, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 {
+        // SAFETY: detected at run time.
+        unsafe { avx512::dot_rows(q, k, stride, single, out) };
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let kr = &k[j * stride..j * stride + q.len()];
+        *o = if single {
+            dot_single_impl(kr, q, false)
+        } else {
+            dot_batched_portable(kr, q)
+        };
     }
 }
 
@@ -491,6 +624,48 @@ pub fn pv_accumulate(
     pv_accumulate_portable(probs, v, stride, d, lanes, lane0, acc)
 }
 
+/// `p · v` for one query whose value rows lie in runs (a paged cache): `runs[r] = (index of
+/// its first key in probs, its rows v[i * stride..][..d])`, in order. The bits of zeroed
+/// lanes, [`pv_accumulate`] run by run (lane offset `lane0 + start`) and
+/// [`pv_finish_single`] (`lanes = 64`) or [`pv_finish_batched`] (`lanes = 16`), which it
+/// is with no vector unit; with AVX-512 every lane's sum stays in a register.
+#[allow(clippy::too_many_arguments)]
+pub fn pv_runs(
+    probs: &[f32],
+    runs: &[(usize, &[f32])],
+    stride: usize,
+    d: usize,
+    lanes: usize,
+    lane0: usize,
+    acc: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert!((lanes == 16 || lanes == 64) && out.len() >= d);
+    assert!(runs.windows(2).all(|w| w[0].0 < w[1].0) && runs.first().is_none_or(|r| r.0 == 0));
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 && d.is_multiple_of(16) {
+        // SAFETY: detected at run time; rows' lengths asserted inside.
+        unsafe { avx512::pv_runs(probs, runs, stride, d, lanes, lane0, out) };
+        return;
+    }
+    acc.clear();
+    acc.resize(lanes * d, 0.0);
+    for (r, &(start, v)) in runs.iter().enumerate() {
+        let end = runs
+            .get(r + 1)
+            .map_or(probs.len(), |x| x.0)
+            .min(probs.len());
+        if start < end {
+            pv_accumulate(&probs[start..end], v, stride, d, lanes, lane0 + start, acc);
+        }
+    }
+    if lanes == 64 {
+        pv_finish_single(acc, d, out)
+    } else {
+        pv_finish_batched(acc, d, out)
+    }
+}
+
 /// `reduce_add16` of lanes `lane(0..16)` for 16 consecutive elements at once: the same
 /// additions per element, as whole-row vector operations.
 fn reduce16_rows(lane: impl Fn(usize) -> [f32; 16]) -> [f32; 16] {
@@ -550,6 +725,60 @@ pub fn pv_finish_single(acc: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The register path of `pv_runs` against its portable body (accumulate run by run, then
+    /// finish): random probabilities with zeros, several runs, lane offsets, both lane counts.
+    #[test]
+    fn pv_runs_gives_the_bits_of_accumulate_and_finish() {
+        let mut x = 7u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for (n, d, lanes, lane0, cuts) in [
+            (1usize, 64usize, 64usize, 0usize, vec![]),
+            (80, 64, 64, 16, vec![16, 32]),
+            (300, 64, 64, 5, vec![7, 100, 250]),
+            (130, 32, 16, 3, vec![64]),
+            (45, 128, 16, 0, vec![]),
+        ] {
+            let stride = d * 3;
+            let probs: Vec<f32> = (0..n)
+                .map(|j| if j % 7 == 3 { 0.0 } else { rnd() })
+                .collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
+            let mut starts = vec![0];
+            starts.extend(cuts);
+            let runs: Vec<(usize, &[f32])> =
+                starts.iter().map(|&s| (s, &v[s * stride..])).collect();
+            let mut want = vec![0f32; lanes * d];
+            pv_accumulate_portable(&probs, &v, stride, d, lanes, lane0, &mut want);
+            let mut o1 = vec![0f32; d];
+            if lanes == 64 {
+                pv_finish_single(&want, d, &mut o1);
+            } else {
+                pv_finish_batched(&want, d, &mut o1);
+            }
+            let mut o2 = vec![0f32; d];
+            pv_runs(
+                &probs,
+                &runs,
+                stride,
+                d,
+                lanes,
+                lane0,
+                &mut Vec::new(),
+                &mut o2,
+            );
+            assert_eq!(
+                o1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                o2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n={n} d={d} lanes={lanes}"
+            );
+        }
+    }
 
     #[test]
     fn vector_pv_finish_gives_the_per_element_bits() {

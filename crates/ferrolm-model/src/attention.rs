@@ -170,9 +170,7 @@ fn attend_many_with(
     flash_min: usize,
 ) -> Vec<f32> {
     use ferrolm_kernels::flash::{Flash, KEY_BLOCK};
-    use ferrolm_kernels::numerics::{
-        dot_batched, dot_single, pv_accumulate, pv_finish_batched, pv_finish_single, softmax_row,
-    };
+    use ferrolm_kernels::numerics::{dot_rows, pv_runs, softmax_row};
     use ferrolm_kernels::pool::{global, SharedOut};
     let (h, hkv, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
     let stride = hkv * d;
@@ -317,7 +315,6 @@ fn attend_many_with(
         BUFS.with(|bufs| {
             let (row, acc) = &mut *bufs.borrow_mut();
             row.resize(s, 0.0);
-            acc.resize(lanes * d, 0.0);
             for ti in q0..q1 {
                 if long.contains(&ti) {
                     continue;
@@ -328,28 +325,31 @@ fn attend_many_with(
                 // exact zeros, so only c0..c1 is computed.
                 let (lo, hi) = ranges[ti - q0];
                 let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
-                row.iter_mut().for_each(|x| *x = 0.0);
-                for (j, kr) in kv.runs(c0, c1).flat_map(|(j0, rows, k, _)| {
-                    (0..rows).map(move |r| (j0 + r, &k[r * stride + g * d..][..d]))
-                }) {
-                    let kp = k_pos[j];
-                    row[j] = if visible(qp, kp) {
-                        let mut sc = if batched {
-                            dot_batched(kr, qv)
-                        } else {
-                            dot_single(kr, qv)
-                        };
-                        if pre_scaled {
-                            sc *= scale;
+                if tracing {
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                }
+                // Raw dots for c0..c1, run by run; then the mask (and scale, softcap, bias
+                // where they come before the softmax).
+                for (j0, rows, k, _) in kv.runs(c0, c1) {
+                    dot_rows(qv, &k[g * d..], stride, !batched, &mut row[j0..j0 + rows]);
+                }
+                if exact && plain_scores {
+                    row[c0..lo].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                    row[hi..c1].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                } else {
+                    for (x, &kp) in row[c0..c1].iter_mut().zip(&k_pos[c0..c1]) {
+                        *x = if !visible(qp, kp) {
+                            f32::NEG_INFINITY
+                        } else if pre_scaled {
+                            let mut sc = *x * scale;
                             if let Some(cap) = a.softcap {
                                 sc = (sc * (1.0 / cap)).tanh() * cap;
                             }
-                            sc += bias(hh, qp, kp);
-                        }
-                        sc
-                    } else {
-                        f32::NEG_INFINITY
-                    };
+                            sc + bias(hh, qp, kp)
+                        } else {
+                            *x
+                        };
+                    }
                 }
                 if c1 > c0 {
                     softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
@@ -359,18 +359,13 @@ fn attend_many_with(
                     unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(row);
                 }
                 kv.precision.round_slice(&mut row[c0..c1]);
-                acc.iter_mut().for_each(|x| *x = 0.0);
-                for (j0, rows, _, v) in kv.runs(c0, c1) {
-                    let p = &row[j0..j0 + rows];
-                    pv_accumulate(p, &v[g * d..], stride, d, lanes, j0 % lanes, acc);
-                }
+                let runs: Vec<(usize, &[f32])> = kv
+                    .runs(c0, c1)
+                    .map(|(j0, _, _, v)| (j0 - c0, &v[g * d..]))
+                    .collect();
                 // SAFETY: (row, head) output slices belong to one task each.
                 let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
-                if batched {
-                    pv_finish_batched(acc, d, o);
-                } else {
-                    pv_finish_single(acc, d, o);
-                }
+                pv_runs(&row[c0..c1], &runs, stride, d, lanes, c0 % lanes, acc, o);
             }
         });
     });
