@@ -84,12 +84,46 @@ pub fn silu(x: f32) -> f32 {
 }
 
 fma_dispatch! {
-/// `silu` over a slice, in place.
-pub fn silu_slice(x: &mut [f32]) -> () {
+/// `silu` over a slice, in place, one lane at a time.
+pub fn silu_slice_portable(x: &mut [f32]) -> () {
     for v in x.iter_mut() {
         *v = silu(*v);
     }
 }
+}
+
+/// Rotates `n` pairs of a head by a rope cache row (`cache[2i]` = cos, `cache[2i + 1]` = sin
+/// of pair `i`): pair `i` is `(x[i * stride], x[i * stride + offset])` (adjacent pairs:
+/// stride 2, offset 1; NeoX halves: stride 1, offset `n`), each rotated with llama.cpp's
+/// contraction `x0 * c - x1 * s` as `fma(x0, c, -(x1 * s))` and `x0 * s + x1 * c` as
+/// `fma(x0, s, x1 * c)`. 16 lanes at a time with AVX-512, the same bits.
+pub fn rope_pairs(x: &mut [f32], cache: &[f32], n: usize, stride: usize, offset: usize) {
+    assert!(cache.len() >= 2 * n && (n == 0 || x.len() > (n - 1) * stride + offset));
+    let mut i0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 && ((stride, offset) == (2, 1) || (stride, offset) == (1, n)) {
+        // SAFETY: detected at run time; lengths asserted above.
+        i0 = unsafe { avx512::rope_pairs(x, cache, n, stride == 2) };
+    }
+    for i in i0..n {
+        let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+        let a = i * stride;
+        let (x0, x1) = (x[a], x[a + offset]);
+        x[a] = x0.mul_add(c, -(x1 * s));
+        x[a + offset] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// `silu` over a slice, in place: 16 lanes at a time with AVX-512 (`ggml_v_silu`; the same
+/// bits as [`silu_slice_portable`]).
+pub fn silu_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 {
+        // SAFETY: detected at run time.
+        unsafe { avx512::silu_slice(x) };
+        return;
+    }
+    silu_slice_portable(x)
 }
 
 /// `_mm512_reduce_add_ps` as GCC expands it: halves, then quarters, then pairs.
@@ -224,6 +258,68 @@ mod avx512 {
             let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(n, _mm512_setzero_ps());
             let edge = _mm512_maskz_mov_ps(pos, _mm512_set1_ps(f32::INFINITY));
             _mm512_mask_blend_ps(big, res, edge)
+        }
+    }
+
+    /// `rope_pairs` over whole vectors; returns the pairs done (the rest is the caller's).
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn rope_pairs(x: &mut [f32], cache: &[f32], n: usize, adjacent: bool) -> usize {
+        let rot = |x0: __m512, x1: __m512, c: __m512, s: __m512| {
+            let a = _mm512_fmadd_ps(
+                x0,
+                c,
+                _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(x1, s)),
+            );
+            let b = _mm512_fmadd_ps(x0, s, _mm512_mul_ps(x1, c));
+            (a, b)
+        };
+        let (xp, cp) = (x.as_mut_ptr(), cache.as_ptr());
+        let mut i = 0;
+        if adjacent {
+            // 8 pairs per vector: x0, c in even lanes (duplicated), x1, s in odd ones.
+            while i + 8 <= n {
+                let v = _mm512_loadu_ps(xp.add(2 * i));
+                let t = _mm512_loadu_ps(cp.add(2 * i));
+                let (a, b) = rot(
+                    _mm512_moveldup_ps(v),
+                    _mm512_movehdup_ps(v),
+                    _mm512_moveldup_ps(t),
+                    _mm512_movehdup_ps(t),
+                );
+                _mm512_storeu_ps(xp.add(2 * i), _mm512_mask_blend_ps(0xAAAA, a, b));
+                i += 8;
+            }
+        } else {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+            while i + 16 <= n {
+                let (t0, t1) = (
+                    _mm512_loadu_ps(cp.add(2 * i)),
+                    _mm512_loadu_ps(cp.add(2 * i + 16)),
+                );
+                let c = _mm512_permutex2var_ps(t0, even, t1);
+                let s = _mm512_permutex2var_ps(t0, odd, t1);
+                let (x0, x1) = (_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(xp.add(i + n)));
+                let (a, b) = rot(x0, x1, c, s);
+                _mm512_storeu_ps(xp.add(i), a);
+                _mm512_storeu_ps(xp.add(i + n), b);
+                i += 16;
+            }
+        }
+        i
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
+    pub unsafe fn silu_slice(x: &mut [f32]) {
+        let one = _mm512_set1_ps(1.0);
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let v = _mm512_loadu_ps(c.as_ptr());
+            let e = expf16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+            _mm512_storeu_ps(c.as_mut_ptr(), _mm512_div_ps(v, _mm512_add_ps(one, e)));
+        }
+        for v in chunks.into_remainder() {
+            *v = super::silu(*v);
         }
     }
 
@@ -938,6 +1034,56 @@ mod tests {
         assert_eq!(expf(-200.0), 0.0);
         assert_eq!(expf(200.0), f32::INFINITY);
         assert_eq!(expf(0.0), 1.0);
+    }
+
+    /// The vector SiLU gives the lane-at-a-time bits, over the whole range (saturation,
+    /// underflow, signed zeros, a ragged tail).
+    #[test]
+    fn vector_silu_equals_portable() {
+        let mut x: Vec<f32> = (0..40_011).map(|i| (i as f32 - 20_000.0) * 0.011).collect();
+        x.extend([
+            0.0, -0.0, 88.7, -88.7, 103.0, -104.0, 1e-40, -1e-40, 1e30, -1e30,
+        ]);
+        let (mut a, mut b) = (x.clone(), x);
+        silu_slice(&mut a);
+        silu_slice_portable(&mut b);
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(p.to_bits(), q.to_bits(), "element {i}");
+        }
+    }
+
+    /// Vector rope equals the pair-at-a-time loop, both layouts, with ragged pair counts.
+    #[test]
+    fn vector_rope_equals_portable() {
+        let mut st = 5u64;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+        };
+        for n in [1usize, 8, 13, 16, 32, 40, 64] {
+            for adjacent in [true, false] {
+                let (stride, offset) = if adjacent { (2, 1) } else { (1, n) };
+                let x: Vec<f32> = (0..2 * n).map(|_| rnd()).collect();
+                let cache: Vec<f32> = (0..2 * n).map(|_| rnd()).collect();
+                let mut a = x.clone();
+                rope_pairs(&mut a, &cache, n, stride, offset);
+                let mut b = x;
+                for i in 0..n {
+                    let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+                    let p = i * stride;
+                    let (x0, x1) = (b[p], b[p + offset]);
+                    b[p] = x0.mul_add(c, -(x1 * s));
+                    b[p + offset] = x0.mul_add(s, x1 * c);
+                }
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "n={n} adjacent={adjacent}"
+                );
+            }
+        }
     }
 
     #[test]

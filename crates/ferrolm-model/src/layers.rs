@@ -310,14 +310,8 @@ pub fn rope_head(spec: &RopeSpec, cache: &[f32], x: &mut [f32]) {
         RopeLayout::Interleaved => (1, 2),
         RopeLayout::Half => (spec.dims / 2, 1),
     };
-    for i in 0..spec.dims / 2 {
-        let (c, s) = (cache[2 * i], cache[2 * i + 1]);
-        let a = i * stride;
-        let (x0, x1) = (x[a], x[a + offset]);
-        // llama.cpp's build contracts these into fused multiply-adds; so do we.
-        x[a] = x0.mul_add(c, -(x1 * s));
-        x[a + offset] = x0.mul_add(s, x1 * c);
-    }
+    // llama.cpp's build contracts the rotation into fused multiply-adds; so do we.
+    ferrolm_kernels::numerics::rope_pairs(x, cache, spec.dims / 2, stride, offset);
 }
 
 /// The rope caches `(T, dims)` for the positions of one call.
