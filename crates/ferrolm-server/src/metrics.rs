@@ -187,7 +187,7 @@ impl HttpMetrics {
             (
                 "ferrolm_kv_blocks_cached",
                 "gauge",
-                "Of the KV blocks in use, those in the prefix cache (given up when sequences need room).",
+                "Of the KV blocks in use, those in the prefix cache (shared with the sequences reading them; the unread ones are given up when sequences need room).",
                 |m| m.kv_blocks_cached as f64,
             ),
             (
