@@ -553,6 +553,18 @@ mod tests {
             .collect()
     }
 
+    fn spec(h: usize, hkv: usize, d: usize, softcap: Option<f32>) -> AttentionSpec {
+        AttentionSpec {
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            scale_at: ScaleAt::Scores,
+            softcap,
+            qk_norm: false,
+        }
+    }
+
     /// The blocked path against the per-key path (its slow reference) on the same inputs:
     /// GQA, causal and sliding-window masks, softcap, ALiBi, a call that starts mid-sequence.
     #[test]
@@ -571,15 +583,7 @@ mod tests {
         .enumerate()
         {
             for (precision, tol) in [(KvPrecision::F32, 2e-6), (KvPrecision::F16, 2e-3)] {
-                let a = AttentionSpec {
-                    n_heads: h,
-                    n_kv_heads: hkv,
-                    head_dim: d,
-                    scale: 1.0 / (d as f32).sqrt(),
-                    scale_at: ScaleAt::Scores,
-                    softcap,
-                    qk_norm: false,
-                };
+                let a = spec(h, hkv, d, softcap);
                 let kv = LayerKv {
                     k: rand(s * hkv * d, 1 + case as u64),
                     v: rand(s * hkv * d, 2 + case as u64),
@@ -628,15 +632,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let a = AttentionSpec {
-                n_heads: h,
-                n_kv_heads: hkv,
-                head_dim: d,
-                scale: 1.0 / (d as f32).sqrt(),
-                scale_at: ScaleAt::Scores,
-                softcap,
-                qk_norm: false,
-            };
+            let a = spec(h, hkv, d, softcap);
             let whole = LayerKv {
                 k: rand(s * hkv * d, 10 + case as u64),
                 v: rand(s * hkv * d, 20 + case as u64),
