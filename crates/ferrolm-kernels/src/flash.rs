@@ -16,18 +16,6 @@
 /// Keys per block. A multiple of 32 (the tile width of `qk_tile`).
 pub const KEY_BLOCK: usize = 128;
 
-/// `kt[e * ldk + j] = k[j * stride + e]` for `j < n`, `e < d`; columns `n..ldk` are zero.
-pub fn transpose_keys(k: &[f32], stride: usize, n: usize, d: usize, kt: &mut [f32], ldk: usize) {
-    assert!(n <= ldk && kt.len() >= d * ldk);
-    for e in 0..d {
-        let row = &mut kt[e * ldk..(e + 1) * ldk];
-        for (j, x) in row[..n].iter_mut().enumerate() {
-            *x = k[j * stride + e];
-        }
-        row[n..].iter_mut().for_each(|x| *x = 0.0);
-    }
-}
-
 /// `out[i * ldo + j] = Σ_e q[i * ldq + e] · kt[e * ldk + j]` for `i < nq`, `j < ldk`, summed
 /// in increasing `e` with fused multiply-adds.
 #[allow(clippy::too_many_arguments)]
@@ -165,14 +153,13 @@ impl Flash {
     /// own score tile (see [`Flash::scores`]) or a caller's second tile (two score sources
     /// stitched by a mask, as ReRoPE does).
     pub fn dots(&mut self, q: &[f32], ldq: usize, k: &[f32], stride: usize, n: usize) {
-        let (nq, d) = (self.nq, self.d);
-        transpose_keys(k, stride, n, d, &mut self.kt, KEY_BLOCK);
-        qk_tile(q, ldq, nq, d, &self.kt, KEY_BLOCK, &mut self.s, KEY_BLOCK);
+        self.dots_runs(q, ldq, &[(k, n)], stride)
     }
 
     /// [`Flash::dots`] for a block whose keys lie in several runs (a paged cache):
-    /// `runs[r] = (keys of the run, rows)`, one after another. The tile, and so every bit, is
-    /// that of the same keys in one piece.
+    /// `runs[r] = (keys of the run, rows)`, one after another, transposed into the tile
+    /// (`kt[e * KEY_BLOCK + j]`, unused columns zero); the tile, and so every bit, is that of
+    /// the same keys in one piece.
     pub fn dots_runs(&mut self, q: &[f32], ldq: usize, runs: &[(&[f32], usize)], stride: usize) {
         let (nq, d) = (self.nq, self.d);
         let mut c = 0;

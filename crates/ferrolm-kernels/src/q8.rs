@@ -18,7 +18,8 @@ pub struct BlockQ8_1 {
 pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::features().avx512 && std::arch::is_x86_feature_detected!("avx512bw") {
+        let f = crate::cpu::features();
+        if f.avx512 && f.vnni {
             // SAFETY: the features were detected at run time; the same operations per block.
             return unsafe { quantize_avx512(x, out) };
         }

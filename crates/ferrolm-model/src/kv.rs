@@ -127,30 +127,6 @@ impl LayerKv {
             })
     }
 
-    /// The keys and values of slots `lo..lo + n` in one piece: borrowed when they lie in one
-    /// run, otherwise gathered into `buf`.
-    pub fn span<'a>(
-        &'a self,
-        lo: usize,
-        n: usize,
-        buf: &'a mut (Vec<f32>, Vec<f32>),
-    ) -> (&'a [f32], &'a [f32]) {
-        let mut runs = self.runs(lo, lo + n);
-        let first = runs.next();
-        if let Some((_, rows, k, v)) = first {
-            if rows == n {
-                return (k, v);
-            }
-        }
-        buf.0.clear();
-        buf.1.clear();
-        for (_, _, k, v) in first.into_iter().chain(runs) {
-            buf.0.extend_from_slice(k);
-            buf.1.extend_from_slice(v);
-        }
-        (&buf.0, &buf.1)
-    }
-
     /// Copy on write: the shared pages' rows become this sequence's own (before the own rows),
     /// so they can be changed. Nothing to do without pages.
     pub fn own_pages(&mut self) {
@@ -172,10 +148,7 @@ impl LayerKv {
     /// `rows`, as the server and beam forks do).
     pub fn seal(&mut self, rows: usize, upto: usize) {
         let w = self.row_width();
-        let mut n = 0;
-        while rows > 0 && self.paged + (n + 1) * rows <= upto.min(self.pos.len()) {
-            n += 1;
-        }
+        let n = upto.min(self.pos.len()).saturating_sub(self.paged) / rows.max(1);
         for i in 0..n {
             let r = i * rows * w..(i + 1) * rows * w;
             self.pages.push(Arc::new(KvPage {
@@ -460,10 +433,9 @@ mod tests {
         assert_eq!(rows(lb).0, before.0[..20 * w].to_vec());
         assert_eq!(Arc::strong_count(&a.layers[0].pages[0]), 1);
         assert_eq!(rows(&a.layers[0]), before, "the other fork is unchanged");
-        // A gathered span across a page boundary equals the rows.
-        let mut buf = Default::default();
-        let (k, _) = a.layers[0].span(10, 20, &mut buf);
-        assert_eq!(k, &before.0[10 * w..30 * w]);
+        // Runs cut at page boundaries.
+        let cuts: Vec<(usize, usize)> = a.layers[0].runs(10, 36).map(|r| (r.0, r.1)).collect();
+        assert_eq!(cuts, [(10, 6), (16, 16), (32, 4)]);
         // Bytes count what each fork reads, shared pages in full: 37 and 20 slots, 2 layers.
         assert_eq!(
             (a.bytes(), b.bytes()),

@@ -1,3 +1,6 @@
+//! The numerics against their references: each vector path bit for bit against its
+//! lane-at-a-time body, and the bodies against f64 formulas.
+
 use super::*;
 
 /// Uniform values in [-1, 1) from a xorshift generator.
