@@ -352,17 +352,11 @@ impl Worker {
     /// depend on what was cached.
     fn cached_prefix(&mut self, hashes: &[BlockHash], prompt_len: usize) -> Vec<Pages> {
         let bs = self.cfg.block_size;
-        let mut hit = hashes
-            .iter()
-            .take_while(|h| self.pool.contains(**h))
-            .count();
-        while hit > 0 && prompt_len - hit * bs < MIN_PIECE {
-            hit -= 1;
+        let mut hits: Vec<Pages> = hashes.iter().map_while(|h| self.pool.lookup(*h)).collect();
+        while !hits.is_empty() && prompt_len - hits.len() * bs < MIN_PIECE {
+            hits.pop();
         }
-        hashes[..hit]
-            .iter()
-            .map_while(|h| self.pool.lookup(*h))
-            .collect()
+        hits
     }
 
     /// Gives a new sequence the cached prefix's pages: shared, not copied.
