@@ -126,7 +126,8 @@ impl BlockPool {
         })
     }
 
-    pub fn contains(&self, h: BlockHash) -> bool {
+    #[cfg(test)]
+    fn contains(&self, h: BlockHash) -> bool {
         self.cache.contains_key(&h)
     }
 
