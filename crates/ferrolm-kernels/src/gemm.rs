@@ -78,7 +78,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// The 32 unsigned codes of one block (levels plus `1 << shift`), its `d` and `m`.
-fn unpack(kind: QuantKind, blk: &[u8], codes: &mut [u8]) -> (f32, f32) {
+pub(crate) fn unpack(kind: QuantKind, blk: &[u8], codes: &mut [u8]) -> (f32, f32) {
     let d = f16_at(blk, 0);
     // Low nibbles to codes 0..16, high nibbles to 16..32: two masks over 128 bits at once.
     let nib = |qs: &[u8], codes: &mut [u8]| {
@@ -352,7 +352,11 @@ pub unsafe fn rows_times_acts(
         unsafe { y.slice(i * n + j, TILE_ROWS).copy_from_slice(v) };
     };
     debug_assert_eq!((j1 - j0) % TILE_ROWS, 0);
-    for j in (j0..j1).step_by(TILE_ROWS) {
+    // 16-row lane-major tiles for the bulk (same bits, fewer operations), then an 8-row tile.
+    let j16 = j0 + (j1 - j0) / crate::gemm16::ROWS * crate::gemm16::ROWS;
+    // SAFETY: the caller owns columns j0..j16.
+    unsafe { crate::gemm16::rows_times_acts(kind, w, acts, n, j0, j16, y) };
+    for j in (j16..j1).step_by(TILE_ROWS) {
         buf.fill(kind, std::array::from_fn(|r| row(j + r)), nb);
         let mut i = 0;
         while i + TILE_COLS <= acts.len() {
@@ -430,6 +434,83 @@ mod tests {
             assert_eq!(a.codes, b.codes, "{kind:?}");
             assert_eq!(a.dexp, b.dexp, "{kind:?}");
             assert_eq!(a.mins, b.mins, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn lane_major_fill_equals_the_portable_fill() {
+        use crate::gemm16::Tile16;
+        let mut seed = 5u64;
+        for kind in KINDS {
+            for nb in [1, 5, 18] {
+                // 16 rows a little apart, as rows of a wider matrix.
+                let rb = nb * kind.block_bytes() + 7;
+                let w = weights(kind, 17, rb / kind.block_bytes() + 1, &mut seed);
+                let (mut a, mut b) = (Tile16::default(), Tile16::default());
+                a.fill(kind, &w, rb, nb);
+                b.fill_portable(kind, &w, rb, nb);
+                // Bits, not values: the shifted rows read random bytes as scales (NaNs too).
+                assert!(a.same_bits(&b), "{kind:?} nb={nb}");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_major_tiles_equal_the_single_row_kernel_bit_for_bit() {
+        let mut seed = 0x00dd_ba11_u64;
+        for kind in KINDS {
+            for (n, nb, m) in [(16, 1, 1), (48, 18, 5), (32, 3, 2), (16, 7, 3)] {
+                let w = weights(kind, n, nb, &mut seed);
+                let row_bytes = nb * kind.block_bytes();
+                let xs: Vec<Vec<BlockQ8_1>> = (0..m)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..nb * QK).map(|_| rng(&mut seed) * 3.0).collect();
+                        let mut q = Vec::new();
+                        quantize_q8_1(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                let acts: Vec<Vec<ActBlock>> = xs
+                    .iter()
+                    .map(|x| {
+                        let mut a = Vec::new();
+                        prepare_acts(kind, x, &mut a);
+                        a
+                    })
+                    .collect();
+                let mut y = vec![0f32; m * n];
+                // SAFETY: one caller owns every column.
+                unsafe {
+                    crate::gemm16::rows_times_acts(
+                        kind,
+                        &w,
+                        &acts,
+                        n,
+                        0,
+                        n,
+                        crate::pool::SharedOut::new(&mut y),
+                    )
+                };
+                let mut t = crate::gemm16::Tile16::default();
+                for j in (0..n).step_by(16) {
+                    t.fill_portable(kind, &w[j * row_bytes..], row_bytes, nb);
+                    for i in 0..m {
+                        let mut o = [[0f32; 16]; 1];
+                        crate::gemm16::tile_scalar::<1>(&t, kind, [&acts[i][..]], &mut o);
+                        for r in 0..16 {
+                            let row = &w[(j + r) * row_bytes..][..row_bytes];
+                            let want = crate::qdot::dot_row_scalar(kind, row, &xs[i]);
+                            assert_eq!(o[0][r].to_bits(), want.to_bits(), "{kind:?} scalar");
+                            assert_eq!(
+                                y[i * n + j + r].to_bits(),
+                                want.to_bits(),
+                                "{kind:?} n={n} nb={nb} m={m} ({i},{})",
+                                j + r
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod flash;
 pub mod gemm;
+pub mod gemm16;
 pub mod kgemm;
 pub mod kquant;
 pub mod numerics;

@@ -365,10 +365,15 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
         quantize_q8_1(&x[i * k..(i + 1) * k], &mut q);
         q
     });
-    let chunk = pool.column_chunk(n);
+    let tiled = m >= 2 && crate::cpu::features().vnni;
+    // Tiled, whole 16-row tiles per task where the rows allow.
+    let chunk = if tiled {
+        pool.column_chunk(n).next_multiple_of(16).min(n)
+    } else {
+        pool.column_chunk(n)
+    };
     let out = crate::pool::SharedOut::new(y);
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
-    let tiled = m >= 2 && crate::cpu::features().vnni;
     let acts: Vec<Vec<crate::gemm::ActBlock>> = if tiled {
         pool.map(m, |i| {
             let mut a = Vec::new();

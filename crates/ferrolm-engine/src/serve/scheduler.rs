@@ -248,28 +248,16 @@ impl Worker {
             let Some((_, job, _, _)) = self.waiting.front() else {
                 break;
             };
-            // A running sequence still prefilling the same first block: wait for it to
-            // publish its prompt, then take those blocks from the prefix cache (requests with
-            // one prompt, as the choices of `n > 1`, or a shared system prompt arriving
-            // together, prefill it once).
             let hashes = self.prompt_hashes(job);
             let prompt_len = job.prompt.len();
-            if let Some(&first) = hashes.first() {
-                let leader = self.running.iter().any(|r| {
-                    r.done.is_none()
-                        && r.hashes.first() == Some(&first)
-                        && r.published < r.hashes.len()
-                });
-                if leader {
-                    break;
-                }
-            }
             let soft = job
                 .soft_prompt
                 .as_ref()
                 .map_or(0, |v| v.len() / self.lm.model.config.hidden);
             // The cached prefix's pages are held (so not evicted) before blocks are taken.
-            let hits = self.cached_prefix(&hashes, prompt_len);
+            let Some(hits) = self.cached_prefix(&hashes, prompt_len) else {
+                break;
+            };
             let need = self.blocks_for(soft + prompt_len + 1) - hits.len();
             if !self.pool.take(need) {
                 break;
@@ -350,13 +338,29 @@ impl Worker {
     /// The pages of the longest cached prefix of a job's prompt. At least `MIN_PIECE` prompt
     /// tokens are left to compute (see `MIN_PIECE`), so the arithmetic of a prompt does not
     /// depend on what was cached.
-    fn cached_prefix(&mut self, hashes: &[BlockHash], prompt_len: usize) -> Vec<Pages> {
+    ///
+    /// `None` when a running sequence is still computing the first block the prompt would
+    /// have to compute itself: the job waits for it to publish that block and then takes it
+    /// from the cache (requests with one prompt, as the choices of `n > 1`, or a shared
+    /// system prompt arriving together, prefill it once).
+    fn cached_prefix(&mut self, hashes: &[BlockHash], prompt_len: usize) -> Option<Vec<Pages>> {
         let bs = self.cfg.block_size;
         let mut hits: Vec<Pages> = hashes.iter().map_while(|h| self.pool.lookup(*h)).collect();
+        let b = hits.len();
+        if let Some(next) = hashes.get(b) {
+            // Hashes are chained, so an equal hash means an equal prefix up to this block.
+            let coming = self
+                .running
+                .iter()
+                .any(|r| r.done.is_none() && r.published <= b && r.hashes.get(b) == Some(next));
+            if coming {
+                return None;
+            }
+        }
         while !hits.is_empty() && prompt_len - hits.len() * bs < MIN_PIECE {
             hits.pop();
         }
-        hits
+        Some(hits)
     }
 
     /// Gives a new sequence the cached prefix's pages: shared, not copied.

@@ -286,11 +286,14 @@ unsafe fn pv_runs_w<const W: usize>(
     out: &mut [f32],
 ) {
     let n = probs.len();
+    // `lanes` is 16 or 64: a mask, not a division, per lane.
+    debug_assert!(lanes.is_power_of_two());
+    let (mask, first) = (lanes - 1, lanes - (lane0 & (lanes - 1)));
     unsafe {
         // Lane `x`'s sum: its keys j = first, first + lanes, ... in order.
         let chain = |x: usize| -> [__m512; W] {
             let mut acc = [_mm512_setzero_ps(); W];
-            let mut j = (x + lanes - lane0 % lanes) % lanes;
+            let mut j = (x + first) & mask;
             let mut r = 0;
             while j < n {
                 let p = *probs.get_unchecked(j);
