@@ -212,162 +212,165 @@ fn attend_many_with(
     for (pi, &(_, _, pos)) in parts.iter().enumerate() {
         let t = pos.len();
         let q_chunk = t
-            .div_ceil((global().threads() * 4).div_ceil(h))
+            .div_ceil((global().threads() * 4).div_ceil(hkv))
             .clamp(1, 64);
-        for hh in 0..h {
+        for g in 0..hkv {
             for q0 in (0..t).step_by(q_chunk) {
-                tasks.push((pi, hh, q0, (q0 + q_chunk).min(t), row0));
+                tasks.push((pi, g, q0, (q0 + q_chunk).min(t), row0));
             }
         }
         row0 += t;
     }
+    // A task takes the heads of one KV group, so each key and value row it reads serves
+    // all of them while in the nearest cache.
     global().run(tasks.len(), |task| {
-        let (pi, hh, q0, q1, row0) = tasks[task];
-        let (q, kv, q_pos) = parts[pi];
-        let (t, s) = (q_pos.len(), kv.len());
-        let k_pos = &kv.pos;
-        let batched = t >= 2 && !mask.as_decode;
-        let lanes = if batched { 16 } else { 64 };
-        let g = hh / n_rep;
-        // Visible keys of a query lie in lo..hi; with positions in slot order (every cache
-        // but a rotating one mid-wrap) they are exactly lo..hi, found by bisection.
-        let exact = sorted[pi];
-        let range = |qp: usize| {
-            if exact {
-                let lo = window.map_or(0, |w| k_pos.partition_point(|&kp| kp + w <= qp));
-                let hi = if causal {
-                    k_pos.partition_point(|&kp| kp <= qp)
-                } else {
-                    window.map_or(s, |w| k_pos.partition_point(|&kp| kp < qp + w))
-                };
-                return (lo, hi.max(lo));
-            }
-            let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
-            let hi = k_pos
-                .iter()
-                .rposition(|&kp| visible(qp, kp))
-                .map_or(lo, |j| j + 1);
-            (lo, hi)
-        };
-        let ranges: Vec<(usize, usize)> = (q0..q1).map(|ti| range(q_pos[ti])).collect();
-        let long: Vec<usize> = (q0..q1)
-            .filter(|&ti| !tracing && ranges[ti - q0].1 - ranges[ti - q0].0 >= flash_min)
-            .collect();
-        if !long.is_empty() {
-            // The blocked path: these queries as one tile of rows against key blocks.
-            let nq = long.len();
-            let mut qs = vec![0f32; nq * d];
-            for (i, &ti) in long.iter().enumerate() {
-                qs[i * d..(i + 1) * d].copy_from_slice(&q[(ti * h + hh) * d..][..d]);
-            }
-            let lo = long.iter().map(|&ti| ranges[ti - q0].0).min().unwrap_or(0);
-            let hi = long.iter().map(|&ti| ranges[ti - q0].1).max().unwrap_or(0);
-            let mut f = Flash::new(nq, d);
-            if kv.precision == crate::kv::KvPrecision::F16 {
-                f = f.round_probabilities_f16();
-            }
-            for j0 in (lo / KEY_BLOCK * KEY_BLOCK..hi).step_by(KEY_BLOCK) {
-                let n = (hi - j0).min(KEY_BLOCK);
-                // The block's keys and values, one run per cache page it touches.
-                let (ks, vs): (Vec<_>, Vec<_>) = kv
-                    .runs(j0, j0 + n)
-                    .map(|(_, rows, k, v)| ((&k[g * d..], rows), (&v[g * d..], rows)))
-                    .unzip();
-                f.dots_runs(&qs, d, &ks, stride);
-                let sc = f.scores();
+        let (pi, g, q0, q1, row0) = tasks[task];
+        for hh in g * n_rep..(g + 1) * n_rep {
+            let (q, kv, q_pos) = parts[pi];
+            let (t, s) = (q_pos.len(), kv.len());
+            let k_pos = &kv.pos;
+            let batched = t >= 2 && !mask.as_decode;
+            let lanes = if batched { 16 } else { 64 };
+            // Visible keys of a query lie in lo..hi; with positions in slot order (every cache
+            // but a rotating one mid-wrap) they are exactly lo..hi, found by bisection.
+            let exact = sorted[pi];
+            let range = |qp: usize| {
+                if exact {
+                    let lo = window.map_or(0, |w| k_pos.partition_point(|&kp| kp + w <= qp));
+                    let hi = if causal {
+                        k_pos.partition_point(|&kp| kp <= qp)
+                    } else {
+                        window.map_or(s, |w| k_pos.partition_point(|&kp| kp < qp + w))
+                    };
+                    return (lo, hi.max(lo));
+                }
+                let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
+                let hi = k_pos
+                    .iter()
+                    .rposition(|&kp| visible(qp, kp))
+                    .map_or(lo, |j| j + 1);
+                (lo, hi)
+            };
+            let ranges: Vec<(usize, usize)> = (q0..q1).map(|ti| range(q_pos[ti])).collect();
+            let long: Vec<usize> = (q0..q1)
+                .filter(|&ti| !tracing && ranges[ti - q0].1 - ranges[ti - q0].0 >= flash_min)
+                .collect();
+            if !long.is_empty() {
+                // The blocked path: these queries as one tile of rows against key blocks.
+                let nq = long.len();
+                let mut qs = vec![0f32; nq * d];
                 for (i, &ti) in long.iter().enumerate() {
-                    let qp = q_pos[ti];
-                    let row = &mut sc[i * KEY_BLOCK..i * KEY_BLOCK + n];
-                    if exact && plain_scores {
-                        // Visible exactly within lo..hi: scale it, mask the rest.
-                        let (lo, hi) = ranges[ti - q0];
-                        let (a0, a1) = (lo.clamp(j0, j0 + n) - j0, hi.clamp(j0, j0 + n) - j0);
-                        row[..a0].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                        row[a0..a1].iter_mut().for_each(|x| *x *= scale);
-                        row[a1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                    qs[i * d..(i + 1) * d].copy_from_slice(&q[(ti * h + hh) * d..][..d]);
+                }
+                let lo = long.iter().map(|&ti| ranges[ti - q0].0).min().unwrap_or(0);
+                let hi = long.iter().map(|&ti| ranges[ti - q0].1).max().unwrap_or(0);
+                let mut f = Flash::new(nq, d);
+                if kv.precision == crate::kv::KvPrecision::F16 {
+                    f = f.round_probabilities_f16();
+                }
+                for j0 in (lo / KEY_BLOCK * KEY_BLOCK..hi).step_by(KEY_BLOCK) {
+                    let n = (hi - j0).min(KEY_BLOCK);
+                    // The block's keys and values, one run per cache page it touches.
+                    let (ks, vs): (Vec<_>, Vec<_>) = kv
+                        .runs(j0, j0 + n)
+                        .map(|(_, rows, k, v)| ((&k[g * d..], rows), (&v[g * d..], rows)))
+                        .unzip();
+                    f.dots_runs(&qs, d, &ks, stride);
+                    let sc = f.scores();
+                    for (i, &ti) in long.iter().enumerate() {
+                        let qp = q_pos[ti];
+                        let row = &mut sc[i * KEY_BLOCK..i * KEY_BLOCK + n];
+                        if exact && plain_scores {
+                            // Visible exactly within lo..hi: scale it, mask the rest.
+                            let (lo, hi) = ranges[ti - q0];
+                            let (a0, a1) = (lo.clamp(j0, j0 + n) - j0, hi.clamp(j0, j0 + n) - j0);
+                            row[..a0].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                            row[a0..a1].iter_mut().for_each(|x| *x *= scale);
+                            row[a1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                            continue;
+                        }
+                        for (j, x) in row.iter_mut().enumerate() {
+                            let kp = k_pos[j0 + j];
+                            *x = if visible(qp, kp) {
+                                let mut v = *x * scale;
+                                if let Some(cap) = a.softcap {
+                                    v = (v * (1.0 / cap)).tanh() * cap;
+                                }
+                                v + bias(hh, qp, kp)
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                        }
+                    }
+                    f.absorb_runs(&vs, stride);
+                }
+                for (i, &ti) in long.iter().enumerate() {
+                    // SAFETY: (row, head) output slices belong to one task each.
+                    f.finish_row(i, unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) });
+                }
+            }
+            // Per-thread buffers, reused across tasks (a decode step runs thousands of tasks).
+            thread_local! {
+                static BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+                    const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+            }
+            BUFS.with(|bufs| {
+                let (row, acc) = &mut *bufs.borrow_mut();
+                row.resize(s, 0.0);
+                for ti in q0..q1 {
+                    if long.contains(&ti) {
                         continue;
                     }
-                    for (j, x) in row.iter_mut().enumerate() {
-                        let kp = k_pos[j0 + j];
-                        *x = if visible(qp, kp) {
-                            let mut v = *x * scale;
-                            if let Some(cap) = a.softcap {
-                                v = (v * (1.0 / cap)).tanh() * cap;
-                            }
-                            v + bias(hh, qp, kp)
-                        } else {
-                            f32::NEG_INFINITY
-                        };
+                    let qp = q_pos[ti];
+                    let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
+                    // Whole 16-wide chunks outside lo..hi are masked, and their softmax terms are
+                    // exact zeros, so only c0..c1 is computed.
+                    let (lo, hi) = ranges[ti - q0];
+                    let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
+                    if tracing {
+                        row.iter_mut().for_each(|x| *x = 0.0);
                     }
-                }
-                f.absorb_runs(&vs, stride);
-            }
-            for (i, &ti) in long.iter().enumerate() {
-                // SAFETY: (row, head) output slices belong to one task each.
-                f.finish_row(i, unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) });
-            }
-        }
-        // Per-thread buffers, reused across tasks (a decode step runs thousands of tasks).
-        thread_local! {
-            static BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-        }
-        BUFS.with(|bufs| {
-            let (row, acc) = &mut *bufs.borrow_mut();
-            row.resize(s, 0.0);
-            for ti in q0..q1 {
-                if long.contains(&ti) {
-                    continue;
-                }
-                let qp = q_pos[ti];
-                let qv = &q[(ti * h + hh) * d..(ti * h + hh + 1) * d];
-                // Whole 16-wide chunks outside lo..hi are masked, and their softmax terms are
-                // exact zeros, so only c0..c1 is computed.
-                let (lo, hi) = ranges[ti - q0];
-                let (c0, c1) = (lo / 16 * 16, hi.next_multiple_of(16).min(s));
-                if tracing {
-                    row.iter_mut().for_each(|x| *x = 0.0);
-                }
-                // Raw dots for c0..c1, run by run; then the mask (and scale, softcap, bias
-                // where they come before the softmax).
-                for (j0, rows, k, _) in kv.runs(c0, c1) {
-                    dot_rows(qv, &k[g * d..], stride, !batched, &mut row[j0..j0 + rows]);
-                }
-                if exact && plain_scores {
-                    row[c0..lo].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                    row[hi..c1].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                } else {
-                    for (x, &kp) in row[c0..c1].iter_mut().zip(&k_pos[c0..c1]) {
-                        *x = if !visible(qp, kp) {
-                            f32::NEG_INFINITY
-                        } else if pre_scaled {
-                            let mut sc = *x * scale;
-                            if let Some(cap) = a.softcap {
-                                sc = (sc * (1.0 / cap)).tanh() * cap;
-                            }
-                            sc + bias(hh, qp, kp)
-                        } else {
-                            *x
-                        };
+                    // Raw dots for c0..c1, run by run; then the mask (and scale, softcap, bias
+                    // where they come before the softmax).
+                    for (j0, rows, k, _) in kv.runs(c0, c1) {
+                        dot_rows(qv, &k[g * d..], stride, !batched, &mut row[j0..j0 + rows]);
                     }
+                    if exact && plain_scores {
+                        row[c0..lo].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                        row[hi..c1].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                    } else {
+                        for (x, &kp) in row[c0..c1].iter_mut().zip(&k_pos[c0..c1]) {
+                            *x = if !visible(qp, kp) {
+                                f32::NEG_INFINITY
+                            } else if pre_scaled {
+                                let mut sc = *x * scale;
+                                if let Some(cap) = a.softcap {
+                                    sc = (sc * (1.0 / cap)).tanh() * cap;
+                                }
+                                sc + bias(hh, qp, kp)
+                            } else {
+                                *x
+                            };
+                        }
+                    }
+                    if c1 > c0 {
+                        softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
+                    }
+                    if tracing {
+                        // SAFETY: (head, query) rows of `probs` belong to one task each.
+                        unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(row);
+                    }
+                    kv.precision.round_slice(&mut row[c0..c1]);
+                    let runs: Vec<(usize, &[f32])> = kv
+                        .runs(c0, c1)
+                        .map(|(j0, _, _, v)| (j0 - c0, &v[g * d..]))
+                        .collect();
+                    // SAFETY: (row, head) output slices belong to one task each.
+                    let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
+                    pv_runs(&row[c0..c1], &runs, stride, d, lanes, c0 % lanes, acc, o);
                 }
-                if c1 > c0 {
-                    softmax_row(&mut row[c0..c1], if pre_scaled { 1.0 } else { scale });
-                }
-                if tracing {
-                    // SAFETY: (head, query) rows of `probs` belong to one task each.
-                    unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(row);
-                }
-                kv.precision.round_slice(&mut row[c0..c1]);
-                let runs: Vec<(usize, &[f32])> = kv
-                    .runs(c0, c1)
-                    .map(|(j0, _, _, v)| (j0 - c0, &v[g * d..]))
-                    .collect();
-                // SAFETY: (row, head) output slices belong to one task each.
-                let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
-                pv_runs(&row[c0..c1], &runs, stride, d, lanes, c0 % lanes, acc, o);
-            }
-        });
+            });
+        }
     });
     if tracing {
         if let Ok(p) = Tensor::from_vec(probs, (h, t0, s0), &Device::Cpu) {

@@ -332,3 +332,30 @@ fn dots_agree_with_f64() {
         );
     }
 }
+
+#[test]
+fn dot_rows_gives_each_rows_own_bits() {
+    let mut u = uniform(77);
+    for d in [16, 32, 64, 80, 128] {
+        for stride in [d, d * 3 + 16] {
+            let n = 37;
+            let q: Vec<f32> = (0..d).map(|_| u()).collect();
+            let k: Vec<f32> = (0..n * stride).map(|_| u()).collect();
+            for single in [false, true] {
+                for len in [0, 5, 16, 33, n] {
+                    let mut out = vec![0f32; len];
+                    dot_rows(&q, &k, stride, single, &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        let kr = &k[j * stride..j * stride + d];
+                        let want = if single {
+                            dot_single_impl(kr, &q, false)
+                        } else {
+                            dot_batched_portable(kr, &q)
+                        };
+                        assert_eq!(o.to_bits(), want.to_bits(), "d={d} single={single} j={j}");
+                    }
+                }
+            }
+        }
+    }
+}
