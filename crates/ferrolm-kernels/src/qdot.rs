@@ -360,12 +360,20 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     let row_bytes = k / QK * kind.block_bytes();
     assert_eq!(w.len(), n * row_bytes);
     let pool = crate::pool::global();
-    let xq: Vec<Vec<BlockQ8_1>> = pool.map(m, |i| {
-        let mut q = Vec::with_capacity(k / QK);
-        quantize_q8_1(&x[i * k..(i + 1) * k], &mut q);
-        q
-    });
     let tiled = m >= 2 && crate::cpu::features().vnni;
+    // Each activation row quantized (and laid out for the tiles) in one parallel pass.
+    let (xq, acts): (Vec<Vec<BlockQ8_1>>, Vec<Vec<crate::gemm::ActBlock>>) = pool
+        .map(m, |i| {
+            let mut q = Vec::with_capacity(k / QK);
+            quantize_q8_1(&x[i * k..(i + 1) * k], &mut q);
+            let mut a = Vec::new();
+            if tiled {
+                crate::gemm::prepare_acts(kind, &q, &mut a);
+            }
+            (q, a)
+        })
+        .into_iter()
+        .unzip();
     // Tiled, whole 16-row tiles per task where the rows allow.
     let chunk = if tiled {
         pool.column_chunk(n).next_multiple_of(16).min(n)
@@ -374,15 +382,6 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     };
     let out = crate::pool::SharedOut::new(y);
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
-    let acts: Vec<Vec<crate::gemm::ActBlock>> = if tiled {
-        pool.map(m, |i| {
-            let mut a = Vec::new();
-            crate::gemm::prepare_acts(kind, &xq[i], &mut a);
-            a
-        })
-    } else {
-        Vec::new()
-    };
     pool.run(n.div_ceil(chunk), |c| {
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
         // Whole 8-row tiles through the GEMM; the ragged rest (or everything without it) below.
