@@ -116,19 +116,44 @@ impl Tile16 {
             let out = |j: usize, v: __m512i| {
                 _mm512_storeu_si512(codes.add((b * 8 + j) * 64) as *mut _, v);
             };
+            // Words w..w + 4 of the 16 rows' 16 bytes at `at`: four rows per vector, then
+            // transposed so that vector `w` holds word `w` of every row.
+            let words = |at: usize| -> [__m512i; 4] {
+                let q = |r: usize| _mm_loadu_si128(blk.add(r * row_bytes + at) as *const _);
+                let z: [__m512i; 4] = std::array::from_fn(|g| {
+                    let v = _mm512_castsi128_si512(q(4 * g));
+                    let v = _mm512_inserti32x4::<1>(v, q(4 * g + 1));
+                    let v = _mm512_inserti32x4::<2>(v, q(4 * g + 2));
+                    _mm512_inserti32x4::<3>(v, q(4 * g + 3))
+                });
+                // Rows 4g..4g + 4 of z[g] -> words (w, w + 1) of 8 rows in each half.
+                let even =
+                    _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+                let odd = _mm512_add_epi32(even, _mm512_set1_epi32(2));
+                let p01 = _mm512_permutex2var_epi32(z[0], even, z[1]);
+                let p23 = _mm512_permutex2var_epi32(z[2], even, z[3]);
+                let q01 = _mm512_permutex2var_epi32(z[0], odd, z[1]);
+                let q23 = _mm512_permutex2var_epi32(z[2], odd, z[3]);
+                [
+                    _mm512_shuffle_i64x2::<0b01_00_01_00>(p01, p23),
+                    _mm512_shuffle_i64x2::<0b11_10_11_10>(p01, p23),
+                    _mm512_shuffle_i64x2::<0b01_00_01_00>(q01, q23),
+                    _mm512_shuffle_i64x2::<0b11_10_11_10>(q01, q23),
+                ]
+            };
             match kind {
                 QuantKind::Q8_0 => {
-                    for j in 0..8 {
-                        let v = _mm512_i32gather_epi32::<1>(rows, blk.add(2 + 4 * j) as *const _);
-                        out(j, _mm512_xor_si512(v, flip));
+                    for half in 0..2 {
+                        for (w, v) in words(2 + 16 * half).into_iter().enumerate() {
+                            out(4 * half + w, _mm512_xor_si512(v, flip));
+                        }
                     }
                 }
                 _ => {
                     let off = if kind == QuantKind::Q4_1 { 4 } else { 2 };
-                    for j in 0..4 {
-                        let v = _mm512_i32gather_epi32::<1>(rows, blk.add(off + 4 * j) as *const _);
-                        out(j, _mm512_and_si512(v, low));
-                        out(j + 4, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low));
+                    for (w, v) in words(off).into_iter().enumerate() {
+                        out(w, _mm512_and_si512(v, low));
+                        out(w + 4, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low));
                     }
                 }
             }
