@@ -70,7 +70,8 @@ fn batched_steps_equal_single_sequences() {
             .zip(caches.iter_mut())
             .collect();
         let rows = lm.model.forward_batch(&mut batch, &mut scratch).unwrap();
-        for (i, r) in rows.into_iter().enumerate() {
+        let v = rows.len() / prompts.len();
+        for (i, r) in rows.chunks(v).map(|r| r.to_vec()).enumerate() {
             next[i] = vec![argmax(&r)];
             together[i].push(r);
         }

@@ -426,20 +426,19 @@ impl Model {
     /// One step for several sequences at once (a server's batch): `seqs[i].0` are the next
     /// tokens of the sequence whose cache is `seqs[i].1` (a prompt chunk, or one decode token).
     /// All rows share the products; attention reads each sequence's own cache. Returns the
-    /// logits of each sequence's last token. With the 32-block formats every row gets the bits
-    /// it would get alone (`ferrolm-kernels/tests/batch_invariance.rs`).
+    /// logits of each sequence's last token, one row of the vocabulary's size per sequence, in
+    /// order. With the 32-block formats every row gets the bits it would get alone
+    /// (`ferrolm-kernels/tests/batch_invariance.rs`).
     pub fn forward_batch(
         &self,
         seqs: &mut [(&[u32], &mut KvCache)],
         scratch: &mut Scratch,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<f32>> {
         use crate::linear::with_sequence_rows;
         let lens: Vec<usize> = seqs.iter().map(|s| s.0.len()).collect();
         let last = with_sequence_rows(lens, || self.forward_batch_hidden(seqs, scratch))?;
         // One row per sequence (its last).
-        let y = with_sequence_rows(vec![1; seqs.len()], || self.logits_rows(&last))?;
-        let v = y.len() / seqs.len();
-        Ok(y.chunks(v).map(|r| r.to_vec()).collect())
+        with_sequence_rows(vec![1; seqs.len()], || self.logits_rows(&last))
     }
 
     /// [`forward_batch`](Self::forward_batch) up to the final norm: each sequence's last

@@ -38,6 +38,11 @@ pub trait TokenPicker: Send {
     /// # Panics
     /// If `c` is empty.
     fn pick(&mut self, c: &mut Candidates) -> TokenId;
+    /// The pick straight from a raw logits row when no processor runs before it, where the
+    /// picker can do without a candidate set (greedy); `None` to go through the candidates.
+    fn pick_raw(&mut self, _logits: &[f32]) -> Option<TokenId> {
+        None
+    }
     /// Returns to the initial state (e.g. reseeds the RNG).
     fn reset(&mut self) {}
 }
@@ -78,6 +83,12 @@ impl SamplerChain {
     /// If `logits` is empty, or a processor empties the candidate set.
     pub fn sample(&mut self, logits: &[f32]) -> TokenId {
         assert!(!logits.is_empty(), "cannot sample from an empty logits row");
+        if self.processors.is_empty() {
+            // Plain greedy decoding: no candidate set to build (the same token).
+            if let Some(token) = self.picker.pick_raw(logits) {
+                return token;
+            }
+        }
         let c = &mut self.candidates;
         c.reset_from_logits(logits);
         for p in &mut self.processors {
@@ -126,6 +137,7 @@ impl SamplerChain {
 
     /// The candidate set as the picker left it after the last [`sample`](Self::sample):
     /// the surviving tokens; `probs` valid when `probs_valid` (after `dist`, not `greedy`).
+    /// A greedy chain without processors picks from the raw row and leaves it as it was.
     pub fn candidates(&self) -> &Candidates {
         &self.candidates
     }
@@ -221,6 +233,29 @@ mod tests {
             format!("{chain:?}"),
             format!("SamplerChain({:?})", chain.describe())
         );
+    }
+
+    #[test]
+    fn raw_greedy_picks_what_the_candidates_pick() {
+        let nan = f32::NAN;
+        let ninf = f32::NEG_INFINITY;
+        for row in [
+            vec![1.0, 3.0, 3.0, 2.0],
+            vec![nan, 0.5, nan, 0.5],
+            vec![nan, nan],
+            vec![ninf, ninf, ninf],
+            vec![-0.0, 0.0, -1.0],
+            vec![ninf, nan, -3.0],
+        ] {
+            let mut c = Candidates::default();
+            c.reset_from_logits(&row);
+            let want = Greedy.pick(&mut c);
+            assert_eq!(
+                SamplerChain::new(Box::new(Greedy)).sample(&row),
+                want,
+                "{row:?}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@ impl TokenPicker for Greedy {
         let i = c.argmax().expect("greedy: no candidates to pick from");
         c.ids[i]
     }
+
+    fn pick_raw(&mut self, logits: &[f32]) -> Option<TokenId> {
+        Some(argmax(logits))
+    }
 }
 
 /// Index of the highest logit in a raw row (ties: lowest id; NaN counts as lowest). Greedy

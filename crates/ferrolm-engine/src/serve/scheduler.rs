@@ -440,11 +440,12 @@ impl Worker {
                 model.forward_batch(&mut batch, scratch)
             })?
         };
-        for (&(i, n), logits) in plan.iter().zip(rows) {
+        let vocab = rows.len() / plan.len();
+        for (&(i, n), logits) in plan.iter().zip(rows.chunks_exact(vocab)) {
             self.running[i].fed += n;
             self.publish_prefix(i);
             if self.running[i].fed == self.running[i].tokens.len() {
-                self.sample(i, &logits);
+                self.sample(i, logits);
             }
         }
         if let Ok(mut m) = self.shared.metrics.lock() {
