@@ -207,25 +207,32 @@ fn attend_many_with(
     };
     let (o_ptr, p_ptr) = (SharedOut::new(&mut out), SharedOut::new(&mut probs));
     // Tasks are (sequence, head, run of queries), so few heads still fill every thread.
-    let mut tasks: Vec<(usize, usize, usize, usize, usize)> = Vec::new(); // (part, head, q0, q1, row0)
+    // A task takes the heads of one KV group, so each key and value row it reads serves all
+    // of them while in the nearest cache; with too few such tasks to fill the threads (one
+    // sequence decoding), one head each.
+    let threads = global().threads();
+    let q_chunk = |t: usize, units: usize| t.div_ceil((threads * 4).div_ceil(units)).clamp(1, 64);
+    let group_tasks: usize = parts
+        .iter()
+        .map(|p| p.2.len().div_ceil(q_chunk(p.2.len(), hkv)) * hkv)
+        .sum();
+    let span = if group_tasks >= threads * 4 { n_rep } else { 1 };
+    let mut tasks: Vec<(usize, usize, usize, usize, usize)> = Vec::new(); // (part, first head, q0, q1, row0)
     let mut row0 = 0;
     for (pi, &(_, _, pos)) in parts.iter().enumerate() {
         let t = pos.len();
-        let q_chunk = t
-            .div_ceil((global().threads() * 4).div_ceil(hkv))
-            .clamp(1, 64);
-        for g in 0..hkv {
-            for q0 in (0..t).step_by(q_chunk) {
-                tasks.push((pi, g, q0, (q0 + q_chunk).min(t), row0));
+        let chunk = q_chunk(t, h / span);
+        for h0 in (0..h).step_by(span) {
+            for q0 in (0..t).step_by(chunk) {
+                tasks.push((pi, h0, q0, (q0 + chunk).min(t), row0));
             }
         }
         row0 += t;
     }
-    // A task takes the heads of one KV group, so each key and value row it reads serves
-    // all of them while in the nearest cache.
     global().run(tasks.len(), |task| {
-        let (pi, g, q0, q1, row0) = tasks[task];
-        for hh in g * n_rep..(g + 1) * n_rep {
+        let (pi, h0, q0, q1, row0) = tasks[task];
+        for hh in h0..h0 + span {
+            let g = hh / n_rep;
             let (q, kv, q_pos) = parts[pi];
             let (t, s) = (q_pos.len(), kv.len());
             let k_pos = &kv.pos;
