@@ -160,7 +160,13 @@ impl Flash {
     /// `runs[r] = (keys of the run, rows)`, one after another, transposed into the tile
     /// (`kt[e * KEY_BLOCK + j]`, unused columns zero); the tile, and so every bit, is that of
     /// the same keys in one piece.
-    pub fn dots_runs(&mut self, q: &[f32], ldq: usize, runs: &[(&[f32], usize)], stride: usize) {
+    pub fn dots_runs<T: crate::numerics::KvElem>(
+        &mut self,
+        q: &[f32],
+        ldq: usize,
+        runs: &[(&[T], usize)],
+        stride: usize,
+    ) {
         let (nq, d) = (self.nq, self.d);
         let mut c = 0;
         for &(k, n) in runs {
@@ -168,7 +174,7 @@ impl Flash {
             for e in 0..d {
                 let row = &mut self.kt[e * KEY_BLOCK + c..e * KEY_BLOCK + c + n];
                 for (j, x) in row.iter_mut().enumerate() {
-                    *x = k[j * stride + e];
+                    *x = k[j * stride + e].to_f32();
                 }
             }
             c += n;
@@ -194,7 +200,7 @@ impl Flash {
 
     /// [`Flash::absorb`] with the block's values in runs `(values, rows)`, as
     /// [`Flash::dots_runs`]; the same bits as one piece.
-    pub fn absorb_runs(&mut self, runs: &[(&[f32], usize)], ldv: usize) {
+    pub fn absorb_runs<T: crate::numerics::KvElem>(&mut self, runs: &[(&[T], usize)], ldv: usize) {
         let n: usize = runs.iter().map(|r| r.1).sum();
         let (nq, d) = (self.nq, self.d);
         for i in 0..nq {
@@ -221,6 +227,15 @@ impl Flash {
         // Each output element's sum runs over the keys in order, run after run.
         let mut c = 0;
         for &(v, rows) in runs {
+            // f16 values are widened first (exactly), `d` apart.
+            let wide;
+            let (v, ldv) = match T::as_f32(v) {
+                Some(v) => (v, ldv),
+                None => {
+                    wide = crate::numerics::rows_f32(v, rows, ldv, d);
+                    (&wide[..], d)
+                }
+            };
             pv_tile(
                 &self.s[c..],
                 KEY_BLOCK,

@@ -228,6 +228,84 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
         .sum()
 }
 
+/// An element of cached keys and values: f32, or f16 as llama.cpp stores them (every f16
+/// value is an f32 value, so reading one as f32 is exact and the arithmetic is the same).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// The slice itself when the elements are f32 already.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// 16 elements at `p` as f32 lanes (for AVX-512 bodies, into which it inlines).
+    ///
+    /// # Safety
+    /// `p..p + 16` must be readable, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// The first `n < 16` elements at `p`, zeros after.
+    ///
+    /// # Safety
+    /// As [`KvElem::load16`], for `p..p + n`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load_first(p: *const Self, n: usize) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> std::arch::x86_64::__m512 {
+        let k = ((1u32 << n) - 1) as u16;
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(k, p) }
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn as_f32(_: &[half::f16]) -> Option<&[f32]> {
+        None
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load_first(p: *const half::f16, n: usize) -> std::arch::x86_64::__m512 {
+        // Through a zeroed buffer (a row's tail only; masked 16-bit loads would need BW).
+        let mut b = [half::f16::ZERO; 16];
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n);
+            Self::load16(b.as_ptr())
+        }
+    }
+}
+
+/// Rows `0..rows` of `v` (`stride` apart, `d` each) as f32, packed `d` apart.
+pub(crate) fn rows_f32<T: KvElem>(v: &[T], rows: usize, stride: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * d);
+    for r in 0..rows {
+        out.extend(v[r * stride..r * stride + d].iter().map(|x| x.to_f32()));
+    }
+    out
+}
+
 /// AVX-512 versions (the same operations, lane for lane).
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -235,7 +313,7 @@ mod avx512;
 /// `out[j] = dot_single(k_j, q)` (`single`) or `dot_batched(k_j, q)` for the rows
 /// `k_j = k[j * stride..][..q.len()]`, `j < out.len()`: one query against a run of cached keys,
 /// each with the bits of its own call.
-pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, single: bool, out: &mut [f32]) {
+pub fn dot_rows<T: KvElem>(q: &[f32], k: &[T], stride: usize, single: bool, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx512 {
         // SAFETY: detected at run time.
@@ -243,11 +321,11 @@ pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, single: bool, out: &mut [f3
         return;
     }
     for (j, o) in out.iter_mut().enumerate() {
-        let kr = &k[j * stride..j * stride + q.len()];
+        let kr = rows_f32(&k[j * stride..], 1, stride, q.len());
         *o = if single {
-            dot_single_impl(kr, q, false)
+            dot_single_impl(&kr, q, false)
         } else {
-            dot_batched_portable(kr, q)
+            dot_batched_portable(&kr, q)
         };
     }
 }
@@ -377,9 +455,9 @@ pub fn pv_accumulate(
 /// [`pv_finish_single`] (`lanes = 64`) or [`pv_finish_batched`] (`lanes = 16`), which it
 /// is with no vector unit; with AVX-512 every lane's sum stays in a register.
 #[allow(clippy::too_many_arguments)]
-pub fn pv_runs(
+pub fn pv_runs<T: KvElem>(
     probs: &[f32],
-    runs: &[(usize, &[f32])],
+    runs: &[(usize, &[T])],
     stride: usize,
     d: usize,
     lanes: usize,
@@ -403,7 +481,8 @@ pub fn pv_runs(
             .map_or(probs.len(), |x| x.0)
             .min(probs.len());
         if start < end {
-            pv_accumulate(&probs[start..end], v, stride, d, lanes, lane0 + start, acc);
+            let vs = rows_f32(v, end - start, stride, d);
+            pv_accumulate(&probs[start..end], &vs, d, d, lanes, lane0 + start, acc);
         }
     }
     if lanes == 64 {

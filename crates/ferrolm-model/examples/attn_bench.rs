@@ -2,7 +2,7 @@
 //! (9 heads over 3 KV heads of 64), f16 KV, 80 cached keys; `cargo run --release --example
 //! attn_bench`. Prints the median of 5 rounds of 1,200 calls (40 steps x 30 layers).
 use ferrolm_model::attention::{attend_many, Mask, ScoreBias};
-use ferrolm_model::kv::{KvPrecision, LayerKv};
+use ferrolm_model::kv::{KvPrecision, KvRows, LayerKv};
 use ferrolm_model::spec::{AttentionSpec, ScaleAt};
 use std::time::Instant;
 
@@ -26,8 +26,14 @@ fn main() {
     };
     let kvs: Vec<LayerKv> = (0..seqs)
         .map(|i| LayerKv {
-            k: (0..(s + i) * hkv * d).map(|_| rnd()).collect(),
-            v: (0..(s + i) * hkv * d).map(|_| rnd()).collect(),
+            k: KvRows::from_values(
+                &(0..(s + i) * hkv * d).map(|_| rnd()).collect::<Vec<_>>(),
+                KvPrecision::F16,
+            ),
+            v: KvRows::from_values(
+                &(0..(s + i) * hkv * d).map(|_| rnd()).collect::<Vec<_>>(),
+                KvPrecision::F16,
+            ),
             pos: (0..s + i).collect(),
             precision: KvPrecision::F16,
             ..Default::default()

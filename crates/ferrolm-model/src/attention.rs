@@ -2,7 +2,7 @@
 //! call), cross-attention over the encoder's keys and values, and the score biases (ALiBi,
 //! T5's relative buckets). Reads its behaviour from `AttentionSpec` and the layer's plan.
 
-use crate::kv::LayerKv;
+use crate::kv::{KvRun, LayerKv};
 use crate::layers::{apply_rope, sized, trace_rows, Norm, Scratch};
 use crate::linear::Linear;
 use crate::profile::scope;
@@ -156,6 +156,30 @@ pub fn attend_many(
     attend_many_with(a, parts, mask, layer, FLASH_MIN_KEYS)
 }
 
+/// A layer's runs split by storage (all of one kind: an f16 cache's, or f32).
+#[allow(clippy::type_complexity)]
+fn by_kind<'a, X: Copy>(
+    runs: &[(X, KvRun<'a>)],
+) -> (Vec<(X, &'a [f32])>, Vec<(X, &'a [half::f16])>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for &(x, r) in runs {
+        match r {
+            KvRun::F32(s) => a.push((x, s)),
+            KvRun::F16(s) => b.push((x, s)),
+        }
+    }
+    assert!(
+        a.is_empty() || b.is_empty(),
+        "f16 and f32 rows in one layer"
+    );
+    (a, b)
+}
+
+/// `(rows, run)` pairs as the blocked path takes them, `(run, rows)`.
+fn swap<'a, T>(r: &[(usize, &'a [T])]) -> Vec<(&'a [T], usize)> {
+    r.iter().map(|&(n, x)| (x, n)).collect()
+}
+
 /// A prompt row that sees at least this many cached keys takes the blocked path
 /// ([`ferrolm_kernels::flash`]): long prompts. Below it, and for decode rows at any length,
 /// the per-key path with llama.cpp's arithmetic. The choice is per query, so a sequence gets
@@ -285,9 +309,14 @@ fn attend_many_with(
                     // The block's keys and values, one run per cache page it touches.
                     let (ks, vs): (Vec<_>, Vec<_>) = kv
                         .runs(j0, j0 + n)
-                        .map(|(_, rows, k, v)| ((&k[g * d..], rows), (&v[g * d..], rows)))
+                        .map(|(_, rows, k, v)| ((rows, k.from(g * d)), (rows, v.from(g * d))))
                         .unzip();
-                    f.dots_runs(&qs, d, &ks, stride);
+                    let (ks, vs) = (by_kind(&ks), by_kind(&vs));
+                    if ks.1.is_empty() {
+                        f.dots_runs(&qs, d, &swap(&ks.0), stride);
+                    } else {
+                        f.dots_runs(&qs, d, &swap(&ks.1), stride);
+                    }
                     let sc = f.scores();
                     for (i, &ti) in long.iter().enumerate() {
                         let qp = q_pos[ti];
@@ -314,7 +343,11 @@ fn attend_many_with(
                             };
                         }
                     }
-                    f.absorb_runs(&vs, stride);
+                    if vs.1.is_empty() {
+                        f.absorb_runs(&swap(&vs.0), stride);
+                    } else {
+                        f.absorb_runs(&swap(&vs.1), stride);
+                    }
                 }
                 for (i, &ti) in long.iter().enumerate() {
                     // SAFETY: (row, head) output slices belong to one task each.
@@ -345,7 +378,11 @@ fn attend_many_with(
                     // Raw dots for c0..c1, run by run; then the mask (and scale, softcap, bias
                     // where they come before the softmax).
                     for (j0, rows, k, _) in kv.runs(c0, c1) {
-                        dot_rows(qv, &k[g * d..], stride, !batched, &mut row[j0..j0 + rows]);
+                        let out = &mut row[j0..j0 + rows];
+                        match k.from(g * d) {
+                            KvRun::F32(k) => dot_rows(qv, k, stride, !batched, out),
+                            KvRun::F16(k) => dot_rows(qv, k, stride, !batched, out),
+                        }
                     }
                     if exact && plain_scores {
                         row[c0..lo].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
@@ -373,13 +410,19 @@ fn attend_many_with(
                         unsafe { p_ptr.slice((hh * t + ti) * s, s) }.copy_from_slice(row);
                     }
                     kv.precision.round_slice(&mut row[c0..c1]);
-                    let runs: Vec<(usize, &[f32])> = kv
+                    let runs: Vec<(usize, KvRun)> = kv
                         .runs(c0, c1)
-                        .map(|(j0, _, _, v)| (j0 - c0, &v[g * d..]))
+                        .map(|(j0, _, _, v)| (j0 - c0, v.from(g * d)))
                         .collect();
                     // SAFETY: (row, head) output slices belong to one task each.
                     let o = unsafe { o_ptr.slice(((row0 + ti) * h + hh) * d, d) };
-                    pv_runs(&row[c0..c1], &runs, stride, d, lanes, c0 % lanes, acc, o);
+                    let p = &row[c0..c1];
+                    match by_kind(&runs) {
+                        (r32, r16) if r16.is_empty() => {
+                            pv_runs(p, &r32, stride, d, lanes, c0 % lanes, acc, o)
+                        }
+                        (_, r16) => pv_runs(p, &r16, stride, d, lanes, c0 % lanes, acc, o),
+                    }
                 }
             });
         }
@@ -542,19 +585,21 @@ impl Attention {
         self.v.forward_slice(enc, &mut v)?;
         precision.round_slice(&mut k);
         precision.round_slice(&mut v);
-        Ok(LayerKv {
-            k,
-            v,
-            pos: (0..rows).collect(),
+        let mut kv = LayerKv {
             precision,
+            k: crate::kv::KvRows::new(precision, false),
+            v: crate::kv::KvRows::new(precision, false),
             ..Default::default()
-        })
+        };
+        kv.append(&k, &v, &(0..rows).collect::<Vec<_>>());
+        Ok(kv)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvRows;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -600,8 +645,8 @@ mod tests {
             for (precision, tol) in [(KvPrecision::F32, 2e-6), (KvPrecision::F16, 2e-3)] {
                 let a = spec(h, hkv, d, softcap);
                 let kv = LayerKv {
-                    k: rand(s * hkv * d, 1 + case as u64),
-                    v: rand(s * hkv * d, 2 + case as u64),
+                    k: KvRows::from_values(&rand(s * hkv * d, 1 + case as u64), precision),
+                    v: KvRows::from_values(&rand(s * hkv * d, 2 + case as u64), precision),
                     pos: (0..s).collect(),
                     precision,
                     ..Default::default()
@@ -649,8 +694,8 @@ mod tests {
         {
             let a = spec(h, hkv, d, softcap);
             let whole = LayerKv {
-                k: rand(s * hkv * d, 10 + case as u64),
-                v: rand(s * hkv * d, 20 + case as u64),
+                k: KvRows::from_values(&rand(s * hkv * d, 10 + case as u64), KvPrecision::F16),
+                v: KvRows::from_values(&rand(s * hkv * d, 20 + case as u64), KvPrecision::F16),
                 pos: (0..s).collect(),
                 precision: KvPrecision::F16,
                 ..Default::default()

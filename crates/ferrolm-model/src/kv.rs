@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// Precision of cached keys and values. `F16` is llama.cpp's default: keys, values, and the
 /// operands of the two attention products (queries, probabilities) are rounded to f16, so
-/// results agree with it; the rounded values are stored as f32.
+/// results agree with it; keys and values are stored as f16 (see [`KvRows`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPrecision {
     #[default]
@@ -32,6 +32,136 @@ impl KvPrecision {
     }
 }
 
+/// Cached keys or values of one layer: f16 for an f16 cache (half the memory and half the
+/// bytes attention reads; the values are f16-rounded before they are stored, so nothing is
+/// lost), f32 otherwise and under a long-context policy (whose paths work on f32 rows).
+#[derive(Clone, Debug)]
+pub enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl Default for KvRows {
+    fn default() -> Self {
+        KvRows::F32(Vec::new())
+    }
+}
+
+/// A borrowed run of [`KvRows`].
+#[derive(Clone, Copy, Debug)]
+pub enum KvRun<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl KvRun<'_> {
+    /// The elements as f32 (a copy).
+    pub fn to_vec(self) -> Vec<f32> {
+        match self {
+            KvRun::F32(s) => s.to_vec(),
+            KvRun::F16(s) => s.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+    /// The run from element `at` on.
+    pub fn from(self, at: usize) -> Self {
+        match self {
+            KvRun::F32(s) => KvRun::F32(&s[at..]),
+            KvRun::F16(s) => KvRun::F16(&s[at..]),
+        }
+    }
+}
+
+impl KvRows {
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Empty rows of the storage a layer of `precision` uses (f32 under a long-context policy).
+    pub fn new(precision: KvPrecision, long: bool) -> KvRows {
+        if precision == KvPrecision::F16 && !long {
+            KvRows::F16(Vec::new())
+        } else {
+            KvRows::F32(Vec::new())
+        }
+    }
+    /// Rows holding `x` (already rounded to `precision`) in that precision's storage.
+    pub fn from_values(x: &[f32], precision: KvPrecision) -> KvRows {
+        let mut r = KvRows::new(precision, false);
+        r.extend(x);
+        r
+    }
+    /// Appends values (already rounded to the cache's precision, so f16 storage is exact).
+    pub fn extend(&mut self, x: &[f32]) {
+        match self {
+            KvRows::F32(v) => v.extend_from_slice(x),
+            KvRows::F16(v) => v.extend(x.iter().map(|&a| half::f16::from_f32(a))),
+        }
+    }
+    /// Elements `r`, borrowed.
+    pub fn run(&self, r: std::ops::Range<usize>) -> KvRun<'_> {
+        match self {
+            KvRows::F32(v) => KvRun::F32(&v[r]),
+            KvRows::F16(v) => KvRun::F16(&v[r]),
+        }
+    }
+    /// Elements `r`, copied.
+    pub fn copy(&self, r: std::ops::Range<usize>) -> KvRows {
+        match self {
+            KvRows::F32(v) => KvRows::F32(v[r].to_vec()),
+            KvRows::F16(v) => KvRows::F16(v[r].to_vec()),
+        }
+    }
+    pub fn drain(&mut self, r: std::ops::Range<usize>) {
+        match self {
+            KvRows::F32(v) => drop(v.drain(r)),
+            KvRows::F16(v) => drop(v.drain(r)),
+        }
+    }
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            KvRows::F32(v) => v.truncate(n),
+            KvRows::F16(v) => v.truncate(n),
+        }
+    }
+    /// Appends `other`'s elements (of the same storage, or either empty).
+    pub fn append_rows(&mut self, other: &KvRows) {
+        match (&mut *self, other) {
+            (KvRows::F32(a), KvRows::F32(b)) => a.extend_from_slice(b),
+            (KvRows::F16(a), KvRows::F16(b)) => a.extend_from_slice(b),
+            (_, b) if b.is_empty() => {}
+            (a, b) if a.is_empty() => *a = b.clone(),
+            _ => unreachable!("f16 and f32 rows in one layer"),
+        }
+    }
+    /// The rows as f32, for the long-context paths (whose layers store f32).
+    pub fn f32(&self) -> &[f32] {
+        match self {
+            KvRows::F32(v) => v,
+            KvRows::F16(v) if v.is_empty() => &[],
+            KvRows::F16(_) => unreachable!("a long-context layer keeps f32 rows"),
+        }
+    }
+    /// Every element as f32 (a copy).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            KvRows::F32(v) => v.clone(),
+            KvRows::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len() * 4,
+            KvRows::F16(v) => v.len() * 2,
+        }
+    }
+}
+
 /// Slots per page when a cache is forked (beams, contrastive search's candidates); the
 /// server's pages are its `block_size`.
 pub const PAGE_ROWS: usize = 16;
@@ -40,8 +170,8 @@ pub const PAGE_ROWS: usize = 16;
 /// changed once shared; see the module's notes on copy on write.
 #[derive(Debug, Default)]
 pub struct KvPage {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: KvRows,
+    pub v: KvRows,
     pub rows: usize,
 }
 
@@ -54,8 +184,8 @@ pub struct LayerKv {
     pub pages: Vec<Arc<KvPage>>,
     /// Slots held in `pages`.
     pub paged: usize,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: KvRows,
+    pub v: KvRows,
     pub pos: Vec<usize>,
     /// `Some(W)`: rotating (keeps the last `W - 1` positions between calls).
     pub window: Option<usize>,
@@ -78,8 +208,8 @@ impl LayerKv {
 
     /// Appends new rows (`T` rows of `Hkv * D`, already rounded to the cache precision).
     pub fn append(&mut self, k: &[f32], v: &[f32], pos: &[usize]) {
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
+        self.k.extend(k);
+        self.v.extend(v);
         self.pos.extend_from_slice(pos);
     }
 
@@ -98,31 +228,22 @@ impl LayerKv {
         &self,
         lo: usize,
         hi: usize,
-    ) -> impl Iterator<Item = (usize, usize, &[f32], &[f32])> {
+    ) -> impl Iterator<Item = (usize, usize, KvRun<'_>, KvRun<'_>)> {
         let w = self.row_width();
         let mut start = 0;
         let pages = self.pages.iter().map(move |p| {
             let s = start;
             start += p.rows;
-            (s, p.rows, &p.k[..], &p.v[..])
+            (s, p.rows, &p.k, &p.v)
         });
-        let own = (
-            self.paged,
-            self.pos.len() - self.paged,
-            &self.k[..],
-            &self.v[..],
-        );
+        let own = (self.paged, self.pos.len() - self.paged, &self.k, &self.v);
         pages
             .chain(std::iter::once(own))
             .filter_map(move |(s, n, k, v)| {
                 let (a, b) = (lo.max(s), hi.min(s + n));
                 (a < b).then(|| {
-                    (
-                        a,
-                        b - a,
-                        &k[(a - s) * w..(b - s) * w],
-                        &v[(a - s) * w..(b - s) * w],
-                    )
+                    let r = (a - s) * w..(b - s) * w;
+                    (a, b - a, k.run(r.clone()), v.run(r))
                 })
             })
     }
@@ -133,13 +254,13 @@ impl LayerKv {
         if self.pages.is_empty() {
             return;
         }
-        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let (mut k, mut v) = (KvRows::default(), KvRows::default());
         for p in self.pages.drain(..) {
-            k.extend_from_slice(&p.k);
-            v.extend_from_slice(&p.v);
+            k.append_rows(&p.k);
+            v.append_rows(&p.v);
         }
-        k.append(&mut self.k);
-        v.append(&mut self.v);
+        k.append_rows(&self.k);
+        v.append_rows(&self.v);
         (self.k, self.v, self.paged) = (k, v, 0);
     }
 
@@ -152,13 +273,13 @@ impl LayerKv {
         for i in 0..n {
             let r = i * rows * w..(i + 1) * rows * w;
             self.pages.push(Arc::new(KvPage {
-                k: self.k[r.clone()].to_vec(),
-                v: self.v[r].to_vec(),
+                k: self.k.copy(r.clone()),
+                v: self.v.copy(r),
                 rows,
             }));
         }
-        self.k.drain(..n * rows * w);
-        self.v.drain(..n * rows * w);
+        self.k.drain(0..n * rows * w);
+        self.v.drain(0..n * rows * w);
         self.paged += n * rows;
     }
 
@@ -184,8 +305,8 @@ impl LayerKv {
         if keep_from > 0 {
             self.own_pages();
             let row = self.row_width();
-            self.k.drain(..keep_from * row);
-            self.v.drain(..keep_from * row);
+            self.k.drain(0..keep_from * row);
+            self.v.drain(0..keep_from * row);
             self.pos.drain(..keep_from);
         }
     }
@@ -231,6 +352,8 @@ impl KvCache {
             .map(|window| LayerKv {
                 window,
                 precision,
+                k: KvRows::new(precision, false),
+                v: KvRows::new(precision, false),
                 ..Default::default()
             })
             .collect();
@@ -263,6 +386,8 @@ impl KvCache {
             *l = LayerKv {
                 window: l.window,
                 precision: l.precision,
+                k: KvRows::new(l.precision, l.long.is_some()),
+                v: KvRows::new(l.precision, l.long.is_some()),
                 slack: l.slack,
                 long: l
                     .long
@@ -286,6 +411,11 @@ impl KvCache {
         for (i, l) in self.layers.iter_mut().enumerate() {
             l.long = (l.window.is_none() && policy.is_active())
                 .then(|| Box::new(crate::longctx::LongLayer::new(policy.clone(), i)));
+            // The long-context paths work on f32 rows.
+            (l.k, l.v) = (
+                KvRows::new(l.precision, l.long.is_some()),
+                KvRows::new(l.precision, l.long.is_some()),
+            );
         }
         self.long = policy.is_active().then_some(policy);
         Ok(())
@@ -298,22 +428,26 @@ impl KvCache {
         self.layers
             .iter()
             .map(|l| {
-                let mut n = l.k.len() + l.v.len();
-                n += l.pages.iter().map(|p| p.k.len() + p.v.len()).sum::<usize>();
+                let mut n = l.k.bytes() + l.v.bytes();
+                n += l
+                    .pages
+                    .iter()
+                    .map(|p| p.k.bytes() + p.v.bytes())
+                    .sum::<usize>();
                 if let Some(s) = &l.long {
-                    n += s.k_far.len();
+                    n += s.k_far.len() * f;
                     if let Some(m) = &s.memory {
                         n += m
                             .chunks
                             .iter()
                             .map(|c| c.k.len() + c.v.len())
-                            .sum::<usize>();
+                            .sum::<usize>()
+                            * f;
                     }
                 }
                 n
             })
             .sum::<usize>()
-            * f
     }
 
     /// Streaming (attention sinks): the cache stays bounded however many positions pass.
@@ -397,8 +531,8 @@ mod tests {
     fn rows(l: &LayerKv) -> (Vec<f32>, Vec<f32>) {
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for (_, _, a, b) in l.runs(0, l.len()) {
-            k.extend_from_slice(a);
-            v.extend_from_slice(b);
+            k.extend(a.to_vec());
+            v.extend(b.to_vec());
         }
         (k, v)
     }

@@ -321,7 +321,7 @@ fn attend_far(
     let score = score_fn(a);
     let mut out = vec![0f32; t * h * d];
     let o_ptr = SharedOut::new(&mut out);
-    let (keys_near, keys_far, values, k_pos) = (&kv.k, &state.k_far, &kv.v, &kv.pos);
+    let (keys_near, keys_far, values, k_pos) = (kv.k.f32(), &state.k_far, kv.v.f32(), &kv.pos);
     // Tasks are (head, run of queries); each run meets the keys block by block, both score
     // tiles computed and stitched by the distance mask.
     let q_chunk = t
@@ -421,7 +421,7 @@ fn attend_stream(
     let max_slot = slot_pos(s - 1);
     let (freqs, af) = rope_freqs(rope, max_slot + 1);
     let key_t = rope_tables_at(&freqs, af, (0..s).map(|i| slot_pos(i) as f32));
-    let mut keys = kv.k.clone();
+    let mut keys = kv.k.f32().to_vec();
     rotate(rope, &key_t, &mut keys, hkv, d);
     let q_slots: Vec<usize> = (s - t..s).map(slot_pos).collect();
     let q_t = rope_tables_at(&freqs, af, q_slots.iter().map(|&p| p as f32));
@@ -441,7 +441,7 @@ fn attend_stream(
     let score = score_fn(a);
     let mut out = vec![0f32; t * h * d];
     let o_ptr = SharedOut::new(&mut out);
-    let (values, k_pos) = (&kv.v, &kv.pos);
+    let (values, k_pos) = (kv.v.f32(), &kv.pos);
     let win = st.window;
     global().run(t * hkv, |task| {
         let (ti, g) = (task / hkv, task % hkv);
@@ -528,7 +528,7 @@ fn attend_stream(
     if first_kept > sinks {
         let (a0, a1) = (sinks * kw, first_kept * kw);
         if let (Some(m), Some(spec)) = (state.memory.as_mut(), mem_spec.as_ref()) {
-            m.push(&kv.k[a0..a1], &kv.v[a0..a1], spec, kw, d);
+            m.push(&kv.k.f32()[a0..a1], &kv.v.f32()[a0..a1], spec, kw, d);
         }
         kv.k.drain(a0..a1);
         kv.v.drain(a0..a1);

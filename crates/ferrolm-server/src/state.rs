@@ -154,10 +154,15 @@ impl AppState {
     }
 }
 
-/// Bytes of keys and values one position takes across the layers (f32 rows).
+/// Bytes of keys and values one position takes across the layers (f16 rows for an f16
+/// cache, as GGUF models have; f32 otherwise).
 pub fn kv_bytes_per_position(lm: &LoadedModel) -> usize {
     let c = &lm.model.config;
-    c.layers.len() * 2 * c.attn.n_kv_heads * c.attn.head_dim * std::mem::size_of::<f32>()
+    let elem = match lm.model.kv_precision {
+        ferrolm_model::kv::KvPrecision::F16 => 2,
+        ferrolm_model::kv::KvPrecision::F32 => 4,
+    };
+    c.layers.len() * 2 * c.attn.n_kv_heads * c.attn.head_dim * elem
 }
 
 /// The engine's limits for `lm` from `ferrolm serve`'s flags: context `--ctx` (default: the

@@ -185,20 +185,19 @@ pub unsafe fn reduce(v: __m512) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn load(p: &[f32], at: usize, n: usize) -> __m512 {
+unsafe fn load<T: super::KvElem>(p: &[T], at: usize, n: usize) -> __m512 {
     unsafe {
         if at + 16 <= n {
-            _mm512_loadu_ps(p.as_ptr().add(at))
+            T::load16(p.as_ptr().add(at))
         } else {
-            let k: __mmask16 = ((1u32 << (n - at)) - 1) as __mmask16;
-            _mm512_maskz_loadu_ps(k, p.as_ptr().add(at))
+            T::load_first(p.as_ptr().add(at), n - at)
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
 #[inline]
-pub unsafe fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
+pub unsafe fn dot_batched<T: super::KvElem>(a: &[T], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     unsafe {
         let mut acc = _mm512_setzero_ps();
@@ -214,7 +213,7 @@ pub unsafe fn dot_batched(a: &[f32], b: &[f32]) -> f32 {
 /// `dot_single_impl` for `padded == false`, or for `padded` when `n` is a multiple of 64.
 #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
 #[inline]
-pub unsafe fn dot_single(a: &[f32], b: &[f32], padded: bool) -> f32 {
+pub unsafe fn dot_single<T: super::KvElem>(a: &[T], b: &[f32], padded: bool) -> f32 {
     let n = a.len().min(b.len());
     let np = if padded { n.div_ceil(64) * 64 } else { n & !63 };
     unsafe {
@@ -232,7 +231,7 @@ pub unsafe fn dot_single(a: &[f32], b: &[f32], padded: bool) -> f32 {
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
         let mut sum = reduce(s) as f64;
         for k in np.min(n)..n {
-            sum += (a[k] * b[k]) as f64;
+            sum += (a[k].to_f32() * b[k]) as f64;
         }
         sum as f32
     }
@@ -243,9 +242,9 @@ pub unsafe fn dot_single(a: &[f32], b: &[f32], padded: bool) -> f32 {
 /// the finish's additions in its order.
 #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn pv_runs(
+pub unsafe fn pv_runs<T: super::KvElem>(
     probs: &[f32],
-    runs: &[(usize, &[f32])],
+    runs: &[(usize, &[T])],
     stride: usize,
     d: usize,
     lanes: usize,
@@ -259,15 +258,14 @@ pub unsafe fn pv_runs(
     }
     unsafe {
         match d / 16 {
-            4 => pv_runs_w::<4>(probs, runs, stride, lanes, lane0, out),
-            8 => pv_runs_w::<8>(probs, runs, stride, lanes, lane0, out),
-            16 => pv_runs_w::<16>(probs, runs, stride, lanes, lane0, out),
+            4 => pv_runs_w::<T, 4>(probs, runs, stride, lanes, lane0, out),
+            8 => pv_runs_w::<T, 8>(probs, runs, stride, lanes, lane0, out),
+            16 => pv_runs_w::<T, 16>(probs, runs, stride, lanes, lane0, out),
             w => {
                 for e0 in (0..w).map(|i| i * 16) {
                     let o = &mut out[e0..e0 + 16];
-                    let rs: Vec<(usize, &[f32])> =
-                        runs.iter().map(|&(s, v)| (s, &v[e0..])).collect();
-                    pv_runs_w::<1>(probs, &rs, stride, lanes, lane0, o);
+                    let rs: Vec<(usize, &[T])> = runs.iter().map(|&(s, v)| (s, &v[e0..])).collect();
+                    pv_runs_w::<T, 1>(probs, &rs, stride, lanes, lane0, o);
                 }
             }
         }
@@ -277,9 +275,9 @@ pub unsafe fn pv_runs(
 /// `pv_runs` for `d = 16 * W`: each lane's chain over its keys with the whole row in `W`
 /// registers; the finish's first additions per lane group, then its tree per 16 elements.
 #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
-unsafe fn pv_runs_w<const W: usize>(
+unsafe fn pv_runs_w<T: super::KvElem, const W: usize>(
     probs: &[f32],
-    runs: &[(usize, &[f32])],
+    runs: &[(usize, &[T])],
     stride: usize,
     lanes: usize,
     lane0: usize,
@@ -305,7 +303,7 @@ unsafe fn pv_runs_w<const W: usize>(
                     let row = v.as_ptr().add((j - s0) * stride);
                     let pb = _mm512_set1_ps(p);
                     for (w, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(pb, _mm512_loadu_ps(row.add(16 * w)), *a);
+                        *a = _mm512_fmadd_ps(pb, T::load16(row.add(16 * w)), *a);
                     }
                 }
                 j += lanes;
@@ -338,7 +336,13 @@ unsafe fn pv_runs_w<const W: usize>(
 
 /// `dot_rows` in one function, so the per-row dots inline.
 #[target_feature(enable = "avx512f,avx512dq,fma,avx2")]
-pub unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, single: bool, out: &mut [f32]) {
+pub unsafe fn dot_rows<T: super::KvElem>(
+    q: &[f32],
+    k: &[T],
+    stride: usize,
+    single: bool,
+    out: &mut [f32],
+) {
     let d = q.len();
     for (j, o) in out.iter_mut().enumerate() {
         let kr = &k[j * stride..j * stride + d];

@@ -359,3 +359,32 @@ fn dot_rows_gives_each_rows_own_bits() {
         }
     }
 }
+
+/// Keys and values stored as f16 give the bits of the same values as f32 (the widening is
+/// exact, the arithmetic the same), on the vector and the portable paths.
+#[test]
+fn f16_rows_give_the_bits_of_their_f32_values() {
+    let mut u = uniform(91);
+    for d in [64, 80, 128] {
+        let (n, stride) = (37, d * 3);
+        let q: Vec<f32> = (0..d).map(|_| u()).collect();
+        let k16: Vec<half::f16> = (0..n * stride).map(|_| half::f16::from_f32(u())).collect();
+        let k32: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+        for single in [false, true] {
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            dot_rows(&q, &k16, stride, single, &mut a);
+            dot_rows(&q, &k32, stride, single, &mut b);
+            assert_eq!(a, b, "dots d={d} single={single}");
+        }
+        let probs: Vec<f32> = (0..n).map(|_| u().abs()).collect();
+        for lanes in [16, 64] {
+            let runs16 = [(0, &k16[..]), (20, &k16[20 * stride..])];
+            let runs32 = [(0, &k32[..]), (20, &k32[20 * stride..])];
+            let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+            let mut acc = Vec::new();
+            pv_runs(&probs, &runs16, stride, d, lanes, 3, &mut acc, &mut a);
+            pv_runs(&probs, &runs32, stride, d, lanes, 3, &mut acc, &mut b);
+            assert_eq!(a, b, "p.v d={d} lanes={lanes}");
+        }
+    }
+}
