@@ -91,10 +91,10 @@ metric() { curl -s "$url/metrics" | awk -v k="$1" 'index($1, k "{model=\"smollm2
 blocks() { echo "KV blocks in use $(metric ferrolm_kv_blocks_used) (of them cached $(metric ferrolm_kv_blocks_cached)), running $(metric ferrolm_running)"; }
 echo "== a cancelled stream"
 echo "before: $(blocks)"
-curl -sN "$url$chat" -H 'Content-Type: application/json' --max-time 2 \
+curl -sN "$url$chat" -H 'Content-Type: application/json' --max-time 1 \
   --data-binary "{$m, \"messages\": [{\"role\": \"user\", \"content\": \"Tell me a long story.\"}], \"max_tokens\": 450, \"stream\": true, $noend}" \
   >"$body" 2>/dev/null &
-sleep 1
+sleep 0.5
 echo "streaming: $(blocks)"
 wait $!
 echo "received $(grep -c '^data: ' "$body") chunks, then the client hung up"
