@@ -44,13 +44,15 @@ impl Tile16 {
             && bits(&self.m) == bits(&o.m)
     }
 
-    /// Unpacks 16 rows of `nb` blocks of `kind`, the rows `row_bytes` apart from `w`'s start:
-    /// with 512-bit vectors for Q4_0, Q4_1 and Q8_0, the same bytes as
-    /// [`Tile16::fill_portable`].
-    pub fn fill(&mut self, kind: QuantKind, w: &[u8], row_bytes: usize, nb: usize) {
-        assert!(w.len() >= (ROWS - 1) * row_bytes + nb * kind.block_bytes());
+    /// Unpacks `rows` (at most 16) rows of `nb` blocks of `kind`, `row_bytes` apart from
+    /// `w`'s start (missing rows are zeros): with 512-bit vectors for 16 rows of Q4_0, Q4_1 and
+    /// Q8_0, the same bytes as [`Tile16::fill_portable`].
+    pub fn fill(&mut self, kind: QuantKind, w: &[u8], row_bytes: usize, nb: usize, rows: usize) {
+        assert!((1..=ROWS).contains(&rows));
+        assert!(w.len() >= (rows - 1) * row_bytes + nb * kind.block_bytes());
         #[cfg(target_arch = "x86_64")]
         if crate::cpu::features().vnni
+            && rows == ROWS
             && matches!(kind, QuantKind::Q4_0 | QuantKind::Q4_1 | QuantKind::Q8_0)
             && row_bytes * ROWS < i32::MAX as usize
         {
@@ -60,15 +62,27 @@ impl Tile16 {
             unsafe { self.fill_avx512(kind, w, row_bytes) };
             return;
         }
-        self.fill_portable(kind, w, row_bytes, nb)
+        self.fill_portable(kind, w, row_bytes, nb, rows)
     }
 
-    /// [`Tile16::fill`] in portable code (every format).
-    pub fn fill_portable(&mut self, kind: QuantKind, w: &[u8], row_bytes: usize, nb: usize) {
+    /// [`Tile16::fill`] in portable code (every format, any number of rows).
+    pub fn fill_portable(
+        &mut self,
+        kind: QuantKind,
+        w: &[u8],
+        row_bytes: usize,
+        nb: usize,
+        rows: usize,
+    ) {
         self.resize(nb);
+        if rows < ROWS {
+            self.codes.fill(0);
+            self.d.fill(0.0);
+            self.m.fill(0.0);
+        }
         let bb = kind.block_bytes();
         let mut c = [0u8; 32];
-        for r in 0..ROWS {
+        for r in 0..rows {
             for b in 0..nb {
                 let at = r * row_bytes + b * bb;
                 let (d, m) = crate::gemm::unpack(kind, &w[at..at + bb], &mut c);
@@ -261,8 +275,8 @@ pub fn tile<const C: usize>(
     tile_scalar(t, kind, acts, out)
 }
 
-/// Outputs `j0..j1` (a multiple of 16 long) of `y (M, N)`: `y[i * n + j] = w_j . x_i`, for `w`
-/// holding `n` rows.
+/// Outputs `j0..j1` of `y (M, N)`: `y[i * n + j] = w_j . x_i`, for `w` holding `n` rows (a
+/// last tile of fewer than 16 rows is filled with zero rows).
 ///
 /// # Safety
 /// The caller owns columns `j0..j1` of `y` exclusively.
@@ -277,20 +291,20 @@ pub unsafe fn rows_times_acts(
 ) {
     let row_bytes = w.len() / n;
     let nb = row_bytes / kind.block_bytes();
-    debug_assert_eq!((j1 - j0) % ROWS, 0);
     let mut t16 = Tile16::default();
-    let put16 = |i: usize, j: usize, v: &[f32; ROWS]| {
-        // SAFETY: columns j..j+16 of row i belong to this caller (see above).
-        unsafe { y.slice(i * n + j, ROWS).copy_from_slice(v) };
-    };
     for j in (j0..j1).step_by(ROWS) {
-        t16.fill(kind, &w[j * row_bytes..], row_bytes, nb);
+        let rows = (j1 - j).min(ROWS);
+        let put16 = |i: usize, j: usize, v: &[f32; ROWS]| {
+            // SAFETY: columns j..j + rows of row i belong to this caller (see above).
+            unsafe { y.slice(i * n + j, rows).copy_from_slice(&v[..rows]) };
+        };
+        t16.fill(kind, &w[j * row_bytes..], row_bytes, nb, rows);
         // The next tile's rows are fetched while this one computes, a share before each
         // pair of activation rows: the fill reads 16 rows at once, more streams than the
         // hardware prefetchers follow, and a burst of prefetches would stall on the miss
         // buffers.
         let next: &[u8] = if j + ROWS < j1 {
-            &w[(j + ROWS) * row_bytes..(j + 2 * ROWS) * row_bytes]
+            &w[(j + ROWS) * row_bytes..(j + ROWS + (j1 - j - ROWS).min(ROWS)) * row_bytes]
         } else {
             &[]
         };

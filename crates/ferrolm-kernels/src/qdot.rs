@@ -384,19 +384,14 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
     let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
     pool.run(n.div_ceil(chunk), |c| {
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-        // Whole 8-row tiles through the GEMM; the ragged rest (or everything without it) below.
-        let jt = if tiled {
-            j0 + (j1 - j0) / crate::gemm::TILE_ROWS * crate::gemm::TILE_ROWS
-        } else {
-            j0
-        };
-        if jt > j0 {
+        if tiled {
             // SAFETY: columns j0..j1 belong to this task only.
-            unsafe { crate::gemm::rows_times_acts(kind, w, &acts, n, j0, jt, out) };
+            unsafe { crate::gemm16::rows_times_acts(kind, w, &acts, n, j0, j1, out) };
+            return;
         }
         if m >= 2 {
             let mut col = vec![0f32; m];
-            for j in jt..j1 {
+            for j in j0..j1 {
                 dot_row_many(kind, row(j), &xq, &mut col);
                 for (i, v) in col.iter().enumerate() {
                     // SAFETY: column j of every row belongs to this task only.
@@ -405,7 +400,7 @@ pub fn matmul(kind: QuantKind, w: &[u8], n: usize, k: usize, x: &[f32], y: &mut 
             }
             return;
         }
-        for j in jt..j1 {
+        for j in j0..j1 {
             for (i, xr) in xq.iter().enumerate() {
                 // SAFETY: column j of every row belongs to this task only.
                 unsafe { out.slice(i * n + j, 1)[0] = dot_row(kind, row(j), xr) };
