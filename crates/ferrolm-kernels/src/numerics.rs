@@ -311,8 +311,8 @@ pub(crate) fn rows_f32<T: KvElem>(v: &[T], rows: usize, stride: usize, d: usize)
 mod avx512;
 
 /// `out[j] = dot_single(k_j, q)` (`single`) or `dot_batched(k_j, q)` for the rows
-/// `k_j = k[j * stride..][..q.len()]`, `j < out.len()`: one query against a run of cached keys,
-/// each with the bits of its own call.
+/// `k_j = k[j * stride..][..q.len()]`, `j < out.len()`: one query against a run of cached keys
+/// (f32 or f16, widened exactly), each with the bits of its own call on the f32 values.
 pub fn dot_rows<T: KvElem>(q: &[f32], k: &[T], stride: usize, single: bool, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::features().avx512 {
@@ -453,7 +453,8 @@ pub fn pv_accumulate(
 /// its first key in probs, its rows v[i * stride..][..d])`, in order. The bits of zeroed
 /// lanes, [`pv_accumulate`] run by run (lane offset `lane0 + start`) and
 /// [`pv_finish_single`] (`lanes = 64`) or [`pv_finish_batched`] (`lanes = 16`), which it
-/// is with no vector unit; with AVX-512 every lane's sum stays in a register.
+/// is with no vector unit; with AVX-512 every lane's sum stays in a register. Values may be
+/// f32 or f16 (widened exactly: the bits of the same values as f32).
 #[allow(clippy::too_many_arguments)]
 pub fn pv_runs<T: KvElem>(
     probs: &[f32],
