@@ -284,6 +284,8 @@ fn running_out_of_kv_blocks_preempts_and_recomputes() {
     let m = e.metrics();
     assert_eq!((m.requests_finished, m.running), (6, 0), "{m:?}");
     assert!(m.preemptions > 0, "{m:?}");
+    // A preempted sequence looks its prompt up in the prefix cache again when it comes back.
+    assert_eq!(m.prefix_cache_queries, 6 + m.preemptions, "{m:?}");
     assert!(m.kv_blocks_used <= 12);
 }
 

@@ -662,12 +662,7 @@ impl Worker {
                 }
                 None => {
                     // Preempted: recompute later from everything it has so far.
-                    let need = self.blocks_for(s.soft + s.tokens.len() + 1);
-                    if self.pool.take(need) {
-                        s.blocks = need;
-                        if s.kv.next_pos == 0 {
-                            self.prefill_soft(&mut s);
-                        }
+                    if self.readmit(&mut s) {
                         self.running.push(s);
                     } else {
                         let id = s.id;
@@ -679,16 +674,35 @@ impl Worker {
         }
         // Preempted sequences come back first.
         while let Some((_, mut s)) = self.preempted.pop_front() {
-            let need = self.blocks_for(s.soft + s.tokens.len() + 1);
-            if self.running.len() >= self.cfg.max_running || !self.pool.take(need) {
+            if self.running.len() >= self.cfg.max_running || !self.readmit(&mut s) {
                 self.preempted.push_front((s.id, s));
                 break;
             }
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            s.blocks = need;
-            self.prefill_soft(&mut s);
             self.running.push(s);
         }
+    }
+
+    /// Takes blocks for a preempted sequence to recompute what it has, with its prompt's
+    /// cached prefix read from the prefix cache rather than recomputed. False (nothing held)
+    /// when the blocks are not there.
+    fn readmit(&mut self, s: &mut Seq) -> bool {
+        let hits = self
+            .cached_prefix(&s.hashes, s.prompt_len)
+            .unwrap_or_default();
+        let need = self.blocks_for(s.soft + s.tokens.len() + 1) - hits.len();
+        if !self.pool.take(need) {
+            return false;
+        }
+        s.blocks = need;
+        // The usage report keeps what the first admission found cached.
+        let cached = s.cached_tokens;
+        self.reuse_prefix(s, hits);
+        s.cached_tokens = cached;
+        if s.kv.next_pos == 0 {
+            self.prefill_soft(s);
+        }
+        true
     }
 
     fn publish_metrics(&self) {
