@@ -4,10 +4,10 @@
 //!
 //! Every output is computed with exactly the operations of `qdot::dot_row` (eight integer lanes
 //! per block, one fused multiply-add per lane and block with `d_w * d_x`, `hsum8`, plus the
-//! minimum terms), so results are bit-identical to the single-row kernel, to the 8-row tiles of
-//! [`crate::gemm`] and to llama.cpp. What the layout buys: one `vpdpbusd` gives lane `j` of 16
-//! rows, so `d_w * d_x` is one multiply for 16 rows (not one per lane), and the final `hsum8`
-//! is seven vector additions for 16 rows.
+//! minimum terms), so results are bit-identical to the single-row kernel and to llama.cpp
+//! (activations come laid out by [`crate::gemm::prepare_acts`]). What the layout buys: one
+//! `vpdpbusd` gives lane `j` of 16 rows, so `d_w * d_x` is one multiply for 16 rows (not one
+//! per lane), and the final `hsum8` is seven vector additions for 16 rows.
 
 use crate::gemm::{shift_of, ActBlock};
 use crate::QuantKind;
@@ -294,7 +294,7 @@ pub unsafe fn rows_times_acts(
     let mut t16 = Tile16::default();
     for j in (j0..j1).step_by(ROWS) {
         let rows = (j1 - j).min(ROWS);
-        let put16 = |i: usize, j: usize, v: &[f32; ROWS]| {
+        let put = |i: usize, v: &[f32; ROWS]| {
             // SAFETY: columns j..j + rows of row i belong to this caller (see above).
             unsafe { y.slice(i * n + j, rows).copy_from_slice(&v[..rows]) };
         };
@@ -329,15 +329,15 @@ pub unsafe fn rows_times_acts(
             prefetch(share);
             let mut o = [[0f32; ROWS]; 2];
             tile::<2>(&t16, kind, [&acts[i][..], &acts[i + 1][..]], &mut o);
-            put16(i, j, &o[0]);
-            put16(i + 1, j, &o[1]);
+            put(i, &o[0]);
+            put(i + 1, &o[1]);
             i += 2;
         }
         if i < acts.len() {
             prefetch(lines);
             let mut o = [[0f32; ROWS]; 1];
             tile::<1>(&t16, kind, [&acts[i][..]], &mut o);
-            put16(i, j, &o[0]);
+            put(i, &o[0]);
         }
     }
 }

@@ -255,42 +255,41 @@ fn attend_many_with(
     }
     global().run(tasks.len(), |task| {
         let (pi, h0, q0, q1, row0) = tasks[task];
+        // What depends on the queries only, once for the task's heads.
+        let (q, kv, q_pos) = parts[pi];
+        let (t, s) = (q_pos.len(), kv.len());
+        let k_pos = &kv.pos;
+        let batched = t >= 2 && !mask.as_decode;
+        let lanes = if batched { 16 } else { 64 };
+        // Visible keys of a query lie in lo..hi; with positions in slot order (every cache
+        // but a rotating one mid-wrap) they are exactly lo..hi, found by bisection.
+        let exact = sorted[pi];
+        let range = |qp: usize| {
+            if exact {
+                let lo = window.map_or(0, |w| k_pos.partition_point(|&kp| kp + w <= qp));
+                let hi = if causal {
+                    k_pos.partition_point(|&kp| kp <= qp)
+                } else {
+                    window.map_or(s, |w| k_pos.partition_point(|&kp| kp < qp + w))
+                };
+                return (lo, hi.max(lo));
+            }
+            let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
+            let hi = k_pos
+                .iter()
+                .rposition(|&kp| visible(qp, kp))
+                .map_or(lo, |j| j + 1);
+            (lo, hi)
+        };
+        let ranges: Vec<(usize, usize)> = (q0..q1).map(|ti| range(q_pos[ti])).collect();
+        // Decode rows (one query, or rows run as decode steps) stay on the per-key path at
+        // any length: with no other query to share a key tile, the blocked path's
+        // transposes cost more than they save (depth 4096: 35 -> 54 tokens/s).
+        let long: Vec<usize> = (q0..q1)
+            .filter(|&ti| batched && !tracing && ranges[ti - q0].1 - ranges[ti - q0].0 >= flash_min)
+            .collect();
         for hh in h0..h0 + span {
             let g = hh / n_rep;
-            let (q, kv, q_pos) = parts[pi];
-            let (t, s) = (q_pos.len(), kv.len());
-            let k_pos = &kv.pos;
-            let batched = t >= 2 && !mask.as_decode;
-            let lanes = if batched { 16 } else { 64 };
-            // Visible keys of a query lie in lo..hi; with positions in slot order (every cache
-            // but a rotating one mid-wrap) they are exactly lo..hi, found by bisection.
-            let exact = sorted[pi];
-            let range = |qp: usize| {
-                if exact {
-                    let lo = window.map_or(0, |w| k_pos.partition_point(|&kp| kp + w <= qp));
-                    let hi = if causal {
-                        k_pos.partition_point(|&kp| kp <= qp)
-                    } else {
-                        window.map_or(s, |w| k_pos.partition_point(|&kp| kp < qp + w))
-                    };
-                    return (lo, hi.max(lo));
-                }
-                let lo = k_pos.iter().position(|&kp| visible(qp, kp)).unwrap_or(s);
-                let hi = k_pos
-                    .iter()
-                    .rposition(|&kp| visible(qp, kp))
-                    .map_or(lo, |j| j + 1);
-                (lo, hi)
-            };
-            let ranges: Vec<(usize, usize)> = (q0..q1).map(|ti| range(q_pos[ti])).collect();
-            // Decode rows (one query, or rows run as decode steps) stay on the per-key path at
-            // any length: with no other query to share a key tile, the blocked path's
-            // transposes cost more than they save (depth 4096: 35 -> 52 tokens/s).
-            let long: Vec<usize> = (q0..q1)
-                .filter(|&ti| {
-                    batched && !tracing && ranges[ti - q0].1 - ranges[ti - q0].0 >= flash_min
-                })
-                .collect();
             if !long.is_empty() {
                 // The blocked path: these queries as one tile of rows against key blocks.
                 let nq = long.len();
