@@ -186,6 +186,36 @@ pub fn round_f16_slice(x: &mut [f32]) {
     }
 }
 
+/// Appends `x` to `out` as f16 (round to nearest even, as [`round_f16_slice`]): sixteen at a
+/// time with AVX-512 where present.
+pub fn extend_f16(x: &[f32], out: &mut Vec<half::f16>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512 && std::arch::is_x86_feature_detected!("f16c") {
+        let at = out.len();
+        out.resize(at + x.len(), half::f16::ZERO);
+        // SAFETY: the features were detected at run time; `out[at..]` holds `x.len()` values.
+        unsafe { to_f16_avx512(x, &mut out[at..]) };
+        return;
+    }
+    out.extend(x.iter().map(|&v| half::f16::from_f32(v)));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn to_f16_avx512(x: &[f32], out: &mut [half::f16]) {
+    use std::arch::x86_64::*;
+    let n = x.len() / 16 * 16;
+    for i in (0..n).step_by(16) {
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_loadu_ps(x.as_ptr().add(i)),
+        );
+        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, h);
+    }
+    for i in n..x.len() {
+        out[i] = half::f16::from_f32(x[i]);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn round_f16_avx512(x: &mut [f32]) {

@@ -55,7 +55,8 @@ pub enum KvRun<'a> {
 }
 
 impl KvRun<'_> {
-    /// The elements as f32 (a copy).
+    /// The elements as f32 (a copy; tests compare rows with it).
+    #[cfg(test)]
     pub fn to_vec(self) -> Vec<f32> {
         match self {
             KvRun::F32(s) => s.to_vec(),
@@ -99,7 +100,7 @@ impl KvRows {
     pub fn extend(&mut self, x: &[f32]) {
         match self {
             KvRows::F32(v) => v.extend_from_slice(x),
-            KvRows::F16(v) => v.extend(x.iter().map(|&a| half::f16::from_f32(a))),
+            KvRows::F16(v) => ferrolm_kernels::numerics::extend_f16(x, v),
         }
     }
     /// Elements `r`, borrowed.
@@ -144,13 +145,6 @@ impl KvRows {
             KvRows::F32(v) => v,
             KvRows::F16(v) if v.is_empty() => &[],
             KvRows::F16(_) => unreachable!("a long-context layer keeps f32 rows"),
-        }
-    }
-    /// Every element as f32 (a copy).
-    pub fn to_f32(&self) -> Vec<f32> {
-        match self {
-            KvRows::F32(v) => v.clone(),
-            KvRows::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
         }
     }
     /// Bytes held.

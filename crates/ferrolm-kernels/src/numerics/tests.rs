@@ -388,3 +388,24 @@ fn f16_rows_give_the_bits_of_their_f32_values() {
         }
     }
 }
+
+#[test]
+fn vector_f16_conversion_matches_the_half_crate() {
+    let mut u = uniform(5);
+    let mut x: Vec<f32> = (0..203).map(|_| u() * 70000.0).collect();
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-8,
+        -6.1e-5,
+        65520.0,
+    ]);
+    let mut out = vec![half::f16::ONE];
+    extend_f16(&x, &mut out);
+    assert_eq!(out[0], half::f16::ONE);
+    for (a, b) in out[1..].iter().zip(&x) {
+        assert_eq!(a.to_bits(), half::f16::from_f32(*b).to_bits(), "{b}");
+    }
+}
